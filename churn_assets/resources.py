@@ -1,0 +1,187 @@
+"""Dagster resources: the DuckDB warehouse and the artifact store.
+
+DuckDB admits one writing process per database file, and a read-only connection fails
+while another process holds the file. The warehouse therefore serialises writers with
+an OS file lock (so parallel steps and concurrent runs queue instead of failing on
+DuckDB's own lock), keeps write connections open only for one transaction, and lets
+readers retry briefly before reporting that the warehouse is busy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dagster as dg
+from pydantic import Field
+
+from churn_assets.settings import artifacts_dir, churn_home, warehouse_path
+
+if TYPE_CHECKING:
+    import duckdb
+
+# Every asset that writes to the warehouse runs in this Dagster concurrency pool, so an
+# instance configured with a pool limit of 1 never even starts two writers at once.
+WAREHOUSE_POOL = "warehouse"
+
+
+class WarehouseBusyError(RuntimeError):
+    """Another process has held the warehouse for longer than the caller wanted to wait."""
+
+
+class WarehouseMissingError(FileNotFoundError):
+    """The warehouse file does not exist yet."""
+
+
+def _is_lock_conflict(error: Exception) -> bool:
+    text = str(error).lower()
+    return "lock" in text or "different configuration" in text
+
+
+class Warehouse(dg.ConfigurableResource):
+    """The DuckDB warehouse at ``$CHURN_HOME/warehouse.duckdb`` (or ``path``)."""
+
+    path: str | None = Field(
+        default=None, description="DuckDB file; defaults to $CHURN_HOME/warehouse.duckdb."
+    )
+    read_wait_s: float = Field(
+        default=10.0, description="How long a reader waits for a writer to finish."
+    )
+    write_wait_s: float = Field(
+        default=1800.0, description="How long a writer queues behind other writers."
+    )
+    threads: int | None = Field(default=None, description="DuckDB worker threads.")
+    memory_limit: str | None = Field(default=None, description="DuckDB memory_limit, e.g. '4GB'.")
+
+    @property
+    def db_path(self) -> Path:
+        return Path(self.path) if self.path else warehouse_path()
+
+    def _settings(self) -> dict:
+        config = {}
+        if self.threads:
+            config["threads"] = self.threads
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        return config
+
+    @contextmanager
+    def _writer_lock(self) -> Iterator[None]:
+        lock_path = self.db_path.with_suffix(".write-lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.write_wait_s
+        with open(lock_path, "a") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise WarehouseBusyError(
+                            f"{self.db_path} is still being written by another process "
+                            f"after {self.write_wait_s:.0f}s"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection held under the writer lock (no transaction opened)."""
+        import duckdb
+
+        with self._writer_lock():
+            deadline = time.monotonic() + self.read_wait_s
+            while True:
+                try:
+                    con = duckdb.connect(str(self.db_path), config=self._settings())
+                    break
+                except duckdb.IOException as error:
+                    # A read-only reader in another process holds the file briefly.
+                    if not _is_lock_conflict(error) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One atomic write: everything inside commits together or not at all."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection; waits up to ``read_wait_s`` while a writer holds the file."""
+        import duckdb
+
+        if not self.db_path.exists():
+            raise WarehouseMissingError(
+                f"No warehouse at {self.db_path}: run `churn demo` (or `churn run`) first."
+            )
+        deadline = time.monotonic() + self.read_wait_s
+        while True:
+            try:
+                con = duckdb.connect(str(self.db_path), read_only=True, config=self._settings())
+                break
+            except (duckdb.IOException, duckdb.ConnectionException) as error:
+                if not _is_lock_conflict(error):
+                    raise
+                if time.monotonic() > deadline:
+                    raise WarehouseBusyError(
+                        f"The warehouse {self.db_path} is busy: another process (a Dagster "
+                        f"run?) is writing to it. Waited {self.read_wait_s:.0f}s; try again "
+                        "when the run finishes."
+                    ) from error
+                time.sleep(0.2)
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+class ArtifactStore(dg.ConfigurableResource):
+    """Files the platform produces: models, reports and plots under ``$CHURN_HOME/artifacts``."""
+
+    root: str | None = Field(default=None, description="Defaults to $CHURN_HOME/artifacts.")
+
+    @property
+    def root_path(self) -> Path:
+        path = Path(self.root) if self.root else artifacts_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def path(self, *parts: str) -> Path:
+        """A path under the store; parent folders are created."""
+        target = self.root_path.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+
+def default_resources() -> dict:
+    return {"warehouse": Warehouse(), "artifacts": ArtifactStore()}
+
+
+__all__ = [
+    "WAREHOUSE_POOL",
+    "ArtifactStore",
+    "Warehouse",
+    "WarehouseBusyError",
+    "WarehouseMissingError",
+    "churn_home",
+    "default_resources",
+]
