@@ -1,0 +1,244 @@
+"""The `churn` command: demo, run, ingest, sql, check, ui."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _load_defs():
+    from churn_assets.definitions import defs
+
+    return defs
+
+
+def _months_to_run() -> list[str]:
+    from churn_assets.partitions import monthly_partitions
+    from churn_assets.settings import source_dir
+    from churn_assets.source.deliveries import available_months
+
+    valid = set(monthly_partitions.get_partition_keys())
+    months = available_months(source_dir())
+    outside = [m for m in months if m not in valid]
+    if outside:
+        raise SystemExit(
+            f"Deliveries outside the partition range ({', '.join(m[:7] for m in outside)}): "
+            "set CHURN_FIRST_MONTH to an earlier month."
+        )
+    return months
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from churn_assets.runner import materialize
+
+    months = _months_to_run()
+    if not months:
+        _say("No deliveries found: run `churn demo` or `churn ingest` first.")
+        return 1
+    _say(f"Materializing every asset for {months[0][:7]} .. {months[-1][:7]} ({len(months)} months)")
+    started = time.monotonic()
+    result = materialize(_load_defs(), months=months, raise_on_error=False)
+    elapsed = time.monotonic() - started
+    if not result.success:
+        _say(f"Run {result.run_id} FAILED after {elapsed:.0f}s; see the run in `churn ui`.")
+        for event in result.all_events:
+            if event.event_type_value == "STEP_FAILURE":
+                error = event.event_specific_data.error
+                _say(f"  {event.step_key}: {error.message.strip() if error else 'failed'}")
+        return 1
+    _say(f"Run {result.run_id} succeeded in {elapsed:.0f}s.")
+    _print_summary()
+    return 0
+
+
+def _print_summary() -> None:
+    """A few numbers from the warehouse, read-only."""
+    from churn_assets.resources import Warehouse
+    from churn_assets.summary import summary_lines
+
+    with Warehouse().read() as con:
+        for line in summary_lines(con):
+            print(line)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from churn_assets.settings import source_dir
+    from churn_assets.source.deliveries import available_months
+    from churn_assets.source.synthetic import GeneratorConfig, write_source
+
+    source = source_dir()
+    existing = available_months(source)
+    if existing and not args.regenerate:
+        _say(
+            f"Using the {len(existing)} existing deliveries in {source} "
+            "(pass --regenerate to replace them)."
+        )
+    else:
+        config = GeneratorConfig(
+            customers=args.customers,
+            months=args.months,
+            seed=args.seed,
+            **({"drift_month": None} if args.no_drift else {}),
+        )
+        _say(
+            f"Generating {config.customers:,} customers x {config.months} months "
+            f"(seed {config.seed}) into {source}"
+        )
+        started = time.monotonic()
+        written = write_source(source, config, replace=args.regenerate, progress=_say)
+        _say(f"Generated {len(written)} monthly deliveries in {time.monotonic() - started:.0f}s.")
+    return cmd_run(args)
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from churn_assets.partitions import month_key, monthly_partitions
+    from churn_assets.resources import Warehouse
+    from churn_assets.source.deliveries import ContractError
+    from churn_assets.source import ingest
+
+    path = Path(args.path)
+    try:
+        if args.table:
+            report = ingest.ingest_table(path, args.table, Warehouse())
+            _say(f"Loaded {path} into {args.table}.")
+            print(report)
+            return 0
+        if args.format != "telco" or not args.month:
+            _say("Give either --table raw.NAME, or --format telco --month YYYY-MM.")
+            return 2
+        month = month_key(args.month)
+        if month not in monthly_partitions.get_partition_keys():
+            _say(
+                f"Month {args.month} is outside the partitions "
+                f"({monthly_partitions.get_first_partition_key()[:7]} onwards, completed months only)."
+            )
+            return 2
+        from churn_assets.settings import source_dir
+
+        report = ingest.ingest_telco(path, month, source_dir(), replace=args.replace)
+    except (ContractError, FileExistsError, FileNotFoundError, ValueError) as error:
+        _say(f"Ingestion refused: {error}")
+        return 1
+    _say(f"Wrote the {month[:7]} delivery: {report}")
+    if args.no_load:
+        return 0
+    from churn_assets.runner import materialize
+    from churn_assets.source.raw_assets import RAW_ASSET_KEYS
+
+    result = materialize(
+        _load_defs(), selection=RAW_ASSET_KEYS, months=[month], raise_on_error=False
+    )
+    if not result.success:
+        _say("Loading the raw layer failed; see the run in `churn ui`.")
+        return 1
+    _say(f"Loaded {month[:7]} into the raw layer. Run `churn run` to refresh everything downstream.")
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from churn_assets.resources import Warehouse, WarehouseBusyError, WarehouseMissingError
+    from churn_assets.sql_console import print_relation
+
+    if args.dialect:
+        from churn_assets.sql_models.transpile import transpile_model
+        from churn_assets.sql_models.paths import SQL_DIR
+
+        print(transpile_model(SQL_DIR, args.query, args.dialect))
+        return 0
+    try:
+        with Warehouse(read_wait_s=args.wait).read() as con:
+            print_relation(con, args.query, args.format, max_rows=args.max_rows)
+    except (WarehouseBusyError, WarehouseMissingError) as error:
+        _say(str(error))
+        return 3
+    except Exception as error:  # duckdb.Error subclasses: show DuckDB's own message
+        if type(error).__module__.startswith(("duckdb", "_duckdb")):
+            _say(f"SQL error: {error}")
+            return 1
+        raise
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    _say("`churn check` is not built yet (see the monitoring issue).")
+    return 2
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from churn_assets.runner import dagster_home
+
+    home = dagster_home()
+    _say(f"Starting `dagster dev` with DAGSTER_HOME={home}")
+    project_root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(project_root / "workspace.yaml")]
+    if args.port:
+        command += ["-p", str(args.port)]
+    return subprocess.call(command, env=os.environ.copy(), cwd=project_root)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="churn",
+        description="Churn prediction on Dagster + DuckDB. Data lives under $CHURN_HOME (default ./data).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="create the embedded data if missing, then `churn run`")
+    demo.add_argument("--customers", type=int, default=20_000, help="initial customer base")
+    demo.add_argument("--months", type=int, default=24, help="months of history")
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--no-drift", action="store_true", help="switch off the price-rise drift event")
+    demo.add_argument("--regenerate", action="store_true", help="replace existing deliveries")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="materialize the whole graph for every delivered month")
+    run.set_defaults(func=cmd_run)
+
+    ingest = sub.add_parser("ingest", help="load a file: a Telco-format month, or any table as is")
+    ingest.add_argument("path")
+    ingest.add_argument("--format", choices=["telco"], help="file layout (with --month)")
+    ingest.add_argument("--month", help="YYYY-MM the file describes (with --format telco)")
+    ingest.add_argument("--table", help="raw.NAME: load a CSV/Parquet as is into this table")
+    ingest.add_argument("--replace", action="store_true", help="replace an existing delivery")
+    ingest.add_argument(
+        "--no-load", action="store_true", help="write the delivery only; do not load raw tables"
+    )
+    ingest.set_defaults(func=cmd_ingest)
+
+    sql = sub.add_parser("sql", help="read-only query of the warehouse")
+    sql.add_argument("query", help="a SELECT, or with --dialect a model name / .sql file")
+    sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sql.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
+    sql.add_argument("--wait", type=float, default=10.0, help="seconds to wait for a busy warehouse")
+    sql.add_argument(
+        "--dialect", choices=["spark", "snowflake", "bigquery"],
+        help="print the model transpiled to this dialect instead of running a query",
+    )
+    sql.set_defaults(func=cmd_sql)
+
+    check = sub.add_parser("check", help="run every asset check against the current warehouse")
+    check.add_argument("--junit", help="write JUnit XML to this path")
+    check.set_defaults(func=cmd_check)
+
+    ui = sub.add_parser("ui", help="start `dagster dev` on this CHURN_HOME's instance")
+    ui.add_argument("--port", type=int)
+    ui.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

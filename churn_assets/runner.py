@@ -1,0 +1,120 @@
+"""Materialize the graph through the Dagster instance, so runs appear in `dagster dev`.
+
+The CLI and the end-to-end tests use this module. Runs execute in process (no process
+per step): on a laptop that is the fastest way through the graph, and the instance still
+records every run, materialization and check result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from churn_assets.settings import churn_home
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+PARTITION_RANGE_START = "dagster/asset_partition_range_start"
+PARTITION_RANGE_END = "dagster/asset_partition_range_end"
+
+INSTANCE_YAML = """\
+# Written by `churn` on first use. Dagster instance for this CHURN_HOME.
+telemetry:
+  enabled: false
+# Every asset that writes the warehouse is in the "warehouse" concurrency pool. The
+# warehouse resource already serialises writers with a file lock, so no limit is needed
+# for correctness; set one (e.g. `dagster instance concurrency set warehouse 1`) to make
+# queued steps visible in the UI instead of waiting on the lock.
+"""
+
+
+def dagster_home() -> Path:
+    """``$DAGSTER_HOME``, defaulting to ``$CHURN_HOME/dagster`` (set for child processes too)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or churn_home() / "dagster").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def get_instance() -> dg.DagsterInstance:
+    import dagster as dg
+
+    dagster_home()
+    return dg.DagsterInstance.get()
+
+
+def _progress_logger(emit: Callable[[str], None]):
+    """A Dagster logger printing one line per finished step, materialization and check."""
+    import dagster as dg
+
+    class ProgressHandler(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.started = time.monotonic()
+
+        def emit(self, record: logging.LogRecord) -> None:
+            event = getattr(record, "dagster_meta", {}).get("dagster_event")
+            if event is None:
+                return
+            elapsed = f"[{time.monotonic() - self.started:6.1f}s]"
+            kind = event.event_type_value
+            step = event.step_key or ""
+            if kind == "STEP_SUCCESS":
+                emit(f"{elapsed} done    {step}")
+            elif kind == "STEP_FAILURE":
+                emit(f"{elapsed} FAILED  {step}")
+            elif kind == "STEP_START":
+                emit(f"{elapsed} start   {step}")
+            elif kind == "ASSET_CHECK_EVALUATION":
+                data = event.event_specific_data.evaluation
+                status = "passed" if data.passed else f"FAILED ({data.severity.value.lower()})"
+                emit(f"{elapsed} check   {data.asset_key.to_user_string()}:{data.check_name} {status}")
+
+    @dg.logger(description="One line per step and check, for the terminal.")
+    def progress(_init_context):
+        logger = logging.Logger("churn_progress", level=logging.DEBUG)
+        logger.addHandler(ProgressHandler())
+        return logger
+
+    return progress
+
+
+def materialize(
+    defs: dg.Definitions,
+    *,
+    selection: Sequence[dg.AssetKey] | None = None,
+    months: Sequence[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+    raise_on_error: bool = True,
+    tags: dict[str, str] | None = None,
+) -> dg.ExecuteInProcessResult:
+    """One run over ``selection`` (default: every asset) for the partition range of ``months``.
+
+    Partitioned assets have a single-run backfill policy, so the whole range is one step
+    per asset; unpartitioned assets run once, in graph order.
+    """
+    emit = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    instance = get_instance()
+    job = defs.resolve_implicit_global_asset_job_def()
+    run_tags = dict(tags or {})
+    if months:
+        ordered = sorted(months)
+        run_tags[PARTITION_RANGE_START] = ordered[0]
+        run_tags[PARTITION_RANGE_END] = ordered[-1]
+    job = job.with_logger_defs({"progress": _progress_logger(emit)})
+    return job.execute_in_process(
+        instance=instance,
+        asset_selection=list(selection) if selection else None,
+        tags=run_tags,
+        raise_on_error=raise_on_error,
+        run_config={"loggers": {"progress": {}}},
+    )

@@ -1,0 +1,54 @@
+"""Printing query results for `churn sql`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import duckdb
+
+
+def print_relation(con: duckdb.DuckDBPyConnection, query: str, fmt: str, *, max_rows: int = 50, out=None) -> int:
+    """Run ``query`` and print its result as a table, CSV or JSON lines; returns the row count."""
+    out = out or sys.stdout
+    cursor = con.execute(query)
+    columns = [d[0] for d in cursor.description or []]
+    rows = cursor.fetchall()
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif fmt == "json":
+        for row in rows:
+            out.write(json.dumps(dict(zip(columns, row)), default=str) + "\n")
+    else:
+        shown = rows[:max_rows]
+        cells = [[_cell(v) for v in row] for row in shown]
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+        line = "+".join("-" * (w + 2) for w in widths)
+        out.write(" | ".join(c.ljust(w) for c, w in zip(columns, widths)) + "\n")
+        out.write(line + "\n")
+        for row in cells:
+            out.write(" | ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(row, widths)) + "\n")
+        more = f" (showing {len(shown)})" if len(rows) > len(shown) else ""
+        out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{more})\n")
+    return len(rows)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

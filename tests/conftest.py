@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture
+def churn_home(tmp_path, monkeypatch):
+    """An isolated $CHURN_HOME (and Dagster instance) per test."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("CHURN_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    return home
+
+
+def tiny_delivery(month: str, customers: int = 20, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """A small hand-made delivery that meets the raw contract (not realistic; for plumbing tests)."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp(month)
+    ids = [f"T{i:05d}" for i in range(customers)]
+    customers_frame = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "signup_date": start - pd.to_timedelta(rng.integers(0, 700, customers), unit="D"),
+            "gender": rng.choice(["Female", "Male"], customers),
+            "senior_citizen": rng.random(customers) < 0.16,
+            "partner": rng.random(customers) < 0.5,
+            "dependents": rng.random(customers) < 0.3,
+        }
+    )
+    charges = rng.uniform(20, 110, customers).round(2)
+    subscriptions = pd.DataFrame(
+        {
+            "customer_id": ids,
+            "snapshot_month": start,
+            "contract": rng.choice(["Month-to-month", "One year", "Two year"], customers),
+            "phone_service": True,
+            "multiple_lines": rng.choice(["Yes", "No"], customers),
+            "internet_service": "DSL",
+            **{
+                c: rng.choice(["Yes", "No"], customers)
+                for c in (
+                    "online_security", "online_backup", "device_protection",
+                    "tech_support", "streaming_tv", "streaming_movies",
+                )
+            },
+            "paperless_billing": rng.random(customers) < 0.6,
+            "payment_method": rng.choice(["Electronic check", "Mailed check"], customers),
+            "monthly_charges": charges,
+            "total_charges": (charges * 12).round(2),
+        }
+    )
+    events = pd.DataFrame(
+        {
+            "event_id": [f"{month[:7]}-E{i}" for i in range(customers)],
+            "customer_id": ids,
+            "event_time": start + pd.to_timedelta(rng.integers(0, 27 * 24, customers), unit="h"),
+            "event_type": rng.choice(["support_call", "usage"], customers),
+            "value": rng.uniform(0, 50, customers).round(1),
+        }
+    )
+    cancellations = pd.DataFrame(
+        {
+            "customer_id": ids[:2],
+            "cancel_date": [start + pd.Timedelta(days=3), start + pd.Timedelta(days=9)],
+            "reason": ["price", None],
+        }
+    )
+    return {
+        "customers": customers_frame,
+        "subscriptions": subscriptions,
+        "events": events,
+        "cancellations": cancellations,
+    }
+
+
+@pytest.fixture
+def make_delivery():
+    return tiny_delivery
