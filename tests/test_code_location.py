@@ -1,0 +1,40 @@
+"""The code location loads cheaply and its graph is well formed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY_MODULES = [
+    "pandas", "numpy", "duckdb", "sklearn", "xgboost", "shap", "evidently", "optuna",
+    "matplotlib", "pyarrow", "scipy",
+]
+
+
+def test_loading_the_code_location_imports_no_heavy_library():
+    # A fresh interpreter: what this test process imported must not hide a regression.
+    code = (
+        "import sys, json; import churn_assets.definitions; "
+        f"print(json.dumps([m for m in {HEAVY_MODULES!r} if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_every_asset_has_a_description_group_and_kinds():
+    from churn_assets.definitions import defs
+
+    specs = list(defs.resolve_all_asset_specs())
+    assert specs
+    for spec in specs:
+        name = spec.key.to_user_string()
+        assert spec.description, f"{name} has no description"
+        assert spec.group_name and spec.group_name != "default", f"{name} has no group"
+        assert spec.kinds, f"{name} has no kinds"
+
+
+def test_definitions_validate():
+    from churn_assets.definitions import defs
+
+    defs.validate_loadable(defs)
