@@ -1,0 +1,55 @@
+"""The `churn` command's own behaviour (the pipeline itself is tested per stage)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from churn_assets.cli import main
+from churn_assets.resources import Warehouse
+
+
+@pytest.fixture
+def warehouse(churn_home):
+    warehouse = Warehouse()
+    with warehouse.write() as con:
+        con.execute("CREATE SCHEMA raw")
+        con.execute("CREATE TABLE raw.t AS SELECT range AS n, 'x' || range AS label FROM range(3)")
+    return warehouse
+
+
+def test_sql_prints_a_table(warehouse, capsys):
+    assert main(["sql", "select n, label from raw.t order by n"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["n", "|", "label"]
+    assert out[-1] == "(3 rows)"
+
+
+def test_sql_csv_and_json(warehouse, capsys):
+    assert main(["sql", "select n, label from raw.t order by n", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n,label", "0,x0", "1,x1", "2,x2"]
+    assert main(["sql", "select n from raw.t where n = 2", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"n": 2}
+
+
+def test_sql_is_read_only(warehouse, capsys):
+    assert main(["sql", "drop table raw.t"]) == 1
+    assert "read-only" in capsys.readouterr().err.lower()
+    with warehouse.read() as con:
+        assert con.execute("select count(*) from raw.t").fetchone()[0] == 3
+
+
+def test_sql_reports_sql_errors(warehouse, capsys):
+    assert main(["sql", "select nope from raw.t"]) == 1
+    assert "nope" in capsys.readouterr().err
+
+
+def test_sql_without_a_warehouse(churn_home, capsys):
+    assert main(["sql", "select 1"]) == 3
+    assert "churn demo" in capsys.readouterr().err
+
+
+def test_run_without_deliveries(churn_home, capsys):
+    assert main(["run"]) == 1
+    assert "No deliveries" in capsys.readouterr().err
