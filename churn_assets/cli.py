@@ -166,8 +166,17 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    _say("`churn check` is not built yet (see the monitoring issue).")
-    return 2
+    from churn_assets.check_runner import exit_code, format_table, run_all_checks, write_junit
+
+    outcomes, elapsed = run_all_checks(_load_defs(), progress=_say if args.verbose else None)
+    if not outcomes:
+        _say("No asset checks are defined.")
+        return 0
+    print(format_table(outcomes))
+    if args.junit:
+        write_junit(outcomes, Path(args.junit), elapsed)
+        _say(f"JUnit XML written to {args.junit}")
+    return exit_code(outcomes)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -227,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="run every asset check against the current warehouse")
     check.add_argument("--junit", help="write JUnit XML to this path")
+    check.add_argument("--verbose", action="store_true", help="print each check as it runs")
     check.set_defaults(func=cmd_check)
 
     ui = sub.add_parser("ui", help="start `dagster dev` on this CHURN_HOME's instance")

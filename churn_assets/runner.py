@@ -75,7 +75,7 @@ def _progress_logger(emit: Callable[[str], None]):
             elif kind == "STEP_START":
                 emit(f"{elapsed} start   {step}")
             elif kind == "ASSET_CHECK_EVALUATION":
-                data = event.event_specific_data.evaluation
+                data = event.event_specific_data
                 status = "passed" if data.passed else f"FAILED ({data.severity.value.lower()})"
                 emit(f"{elapsed} check   {data.asset_key.to_user_string()}:{data.check_name} {status}")
 

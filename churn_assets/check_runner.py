@@ -1,0 +1,183 @@
+"""Run every asset check against the current warehouse, without materializing anything.
+
+Dagster 1.13 has no CLI for this: `dagster asset materialize` re-computes assets and fails
+only on blocking checks. Here a job selecting only the checks runs in process through the
+instance (so the evaluations show in the UI), and every declared check gets an outcome:
+passed, failed (with its severity), errored (the check itself raised), or not run.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+CHECKS_JOB = "__churn_asset_checks"
+
+
+@dataclass
+class CheckOutcome:
+    asset: str
+    check: str
+    status: str  # passed | failed | errored | not run
+    severity: str  # ERROR | WARN
+    description: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fails_build(self) -> bool:
+        return self.status == "errored" or (self.status == "failed" and self.severity == "ERROR")
+
+
+def _metadata_text(metadata) -> dict[str, str]:
+    out = {}
+    for key, value in (metadata or {}).items():
+        raw = getattr(value, "value", value)
+        text = str(raw)
+        out[key] = text if len(text) <= 200 else text[:197] + "..."
+    return out
+
+
+def run_all_checks(
+    defs: dg.Definitions,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[CheckOutcome], float]:
+    """Execute every asset check in ``defs``; returns the outcomes and the wall time."""
+    import dagster as dg
+
+    from churn_assets.runner import _progress_logger, get_instance
+
+    declared = sorted(
+        defs.resolve_asset_graph().asset_check_keys,
+        key=lambda k: (k.asset_key.to_user_string(), k.name),
+    )
+    if not declared:
+        return [], 0.0
+    job_defs = dg.Definitions.merge(
+        defs,
+        dg.Definitions(
+            jobs=[dg.define_asset_job(CHECKS_JOB, selection=dg.AssetSelection.all_asset_checks())]
+        ),
+    )
+    job = job_defs.resolve_job_def(CHECKS_JOB)
+    if progress is not None:
+        job = job.with_logger_defs({"progress": _progress_logger(progress)})
+        run_config = {"loggers": {"progress": {}}}
+    else:
+        job = job.with_logger_defs({})
+        run_config = {}
+    started = time.monotonic()
+    result = job.execute_in_process(
+        instance=get_instance(), raise_on_error=False, run_config=run_config
+    )
+    elapsed = time.monotonic() - started
+
+    evaluations = {}
+    errors_by_step = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            evaluations[(evaluation.asset_key, evaluation.check_name)] = evaluation
+        elif event.event_type_value == "STEP_FAILURE":
+            error = event.event_specific_data.error
+            cause = error.cause if error and error.cause else error
+            errors_by_step[event.step_key] = cause.message.strip() if cause else "failed"
+
+    graph = job_defs.resolve_asset_graph()
+    outcomes = []
+    for key in declared:
+        description = graph.get_check_spec(key).description or ""
+        evaluation = evaluations.get((key.asset_key, key.name))
+        if evaluation is not None:
+            outcomes.append(
+                CheckOutcome(
+                    asset=key.asset_key.to_user_string(),
+                    check=key.name,
+                    status="passed" if evaluation.passed else "failed",
+                    severity=evaluation.severity.value,
+                    description=evaluation.description or description,
+                    metadata=_metadata_text(evaluation.metadata),
+                )
+            )
+            continue
+        # No evaluation: the check's op raised (its step failed) or never ran.
+        message = next(
+            (msg for step, msg in errors_by_step.items() if key.name in step), None
+        )
+        outcomes.append(
+            CheckOutcome(
+                asset=key.asset_key.to_user_string(),
+                check=key.name,
+                status="errored" if message else "not run",
+                severity="ERROR",
+                description=message or "the check did not report a result",
+            )
+        )
+    return outcomes, elapsed
+
+
+def exit_code(outcomes: list[CheckOutcome]) -> int:
+    """1 when any error-level check failed or a check could not run; warnings do not fail."""
+    return 1 if any(o.fails_build or o.status == "not run" for o in outcomes) else 0
+
+
+def format_table(outcomes: list[CheckOutcome]) -> str:
+    headers = ["asset", "check", "severity", "result", "detail"]
+    rows = [
+        [o.asset, o.check, o.severity, o.status.upper() if o.status != "passed" else "ok",
+         (o.description or "").splitlines()[0][:80] if o.description else ""]
+        for o in outcomes
+    ]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = [" | ".join(h.ljust(w) for h, w in zip(headers, widths)), "-+-".join("-" * w for w in widths)]
+    lines += [" | ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("passed", "failed", "errored", "not run")}
+    warned = sum(o.status == "failed" and o.severity == "WARN" for o in outcomes)
+    lines.append(
+        f"{len(outcomes)} checks: {counts['passed']} passed, {counts['failed'] - warned} failed (error), "
+        f"{warned} warned, {counts['errored']} errored, {counts['not run']} not run"
+    )
+    return "\n".join(lines)
+
+
+def write_junit(outcomes: list[CheckOutcome], path: Path, elapsed: float = 0.0) -> None:
+    """JUnit XML: one testcase per check; error-level failures fail, warnings are reported only."""
+    failures = sum(o.status == "failed" and o.severity == "ERROR" for o in outcomes)
+    errors = sum(o.status in ("errored", "not run") for o in outcomes)
+    root = ET.Element("testsuites")
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        name="churn asset checks",
+        tests=str(len(outcomes)),
+        failures=str(failures),
+        errors=str(errors),
+        skipped="0",
+        time=f"{elapsed:.3f}",
+    )
+    for outcome in outcomes:
+        case = ET.SubElement(suite, "testcase", classname=outcome.asset, name=outcome.check)
+        properties = ET.SubElement(case, "properties")
+        ET.SubElement(properties, "property", name="severity", value=outcome.severity)
+        ET.SubElement(properties, "property", name="status", value=outcome.status)
+        detail = "\n".join(f"{k}: {v}" for k, v in outcome.metadata.items())
+        if outcome.status == "failed" and outcome.severity == "ERROR":
+            element = ET.SubElement(case, "failure", message=outcome.description or "check failed")
+            element.text = detail
+        elif outcome.status in ("errored", "not run"):
+            element = ET.SubElement(case, "error", message=outcome.description)
+        elif outcome.status == "failed":
+            out = ET.SubElement(case, "system-out")
+            out.text = f"WARNING: {outcome.description}\n{detail}".strip()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    tree.write(path, encoding="utf-8", xml_declaration=True)
