@@ -504,3 +504,46 @@ def test_singular_tests_find_no_failing_rows(random_warehouse):
     for path in sorted(SQL_DIR.glob("*/tests/*.sql")):
         failing = random_warehouse.execute(path.read_text()).fetchall()
         assert failing == [], (path.name, failing[:3])
+
+
+def test_materializes_through_the_sql_loader(tmp_path, monkeypatch):
+    """The same files, run by the project's loader as Dagster assets with their checks."""
+    import dagster as dg
+
+    from churn_assets.resources import Warehouse
+    from churn_assets.source.raw_assets import RAW_ASSET_KEYS
+    from churn_assets.sql_models import load_sql_project
+
+    monkeypatch.setenv("CHURN_HOME", str(tmp_path))
+    database = tmp_path / "warehouse.duckdb"
+    deliveries = random_deliveries(customers=60, months=2, seed=3)
+    con = duckdb.connect(str(database))
+    create_raw_tables(con)
+    for month, frames in deliveries:
+        for table, frame in frames.items():
+            insert_raw(con, table, frame, month)
+    con.close()
+
+    project = load_sql_project(SQL_DIR, RAW_ASSET_KEYS)
+    definitions = [*project.assets, *project.asset_checks]
+    resources = {"warehouse": Warehouse(path=str(database))}
+    staging = dg.AssetSelection.groups("staging")
+    features = dg.AssetSelection.assets(["features", "customer_features"])
+    rest = dg.AssetSelection.assets(["features", "labels"], ["features", "training_set"])
+    runs = [dg.materialize(definitions, selection=staging, resources=resources)]
+    runs += [
+        dg.materialize(definitions, selection=features, partition_key=month, resources=resources)
+        for month, _ in deliveries
+    ]
+    runs.append(dg.materialize(definitions, selection=rest, resources=resources))
+    assert all(run.success for run in runs)
+    evaluations = [e for run in runs for e in run.get_asset_check_evaluations()]
+    assert {dg.AssetCheckKey(e.asset_key, e.check_name) for e in evaluations} == set(project.check_keys)
+    failed = [e.check_name for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
+    assert failed == []
+
+    with duckdb.connect(str(database), read_only=True) as con:
+        assert check_point_in_time(con, SQL_DIR, sample=None).passed
+        assert con.execute("SELECT count(*) FROM features.customer_features").fetchall()[0][0] == sum(
+            len(frames["subscriptions"]) for _, frames in deliveries
+        )
