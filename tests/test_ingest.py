@@ -26,7 +26,8 @@ from churn_assets.source.ingest import (
     validate_telco_frame,
 )
 
-REAL_TELCO = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "telco_customer_churn.csv"
+# The shared sample sits next to the repository checkout; it is not committed.
+REAL_TELCO = Path(__file__).resolve().parents[2] / "shared/datasets/telco_customer_churn.csv"
 if not REAL_TELCO.exists():
     REAL_TELCO = Path("/work/shared/datasets/telco_customer_churn.csv")
 
@@ -99,7 +100,9 @@ def write(tmp_path: Path, name: str, content: str | bytes) -> Path:
 # Telco format: the real file
 
 
-@pytest.mark.skipif(not REAL_TELCO.exists(), reason=f"shared Telco sample not found at {REAL_TELCO}")
+@pytest.mark.skipif(
+    not REAL_TELCO.exists(), reason=f"shared Telco sample not found at {REAL_TELCO}"
+)
 def test_real_telco_file_ingests_as_one_labelled_month(source):
     report = ingest_telco(REAL_TELCO, MONTH, source)
 
@@ -288,7 +291,8 @@ def test_bad_telco_file_is_refused_with_location_and_nothing_written(tmp_path, s
 
 def test_bad_telco_file_on_a_fresh_home_creates_no_source_folder(tmp_path, source):
     with pytest.raises(IngestError):
-        ingest_telco(write(tmp_path, "t.csv", telco_text(with_value(1, "tenure", "x"))), MONTH, source)
+        path = write(tmp_path, "t.csv", telco_text(with_value(1, "tenure", "x")))
+        ingest_telco(path, MONTH, source)
     assert not source.exists()
 
 
@@ -377,7 +381,10 @@ def warehouse_state(warehouse: Warehouse) -> dict[str, list[tuple]]:
         return {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
 
 
-PLANS_CSV = "plan_id,name,price,launched\n1,basic,9.99,2023-01-15\n2,plus,19.5,2023-06-01\n3,pro,,2024-02-29\n"
+PLANS_CSV = (
+    "plan_id,name,price,launched\n"
+    "1,basic,9.99,2023-01-15\n2,plus,19.5,2023-06-01\n3,pro,,2024-02-29\n"
+)
 
 
 def test_csv_round_trip_with_sniffed_types(tmp_path, warehouse):
@@ -408,7 +415,8 @@ def test_late_value_that_breaks_a_sampled_type_still_loads(tmp_path, warehouse):
     lines = ["code"] + [str(i) for i in range(30_000)] + ["X-1"]
     ingest_table(write(tmp_path, "codes.csv", "\n".join(lines) + "\n"), "raw.codes", warehouse)
     with warehouse.read() as con:
-        assert con.execute("SELECT count(*), max(length(code)) FROM raw.codes").fetchone() == (30_001, 5)
+        counted = con.execute("SELECT count(*), max(length(code)) FROM raw.codes").fetchone()
+    assert counted == (30_001, 5)
 
 
 def test_gzipped_tab_separated_file(tmp_path, warehouse):
@@ -435,7 +443,8 @@ def test_parquet_round_trip(tmp_path, warehouse):
     report = ingest_table(path, "raw.survey", warehouse)
 
     assert report.rows == {"raw.survey": 2}
-    assert report.columns["nps"] == "BIGINT" and report.columns["answered_at"].startswith("TIMESTAMP")
+    assert report.columns["nps"] == "BIGINT"
+    assert report.columns["answered_at"].startswith("TIMESTAMP")
     with warehouse.read() as con:
         back = con.execute("SELECT * FROM raw.survey ORDER BY customer_id").df()
     pd.testing.assert_frame_equal(back, frame, check_dtype=False)

@@ -218,6 +218,7 @@ def _scan_csv(path: Path, *, keep_records: bool) -> _CsvScan:
     delimiter = _sniff_delimiter(path)
     _check_utf8(path, delimiter)
     header: list[str] | None = None
+    width = 0
     records: list[list[str]] = []
     lines: list[int] = []
     data_rows = 0
@@ -331,7 +332,9 @@ def _validate_telco(frame: pd.DataFrame, origin: str, lines: list[int] | None) -
     view = _telco_view()
     typed = coerce_to_contract(
         view,
-        frame.assign(MonthlyCharges=numbers["MonthlyCharges"], TotalCharges=numbers["TotalCharges"]),
+        frame.assign(
+            MonthlyCharges=numbers["MonthlyCharges"], TotalCharges=numbers["TotalCharges"]
+        ),
         f"{origin} ({ROW_NOTE})",
     )
     typed.insert(TELCO_COLUMNS.index("tenure"), "tenure", numbers["tenure"])
@@ -378,7 +381,8 @@ def _data_rows(mask: pd.Series, lines: list[int] | None) -> str:
         f"{i + 1} (line {lines[i]})" if lines is not None else str(i + 1)
         for i in positions[:MAX_REPORTED_ROWS]
     ]
-    more = f" and {len(positions) - MAX_REPORTED_ROWS} more" if len(positions) > MAX_REPORTED_ROWS else ""
+    hidden = len(positions) - MAX_REPORTED_ROWS
+    more = f" and {hidden} more" if hidden > 0 else ""
     return f"data row{'s' if len(positions) > 1 else ''} {', '.join(parts)}{more}"
 
 
@@ -425,8 +429,8 @@ def _parse_telco_numbers(
             # their total blank, which the contract stores as NULL.
             blank &= tenure != 0
         if blank.any():
-            allowed = " (blank is only allowed when tenure is 0)" if column == "TotalCharges" else ""
-            problems.append(f"column '{column}' is blank in {_data_rows(blank, lines)}{allowed}")
+            rule = " (blank is only allowed when tenure is 0)" if column == "TotalCharges" else ""
+            problems.append(f"column '{column}' is blank in {_data_rows(blank, lines)}{rule}")
     parsed["tenure"] = tenure.round().astype("Int64") if not problems else tenure
     return parsed, problems
 
@@ -555,7 +559,9 @@ def ingest_telco(path: Path, month: str, source: Path, *, replace: bool = False)
     written = write_delivery(source, key, frames, replace=replace)
     warnings = []
     if ignored:
-        warnings.append(f"ignored column(s) that are not part of the Telco format: {', '.join(ignored)}")
+        warnings.append(
+            f"ignored column(s) that are not part of the Telco format: {', '.join(ignored)}"
+        )
     if frames["cancellations"].empty:
         warnings.append(
             f"no customer has Churn = Yes, so nothing is dated in the month after {key[:7]}: "
