@@ -1,0 +1,618 @@
+"""The SQL loader: sql/ files -> Dagster assets, YAML and singular tests -> asset checks.
+
+Every test builds a small sql/ folder and a small DuckDB warehouse under tmp_path and
+runs them through Dagster's own execution (dg.materialize).
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from churn_assets.resources import Warehouse
+from churn_assets.sql_models import (
+    SqlProjectError,
+    load_sql_project,
+    transpile_model,
+    transpile_report,
+)
+
+RAW_KEYS = [dg.AssetKey(["raw", name]) for name in ("customers", "subscriptions", "events", "cancellations")]
+
+
+def write_sql_dir(root: Path, files: dict[str, str]) -> Path:
+    sql_dir = root / "sql"
+    for relative, text in files.items():
+        path = sql_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).strip() + "\n")
+    return sql_dir
+
+
+@pytest.fixture
+def warehouse(tmp_path, monkeypatch) -> Warehouse:
+    monkeypatch.setenv("CHURN_HOME", str(tmp_path / "home"))
+    path = tmp_path / "w.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE SCHEMA raw")
+    con.execute(
+        "CREATE TABLE raw.customers AS SELECT * FROM (VALUES "
+        "('c1', DATE '2023-06-01', 'Female'), ('c2', DATE '2023-08-15', 'Male'), "
+        "('c3', DATE '2024-01-20', 'Male')) t(customer_id, signup_date, gender)"
+    )
+    # Three customers over three months; c3 joins in February.
+    con.execute(
+        "CREATE TABLE raw.subscriptions AS SELECT customer_id, snapshot_month, "
+        "monthly_charges::DOUBLE AS monthly_charges FROM (VALUES "
+        "('c1', DATE '2024-01-01', 50.0), ('c2', DATE '2024-01-01', 70.0), "
+        "('c1', DATE '2024-02-01', 55.0), ('c2', DATE '2024-02-01', 70.0), ('c3', DATE '2024-02-01', 20.0), "
+        "('c1', DATE '2024-03-01', 55.0), ('c3', DATE '2024-03-01', 25.0)"
+        ") t(customer_id, snapshot_month, monthly_charges)"
+    )
+    con.close()
+    return Warehouse(path=str(path), read_wait_s=2.0, write_wait_s=30.0)
+
+
+def query(warehouse: Warehouse, sql: str) -> list[tuple]:
+    with warehouse.read() as con:
+        return con.execute(sql).fetchall()
+
+
+def check_evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {
+        evaluation.check_name: evaluation
+        for evaluation in (
+            event.event_specific_data
+            for event in result.all_events
+            if event.event_type_value == "ASSET_CHECK_EVALUATION"
+        )
+    }
+
+
+def materializations(result: dg.ExecuteInProcessResult, key: list[str]) -> list:
+    return result.asset_materializations_for_node("__".join(key))
+
+
+def step_failure_message(result: dg.ExecuteInProcessResult) -> str:
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failures, "expected a failed step"
+    error = failures[0].event_specific_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)
+
+
+# --- dependency discovery and load-time errors -------------------------------------------
+
+
+def test_dependencies_come_from_real_tables_only(tmp_path):
+    sql_dir = write_sql_dir(
+        tmp_path,
+        {
+            "staging/customers.sql": "SELECT * FROM raw.customers",
+            "staging/Mixed.sql": 'SELECT 1 AS one FROM "raw"."subscriptions"',
+            "features/wide.sql": """
+                WITH recent AS (
+                    SELECT * FROM raw.subscriptions WHERE snapshot_month > DATE '2024-01-01'
+                ), numbers AS (SELECT * FROM range(3) r(i))
+                SELECT c.customer_id, m.one, n.i, u.x
+                FROM "staging"."customers" AS c
+                JOIN recent USING (customer_id)
+                LEFT JOIN staging.mixed AS m ON TRUE
+                CROSS JOIN numbers AS n
+                CROSS JOIN unnest([1, 2]) AS u(x)
+                CROSS JOIN read_parquet('elsewhere.parquet') AS p
+                WHERE EXISTS (SELECT 1 FROM raw.cancellations k WHERE k.customer_id = c.customer_id)
+                  AND c.customer_id IN (SELECT customer_id FROM (SELECT customer_id FROM raw.events) e)
+            """,
+        },
+    )
+    project = load_sql_project(sql_dir, RAW_KEYS)
+    wide = project.model("features.wide")
+    assert set(wide.deps) == {
+        dg.AssetKey(["staging", "customers"]),
+        dg.AssetKey(["staging", "Mixed"]),
+        dg.AssetKey(["raw", "subscriptions"]),
+        dg.AssetKey(["raw", "cancellations"]),
+        dg.AssetKey(["raw", "events"]),
+    }
+    assert project.model("staging.Mixed").deps == (dg.AssetKey(["raw", "subscriptions"]),)
+    # Dependency order: staging models before the feature model that reads them.
+    order = [m.relation for m in project.models]
+    assert order.index("features.wide") > order.index("staging.customers")
+    assert order.index("features.wide") > order.index("staging.Mixed")
+    # The asset graph carries the same edges.
+    defs = dg.Definitions(assets=project.assets, resources={"warehouse": Warehouse()})
+    graph = defs.resolve_asset_graph()
+    assert dg.AssetKey(["staging", "customers"]) in graph.get(wide.key).parent_keys
+
+
+def test_unknown_raw_table_becomes_an_external_asset(tmp_path):
+    sql_dir = write_sql_dir(
+        tmp_path, {"staging/extra.sql": "SELECT * FROM raw.crm_notes JOIN raw.customers USING (customer_id)"}
+    )
+    project = load_sql_project(sql_dir, RAW_KEYS)
+    assert project.external_asset_keys == (dg.AssetKey(["raw", "crm_notes"]),)
+    specs = [a for a in project.assets if isinstance(a, dg.AssetSpec)]
+    assert [s.key for s in specs] == [dg.AssetKey(["raw", "crm_notes"])]
+    dg.Definitions(
+        assets=[*project.assets, *(dg.AssetSpec(k) for k in RAW_KEYS)], resources={"warehouse": Warehouse()}
+    ).resolve_asset_graph()
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"staging/a.sql": "SELECT * FROM staging.nope"},
+            ["staging/a.sql", "unknown table staging.nope"],
+        ),
+        (
+            {"staging/a.sql": "SELECT * FROM staging.customrs", "staging/customers.sql": "SELECT 1 AS x"},
+            ["staging/a.sql", "did you mean staging.customers"],
+        ),
+        (
+            {"staging/a.sql": "SELECT * FROM customers"},
+            ["staging/a.sql", "not schema-qualified"],
+        ),
+        (
+            {
+                "staging/a.sql": "SELECT * FROM staging.b",
+                "staging/b.sql": "WITH x AS (SELECT * FROM staging.c) SELECT * FROM x",
+                "staging/c.sql": "SELECT * FROM staging.a",
+            },
+            ["cycle", "staging/a.sql", "staging/b.sql", "staging/c.sql"],
+        ),
+        (
+            {"staging/t.sql": "SELECT 1 AS x", "staging/old/t.sql": "SELECT 2 AS x"},
+            ["defined twice", "staging/t.sql", "staging/old/t.sql"],
+        ),
+        (
+            {"staging/t.sql": "SELECT 1 AS x; SELECT 2 AS x"},
+            ["staging/t.sql", "exactly one SELECT"],
+        ),
+        (
+            {"staging/t.sql": "SELEC 1 FROM"},
+            ["staging/t.sql"],
+        ),
+        (
+            {"staging/t.sql": "SELECT * FROM raw.subscriptions WHERE snapshot_month >= $partition_start"},
+            ["staging/t.sql", "only incremental models"],
+        ),
+        (
+            {"raw/customers.sql": "SELECT 1 AS x"},
+            ["raw/customers.sql", "already produced by a Python asset"],
+        ),
+    ],
+    ids=["unknown", "typo", "unqualified", "cycle", "duplicate", "two-statements", "parse", "params", "shadows-raw"],
+)
+def test_inconsistent_projects_fail_at_load_naming_files(tmp_path, files, expected):
+    sql_dir = write_sql_dir(tmp_path, files)
+    with pytest.raises(SqlProjectError) as error:
+        load_sql_project(sql_dir, RAW_KEYS)
+    for fragment in expected:
+        assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "expected"),
+    [
+        ("models:\n  - name: t\n    columns:\n      - name: x\n        tests: [not_nul]", "unknown test type 'not_nul'"),
+        ("models:\n  - name: t\n    config: {materialized: incremental}", "needs `partition_by`"),
+        ("models:\n  - name: t\n    config: {materialized: tabel}", "materialized must be one of"),
+        ("models:\n  - name: ghost", "no SQL file staging/ghost.sql"),
+        ("models:\n  - name: t\n    columns:\n      - name: x\n        tests: [{range: {}}]", "range needs"),
+        ("models:\n  - name: t\n    tests: [{expression: {expression: 'x >>> ('}}]", "does not parse"),
+        (
+            "models:\n  - name: t\n    columns:\n      - name: x\n        tests: [not_null, not_null]",
+            "two tests named 'not_null_x'",
+        ),
+    ],
+    ids=["test-type", "partition-by", "materialized", "ghost", "range", "expression", "dup-name"],
+)
+def test_invalid_yaml_fails_naming_the_file(tmp_path, yaml_text, expected):
+    sql_dir = write_sql_dir(tmp_path, {"staging/t.sql": "SELECT 1 AS x"})
+    (sql_dir / "staging" / "_models.yml").write_text(yaml_text)
+    with pytest.raises(SqlProjectError) as error:
+        load_sql_project(sql_dir, RAW_KEYS)
+    assert "_models.yml" in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_model_described_in_two_yaml_files_is_rejected(tmp_path):
+    sql_dir = write_sql_dir(
+        tmp_path,
+        {
+            "staging/t.sql": "SELECT 1 AS x",
+            "staging/_models.yml": "models:\n  - name: t\n    description: one",
+            "staging/t.yml": "models:\n  - name: t\n    description: two",
+        },
+    )
+    with pytest.raises(SqlProjectError, match="described twice") as error:
+        load_sql_project(sql_dir, RAW_KEYS)
+    assert "_models.yml" in str(error.value) and "t.yml" in str(error.value)
+
+
+# --- asset definitions ---------------------------------------------------------------------
+
+
+def test_asset_definition_properties(tmp_path):
+    sql_dir = write_sql_dir(
+        tmp_path,
+        {
+            "features/monthly.sql": """
+                SELECT customer_id, snapshot_month, monthly_charges FROM raw.subscriptions
+                WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end
+            """,
+            "features/_models.yml": """
+                models:
+                  - name: monthly
+                    description: Charges per customer per month.
+                    config: {materialized: incremental, partition_by: snapshot_month}
+                    columns:
+                      - name: customer_id
+                        description: Who.
+            """,
+        },
+    )
+    project = load_sql_project(sql_dir, RAW_KEYS)
+    (asset,) = [a for a in project.assets if isinstance(a, dg.AssetsDefinition)]
+    spec = asset.specs_by_key[dg.AssetKey(["features", "monthly"])]
+    assert spec.group_name == "features"
+    assert spec.kinds == {"duckdb", "sql"}
+    assert spec.description == "Charges per customer per month."
+    assert spec.code_version == project.models[0].code_version
+    assert asset.partitions_def is not None and asset.backfill_policy == dg.BackfillPolicy.single_run()
+    assert asset.op.pool == "warehouse"
+    assert "raw.subscriptions" in spec.metadata["sql"].value
+    assert spec.metadata["path"].value.endswith("features/monthly.sql")
+    assert spec.metadata["dagster/table_name"] == "features.monthly"
+    assert spec.metadata["dagster/column_schema"].columns[0].description == "Who."
+
+
+def test_code_version_follows_sql_and_config_only(tmp_path):
+    files = {
+        "staging/t.sql": "SELECT 1 AS x",
+        "staging/_models.yml": "models:\n  - name: t\n    description: first",
+    }
+    first = load_sql_project(write_sql_dir(tmp_path / "a", files), RAW_KEYS).models[0].code_version
+    described = load_sql_project(
+        write_sql_dir(tmp_path / "b", {**files, "staging/_models.yml": "models:\n  - name: t\n    description: other"}),
+        RAW_KEYS,
+    ).models[0].code_version
+    changed_sql = load_sql_project(
+        write_sql_dir(tmp_path / "c", {**files, "staging/t.sql": "SELECT 2 AS x"}), RAW_KEYS
+    ).models[0].code_version
+    changed_config = load_sql_project(
+        write_sql_dir(
+            tmp_path / "d",
+            {**files, "staging/_models.yml": "models:\n  - name: t\n    config: {materialized: table}"},
+        ),
+        RAW_KEYS,
+    ).models[0].code_version
+    assert first == described
+    assert len({first, changed_sql, changed_config}) == 3
+
+
+# --- materialization -----------------------------------------------------------------------
+
+INCREMENTAL_FILES = {
+    "features/monthly.sql": """
+        WITH current_month AS (
+            SELECT * FROM raw.subscriptions
+            WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end
+        )
+        SELECT s.customer_id, s.snapshot_month, s.monthly_charges * 12 AS yearly_charges, c.gender
+        FROM current_month AS s JOIN staging.customers AS c USING (customer_id)
+    """,
+    "features/_models.yml": """
+        models:
+          - name: monthly
+            config: {materialized: incremental, partition_by: snapshot_month, time_column: snapshot_month}
+            columns:
+              - name: yearly_charges
+                description: Twelve times the monthly charge.
+    """,
+    "staging/customers.sql": "SELECT customer_id, gender FROM raw.customers",
+    "staging/_models.yml": "models:\n  - name: customers\n    config: {materialized: table}",
+}
+
+
+def _materialize(project, warehouse, **kwargs) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        project.assets + project.asset_checks, resources={"warehouse": warehouse}, **kwargs
+    )
+
+
+def test_incremental_partition_is_idempotent_and_leaves_other_months(tmp_path, warehouse):
+    project = load_sql_project(write_sql_dir(tmp_path, INCREMENTAL_FILES), RAW_KEYS)
+    customers = dg.AssetSelection.assets(dg.AssetKey(["staging", "customers"]))
+    monthly = dg.AssetSelection.assets(dg.AssetKey(["features", "monthly"]))
+    assert _materialize(project, warehouse, selection=customers).success
+
+    for month in ("2024-01-01", "2024-02-01"):
+        assert _materialize(project, warehouse, selection=monthly, partition_key=month).success
+    table = "SELECT customer_id, snapshot_month, yearly_charges FROM features.monthly ORDER BY ALL"
+    before = query(warehouse, table)
+    assert len(before) == 5
+
+    result = _materialize(project, warehouse, selection=monthly, partition_key="2024-02-01")
+    assert query(warehouse, table) == before
+    (materialization,) = materializations(result, ["features", "monthly"])
+    metadata = materialization.metadata
+    assert metadata["dagster/partition_row_count"].value == 3
+    assert metadata["dagster/row_count"].value == 5
+    assert metadata["rows_deleted"].value == 3
+
+    # The raw month changes: re-running February replaces February only.
+    with warehouse.write() as con:
+        con.execute("DELETE FROM raw.subscriptions WHERE customer_id = 'c3'")
+    _materialize(project, warehouse, selection=monthly, partition_key="2024-02-01")
+    after = query(warehouse, table)
+    assert [r for r in after if str(r[1]) == "2024-01-01"] == [r for r in before if str(r[1]) == "2024-01-01"]
+    assert sorted(r[0] for r in after if str(r[1]) == "2024-02-01") == ["c1", "c2"]
+
+
+def test_partition_range_backfill_runs_once_over_the_whole_window(tmp_path, warehouse):
+    project = load_sql_project(write_sql_dir(tmp_path, INCREMENTAL_FILES), RAW_KEYS)
+    _materialize(project, warehouse, selection=dg.AssetSelection.assets(dg.AssetKey(["staging", "customers"])))
+    result = _materialize(
+        project,
+        warehouse,
+        selection=dg.AssetSelection.assets(dg.AssetKey(["features", "monthly"])),
+        tags={
+            "dagster/asset_partition_range_start": "2024-01-01",
+            "dagster/asset_partition_range_end": "2024-03-01",
+        },
+    )
+    assert result.success
+    steps = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert steps == {"features__monthly"}
+    materialized = materializations(result, ["features", "monthly"])
+    assert sorted(m.partition for m in materialized) == ["2024-01-01", "2024-02-01", "2024-03-01"]
+    metadata = materialized[0].metadata
+    assert metadata["rows_by_month"].value == {"2024-01": 2, "2024-02": 3, "2024-03": 2}
+    assert metadata["dagster/partition_row_count"].value == 7
+    assert query(warehouse, "SELECT count(*) FROM features.monthly") == [(7,)]
+
+
+def test_materialization_metadata_has_schema_lineage_and_row_count(tmp_path, warehouse):
+    project = load_sql_project(write_sql_dir(tmp_path, INCREMENTAL_FILES), RAW_KEYS)
+    _materialize(project, warehouse, selection=dg.AssetSelection.assets(dg.AssetKey(["staging", "customers"])))
+    result = _materialize(
+        project, warehouse, selection=dg.AssetSelection.assets(dg.AssetKey(["features", "monthly"])),
+        partition_key="2024-01-01",
+    )
+    (materialization,) = materializations(result, ["features", "monthly"])
+    metadata = materialization.metadata
+    schema = metadata["dagster/column_schema"].schema
+    assert [(c.name, c.type) for c in schema.columns] == [
+        ("customer_id", "VARCHAR"),
+        ("snapshot_month", "DATE"),
+        ("yearly_charges", "DOUBLE"),
+        ("gender", "VARCHAR"),
+    ]
+    assert schema.columns[2].description == "Twelve times the monthly charge."
+    lineage = metadata["dagster/column_lineage"].value.deps_by_column
+    raw_subscriptions = dg.AssetKey(["raw", "subscriptions"])
+    assert lineage["yearly_charges"] == [dg.TableColumnDep(asset_key=raw_subscriptions, column_name="monthly_charges")]
+    assert lineage["gender"] == [
+        dg.TableColumnDep(asset_key=dg.AssetKey(["staging", "customers"]), column_name="gender")
+    ]
+    assert dg.TableColumnDep(asset_key=raw_subscriptions, column_name="customer_id") in lineage["customer_id"]
+    assert metadata["dagster/row_count"].value == 2
+
+
+def test_sql_error_names_the_file_and_keeps_the_previous_table(tmp_path, warehouse):
+    files = {"staging/customers.sql": "SELECT customer_id, gender FROM raw.customers",
+             "staging/_models.yml": "models:\n  - name: customers\n    config: {materialized: table}"}
+    project = load_sql_project(write_sql_dir(tmp_path / "good", files), RAW_KEYS)
+    assert _materialize(project, warehouse).success
+    before = query(warehouse, "SELECT * FROM staging.customers ORDER BY ALL")
+
+    broken = load_sql_project(
+        write_sql_dir(tmp_path / "bad", {**files, "staging/customers.sql": "SELECT customer_id, no_such_column FROM raw.customers"}),
+        RAW_KEYS,
+    )
+    result = _materialize(broken, warehouse, raise_on_error=False)
+    assert not result.success
+    message = step_failure_message(result)
+    assert "bad/sql/staging/customers.sql" in message
+    assert "no_such_column" in message
+    assert query(warehouse, "SELECT * FROM staging.customers ORDER BY ALL") == before
+
+
+def test_failed_incremental_run_keeps_the_previous_partition(tmp_path, warehouse):
+    project = load_sql_project(write_sql_dir(tmp_path / "good", INCREMENTAL_FILES), RAW_KEYS)
+    _materialize(project, warehouse, selection=dg.AssetSelection.assets(dg.AssetKey(["staging", "customers"])))
+    monthly = dg.AssetSelection.assets(dg.AssetKey(["features", "monthly"]))
+    _materialize(project, warehouse, selection=monthly, partition_key="2024-02-01")
+    before = query(warehouse, "SELECT * FROM features.monthly ORDER BY ALL")
+
+    # Forgets the window filter: would write rows of other months into February.
+    leaky = {**INCREMENTAL_FILES, "features/monthly.sql": """
+        SELECT s.customer_id, s.snapshot_month, s.monthly_charges * 12 AS yearly_charges, c.gender
+        FROM raw.subscriptions AS s JOIN staging.customers AS c USING (customer_id)
+    """}
+    # Fails inside DuckDB (division of a string).
+    failing = {**INCREMENTAL_FILES, "features/monthly.sql": """
+        SELECT customer_id, snapshot_month, customer_id / 2 AS yearly_charges, 'x' AS gender
+        FROM raw.subscriptions
+        WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end
+    """}
+    for name, files, expected in (("leaky", leaky, "outside the window"), ("failing", failing, "DuckDB failed")):
+        broken = load_sql_project(write_sql_dir(tmp_path / name, files), RAW_KEYS)
+        result = _materialize(broken, warehouse, selection=monthly, partition_key="2024-02-01", raise_on_error=False)
+        assert not result.success
+        message = step_failure_message(result)
+        assert f"{name}/sql/features/monthly.sql" in message and expected in message
+        assert query(warehouse, "SELECT * FROM features.monthly ORDER BY ALL") == before
+
+
+# --- asset checks --------------------------------------------------------------------------
+
+CHECKED_FILES = {
+    "staging/people.sql": """
+        SELECT * FROM (VALUES
+            ('p1', 'Female', 30, 'c1'),
+            ('p2', 'Male', 45, 'c2'),
+            ('p3', 'Other', -4, 'c9'),
+            ('p3', NULL, 200, NULL),
+            (NULL, 'Male', 50, 'c1')
+        ) t(person_id, gender, age, customer_id)
+    """,
+    "staging/customers.sql": "SELECT customer_id FROM raw.customers",
+    "staging/_models.yml": """
+        models:
+          - name: people
+            description: Crafted rows, each test type failing on a known number of them.
+            config: {materialized: table}
+            columns:
+              - name: person_id
+                tests:
+                  - not_null                                      # 1 failing (NULL id)
+                  - unique                                        # 1 duplicated value (p3)
+              - name: gender
+                tests:
+                  - accepted_values: {values: [Female, Male]}     # 1 failing (Other)
+                  - not_null: {severity: warn}                    # 1 failing, warn only
+              - name: age
+                tests:
+                  - range: {min: 0, max: 120}                     # 2 failing (-4, 200)
+                  - range: {min: -10, name: age_not_absurd}       # passes
+              - name: customer_id
+                tests:
+                  - relationships: {to: staging.customers, field: customer_id}   # 1 failing (c9)
+            tests:
+              - unique: {columns: [person_id, gender]}            # passes
+              - expression: {expression: "age < 100", severity: warn}          # 1 failing
+          - name: customers
+            config: {materialized: view}
+    """,
+    "staging/tests/people_without_customer.sql": """
+        SELECT p.* FROM staging.people p WHERE p.customer_id IS NULL
+    """,
+    "staging/tests/customers_exist.sql": """
+        -- severity: warn
+        SELECT 1 AS missing FROM staging.customers HAVING count(*) = 0
+    """,
+    "features/adults.sql": "SELECT * FROM staging.people WHERE age >= 18",
+}
+
+EXPECTED_CHECKS = {
+    # check name: (passed, failing rows, severity)
+    "not_null_person_id": (False, 1, "error"),
+    "unique_person_id": (False, 1, "error"),
+    "accepted_values_gender": (False, 1, "error"),
+    "not_null_gender": (False, 1, "warn"),
+    "range_age": (False, 2, "error"),
+    "age_not_absurd": (True, 0, "error"),
+    "relationships_customer_id__staging_customers": (False, 1, "error"),
+    "unique_person_id__gender": (True, 0, "error"),
+    "expression_age_100": (False, 1, "warn"),
+    "people_without_customer": (False, 1, "error"),
+    "customers_exist": (True, 0, "warn"),
+}
+
+
+def test_yaml_and_singular_tests_become_checks_with_failing_counts(tmp_path, warehouse):
+    project = load_sql_project(write_sql_dir(tmp_path, CHECKED_FILES), RAW_KEYS)
+    specs = {spec.name: spec for checks in project.asset_checks for spec in checks.check_specs}
+    assert set(specs) == set(EXPECTED_CHECKS)
+    for name, (_, _, severity) in EXPECTED_CHECKS.items():
+        assert specs[name].blocking == (severity == "error"), name
+    assert specs["relationships_customer_id__staging_customers"].additional_deps[0].asset_key == dg.AssetKey(["staging", "customers"])
+    assert specs["customers_exist"].asset_key == dg.AssetKey(["staging", "customers"])
+
+    result = _materialize(project, warehouse, raise_on_error=False)
+    evaluations = check_evaluations(result)
+    assert set(evaluations) == set(EXPECTED_CHECKS)
+    for name, (passed, failing, severity) in EXPECTED_CHECKS.items():
+        evaluation = evaluations[name]
+        assert evaluation.passed is passed, name
+        assert evaluation.metadata["failing_rows"].value == failing, name
+        assert evaluation.severity == (
+            dg.AssetCheckSeverity.ERROR if severity == "error" else dg.AssetCheckSeverity.WARN
+        ), name
+    sample = evaluations["range_age"].metadata["failing_sample"].value
+    assert "| person_id | gender | age | customer_id |" in sample and "| p3 | Other | -4 | c9 |" in sample
+
+    # Blocking: the error-level failures on staging.people stop its downstream model.
+    assert not result.success
+    assert materializations(result, ["staging", "people"])
+    assert not materializations(result, ["features", "adults"])
+
+
+def test_checks_run_alone_against_the_current_warehouse(tmp_path, warehouse):
+    project = load_sql_project(write_sql_dir(tmp_path, CHECKED_FILES), RAW_KEYS)
+    with warehouse.write() as con:
+        con.execute("CREATE SCHEMA staging")
+        con.execute(
+            "CREATE TABLE staging.people AS SELECT * FROM (VALUES ('p1', 'Male', 40, 'c1')) "
+            "t(person_id, gender, age, customer_id)"
+        )
+        con.execute("CREATE VIEW staging.customers AS SELECT customer_id FROM raw.customers")
+    people = dg.AssetKey(["staging", "people"])
+    result = _materialize(
+        project, warehouse, selection=dg.AssetSelection.checks_for_assets(people), raise_on_error=False
+    )
+    assert result.success
+    assert not result.get_asset_materialization_events()
+    evaluations = check_evaluations(result)
+    assert {n for n, e in evaluations.items()} == {
+        name for name in EXPECTED_CHECKS if name != "customers_exist"
+    }
+    assert all(e.passed for e in evaluations.values())
+
+    # One check alone, and a check whose table is missing fails with the DuckDB message.
+    with warehouse.write() as con:
+        con.execute("DROP TABLE staging.people")
+    result = _materialize(
+        project, warehouse, raise_on_error=False,
+        selection=dg.AssetSelection.checks(dg.AssetCheckKey(people, "not_null_person_id")),
+    )
+    (evaluation,) = check_evaluations(result).values()
+    assert not evaluation.passed
+    assert "people" in evaluation.metadata["error"].value
+
+
+# --- transpilation -------------------------------------------------------------------------
+
+
+def test_transpile_to_other_engines_keeps_window_parameters(tmp_path):
+    sql_dir = write_sql_dir(
+        tmp_path,
+        {
+            "features/monthly.sql": """
+                SELECT customer_id, date_trunc('month', snapshot_month) AS month,
+                       list_value(1, 2) AS pair, monthly_charges::DOUBLE AS charges
+                FROM raw.subscriptions
+                WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end
+            """,
+            "features/_models.yml": "models:\n  - name: monthly\n    config: {materialized: incremental, partition_by: month}",
+        },
+    )
+    spark = transpile_model(sql_dir, "features.monthly", "spark")
+    snowflake = transpile_model(sql_dir, "monthly", "snowflake")
+    bigquery = transpile_model(sql_dir, sql_dir / "features" / "monthly.sql", "bigquery")
+    assert ":partition_start" in spark and "ARRAY(1, 2)" in spark
+    assert ":partition_end" in snowflake and "DATE_TRUNC('MONTH'" in snowflake.upper()
+    assert "@partition_start" in bigquery and "FLOAT64" in bigquery
+    assert all("$partition" not in text for text in (spark, snowflake, bigquery))
+
+    report = transpile_report(sql_dir)
+    assert [(r.model, r.dialect, r.ok) for r in report] == [
+        ("features.monthly", "spark", True),
+        ("features.monthly", "snowflake", True),
+        ("features.monthly", "bigquery", True),
+    ]
+    with pytest.raises(SqlProjectError, match="unknown SQL dialect"):
+        transpile_model(sql_dir, "monthly", "cobol")
+    with pytest.raises(SqlProjectError, match="no model 'nope'"):
+        transpile_model(sql_dir, "nope", "spark")
