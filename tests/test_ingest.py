@@ -111,6 +111,7 @@ def test_real_telco_file_ingests_as_one_labelled_month(source):
     assert report.rows == {"customers": 7043, "subscriptions": 7043, "events": 0,
                            "cancellations": 1869}
     assert any("11 blank TotalCharges" in w for w in report.warnings)
+    assert "cancellations: 1,869 rows" in str(report)
 
     frames = read_delivery(source, "2024-03-01")
     subs, cancels, customers = frames["subscriptions"], frames["cancellations"], frames["customers"]

@@ -127,6 +127,9 @@ class IngestReport:
         lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
+    # print(report) and f"{report}" in the CLI show the summary; repr() stays a dataclass's.
+    __str__ = summary
+
 
 # --------------------------------------------------------------------------------------
 # Reading text files strictly
