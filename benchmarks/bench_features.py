@@ -1,0 +1,336 @@
+"""Times the feature layer in DuckDB (the sql/ models) against the same features in pandas.
+
+The layer = staging (4 tables) + features.customer_features for every month (one
+set-based backfill) + features.labels + features.training_set. Both engines start from the
+same raw data (the embedded synthetic generator) and run in their own subprocess, so the
+peak memory (max RSS) of each is its own. The pandas result is compared with DuckDB's
+before the table is printed, so the two really compute the same thing.
+
+    uv run python benchmarks/bench_features.py                 # 100k and 1M customers
+    uv run python benchmarks/bench_features.py --sizes 100000 --months 24
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SQL_DIR = ROOT / "sql"
+MODELS = [
+    "staging.customers",
+    "staging.subscriptions",
+    "staging.events",
+    "staging.cancellations",
+    "features.customer_features",
+    "features.labels",
+    "features.training_set",
+]
+RAW = ("customers", "subscriptions", "events", "cancellations")
+
+
+def generate(folder: Path, customers: int, months: int, seed: int) -> dict[str, int]:
+    """Raw tables as one Parquet file each (with delivery_month), from the synthetic generator."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from churn_assets.source.contract import RAW_TABLES
+    from churn_assets.source.synthetic import GeneratorConfig, generate_months
+
+    arrow_types = {"VARCHAR": pa.string(), "DATE": pa.timestamp("ns"), "TIMESTAMP": pa.timestamp("ns"),
+                   "DOUBLE": pa.float64(), "BOOLEAN": pa.bool_()}
+    schemas = {
+        name: pa.schema([(c.name, arrow_types[c.dtype]) for c in RAW_TABLES[name].columns]
+                        + [("delivery_month", pa.timestamp("ns"))])
+        for name in RAW
+    }
+    writers: dict[str, pq.ParquetWriter] = {}
+    counts = dict.fromkeys(RAW, 0)
+    config = GeneratorConfig(customers=customers, months=months, seed=seed)
+    for month, frames in generate_months(config):
+        for name in RAW:
+            frame = frames[name][RAW_TABLES[name].column_names].copy()
+            frame["delivery_month"] = pd.Timestamp(month)
+            for column in RAW_TABLES[name].columns:
+                if column.dtype in ("DATE", "TIMESTAMP"):
+                    frame[column.name] = pd.to_datetime(frame[column.name])
+            table = pa.Table.from_pandas(frame, schema=schemas[name], preserve_index=False)
+            if name not in writers:
+                writers[name] = pq.ParquetWriter(folder / f"{name}.parquet", schemas[name])
+            writers[name].write_table(table)
+            counts[name] += len(frame)
+    for writer in writers.values():
+        writer.close()
+    return counts
+
+
+def run_duckdb(folder: Path) -> dict:
+    import duckdb
+    import yaml
+
+    con = duckdb.connect(str(folder / "bench.duckdb"))
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    from churn_assets.source.contract import RAW_TABLES
+
+    for name in RAW:
+        casts = ", ".join(f"CAST({c.name} AS {c.dtype}) AS {c.name}" for c in RAW_TABLES[name].columns)
+        con.execute(
+            f"CREATE OR REPLACE TABLE raw.{name} AS SELECT {casts}, CAST(delivery_month AS DATE) AS delivery_month "
+            f"FROM read_parquet('{folder / name}.parquet')"
+        )
+    configs = {}
+    for yml in SQL_DIR.glob("*/_models.yml"):
+        for entry in yaml.safe_load(yml.read_text())["models"]:
+            configs[f"{yml.parent.name}.{entry['name']}"] = entry.get("config", {})
+    started = time.perf_counter()
+    for name in MODELS:
+        schema, table = name.split(".")
+        sql = (SQL_DIR / schema / f"{table}.sql").read_text()
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        if configs[name].get("materialized") == "incremental":
+            first, last = con.execute(
+                "SELECT min(snapshot_month), max(snapshot_month) + INTERVAL 1 MONTH FROM staging.subscriptions"
+            ).fetchall()[0]
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+            con.execute(f"CREATE TABLE {name} AS {sql}", {"partition_start": first, "partition_end": last.date()})
+        else:
+            con.execute(f"CREATE OR REPLACE TABLE {name} AS {sql}")
+    seconds = time.perf_counter() - started
+    rows = con.execute("SELECT count(*) FROM features.customer_features").fetchall()[0][0]
+    training = con.execute("SELECT count(*) FROM features.training_set").fetchall()[0][0]
+    con.execute(f"COPY features.customer_features TO '{folder / 'duckdb_features.parquet'}'")
+    con.close()
+    return {"seconds": seconds, "feature_rows": rows, "training_rows": training}
+
+
+def pandas_layer(raw: dict) -> tuple:
+    """The same staging, features, labels and training set as sql/, in pandas."""
+    import numpy as np
+    import pandas as pd
+
+    def latest(frame, keys):
+        return frame.sort_values("delivery_month", kind="stable").drop_duplicates(keys, keep="last")
+
+    def strip(frame, columns):
+        for column in columns:
+            frame[column] = frame[column].str.strip()
+        return frame
+
+    customers = latest(strip(raw["customers"].copy(), ["customer_id", "gender"]), ["customer_id"])
+    subs = raw["subscriptions"].copy()
+    text = [c for c in subs.columns if subs[c].dtype == object]
+    subs = strip(subs, text)
+    subs["snapshot_month"] = subs["snapshot_month"].dt.to_period("M").dt.to_timestamp()
+    subs = latest(subs, ["customer_id", "snapshot_month"])
+    events = strip(raw["events"].copy(), ["event_id", "customer_id", "event_type"])
+    events["event_type"] = events["event_type"].str.lower()
+    events = latest(events, ["event_id"])
+    cancellations = latest(strip(raw["cancellations"].copy(), ["customer_id", "reason"]), ["customer_id", "cancel_date"])
+
+    s = subs.drop(columns="delivery_month").copy()
+    s["month_end"] = s["snapshot_month"] + pd.DateOffset(months=1)
+    history = subs[["customer_id", "snapshot_month", "contract", "internet_service", "monthly_charges", "total_charges"]]
+    for k in (1, 2, 3):
+        shifted = history.assign(snapshot_month=history["snapshot_month"] + pd.DateOffset(months=k))
+        s = s.merge(shifted.add_suffix(f"_p{k}").rename(columns={f"customer_id_p{k}": "customer_id", f"snapshot_month_p{k}": "snapshot_month"}),
+                    on=["customer_id", "snapshot_month"], how="left")
+
+    e = events[["customer_id", "event_type", "event_time", "value"]].copy()
+    e["event_month"] = e["event_time"].dt.to_period("M").dt.to_timestamp()
+    fanned = pd.concat([e.assign(snapshot_month=e["event_month"] + pd.DateOffset(months=k)) for k in range(4)])
+    fanned = fanned.merge(s[["customer_id", "snapshot_month", "month_end"]], on=["customer_id", "snapshot_month"])
+    fanned = fanned[(fanned["event_time"] >= fanned["month_end"] - pd.Timedelta(days=90)) & (fanned["event_time"] < fanned["month_end"])]
+    in_30 = fanned["event_time"] >= fanned["month_end"] - pd.Timedelta(days=30)
+    window_columns = {}
+    for kind, name, amount in (("support_call", "support_calls", "support_minutes_90d"),
+                               ("late_payment", "late_payments", "overdue_amount_90d"),
+                               ("outage", "outages", "outage_hours_90d")):
+        is_kind = fanned["event_type"] == kind
+        window_columns[f"{name}_30d"] = (is_kind & in_30).astype("int64")
+        window_columns[f"{name}_90d"] = is_kind.astype("int64")
+        window_columns[amount] = fanned["value"].where(is_kind, 0.0)
+    trailing = pd.DataFrame(window_columns).assign(customer_id=fanned["customer_id"].to_numpy(), snapshot_month=fanned["snapshot_month"].to_numpy())
+    trailing = trailing.groupby(["customer_id", "snapshot_month"], sort=False).sum().reset_index()
+
+    e["plan_change"] = (e["event_type"] == "plan_change").astype("int64")
+    e["usage_gb"] = e["value"].where(e["event_type"] == "usage", 0.0).fillna(0.0)
+    for kind in ("support_call", "late_payment", "outage"):
+        e[f"last_{kind}"] = e["event_time"].where(e["event_type"] == kind)
+    monthly = e.groupby(["customer_id", "event_month"], sort=False).agg(
+        plan_changes=("plan_change", "sum"), usage_gb=("usage_gb", "sum"),
+        last_support_call=("last_support_call", "max"), last_late_payment=("last_late_payment", "max"),
+        last_outage=("last_outage", "max"),
+    ).reset_index().rename(columns={"event_month": "snapshot_month"})
+    timeline = pd.concat([monthly, s[["customer_id", "snapshot_month"]]]).groupby(["customer_id", "snapshot_month"]).agg(
+        plan_changes=("plan_changes", "sum"), usage_gb=("usage_gb", "sum"),
+        last_support_call=("last_support_call", "max"), last_late_payment=("last_late_payment", "max"),
+        last_outage=("last_outage", "max"),
+    ).reset_index()
+    for column in ("last_support_call", "last_late_payment", "last_outage"):
+        # As integers NaT is the smallest value, so a running max skips it.
+        as_ns = timeline[column].astype("datetime64[ns]").astype("int64")
+        running = as_ns.groupby(timeline["customer_id"]).cummax()
+        timeline[column] = pd.to_datetime(running.where(running != np.iinfo("int64").min))
+    keyed = timeline.set_index(["customer_id", "snapshot_month"])
+    for k in (1, 2):
+        shifted = timeline[["customer_id", "snapshot_month", "plan_changes", "usage_gb"]].assign(
+            snapshot_month=timeline["snapshot_month"] + pd.DateOffset(months=k)).set_index(["customer_id", "snapshot_month"])
+        keyed = keyed.join(shifted.add_suffix(f"_m{k}"), how="left")
+    keyed = keyed.reset_index()
+
+    f = s.merge(customers.drop(columns="delivery_month"), on="customer_id", how="left")
+    f = f.merge(trailing, on=["customer_id", "snapshot_month"], how="left").merge(keyed, on=["customer_id", "snapshot_month"], how="left")
+    out = pd.DataFrame({"customer_id": f["customer_id"], "snapshot_month": f["snapshot_month"]})
+    for column in ("gender", "senior_citizen", "partner", "dependents"):
+        out[column] = f[column]
+    signup_month = f["signup_date"].dt.to_period("M")
+    out["tenure_months"] = (f["snapshot_month"].dt.to_period("M").astype("int64") - signup_month.astype("int64")).astype("Int32")
+    for column in ("contract", "phone_service", "multiple_lines", "internet_service", "online_security", "online_backup",
+                   "device_protection", "tech_support", "streaming_tv", "streaming_movies", "paperless_billing", "payment_method"):
+        out[column] = f[column]
+    from churn_assets.source.contract import INTERNET_ADDON_COLUMNS
+
+    out["service_count"] = (f["phone_service"].fillna(False).astype(int) + (f["multiple_lines"] == "Yes")
+                            + (f["internet_service"] != "No") + sum((f[c] == "Yes") for c in INTERNET_ADDON_COLUMNS)).astype("int32")
+    mc = f["monthly_charges"]
+    out["monthly_charges"] = mc
+    out["total_charges"] = f["total_charges"].fillna(f["total_charges_p1"] + mc).fillna(0.0)
+    out["total_charges_imputed"] = f["total_charges"].isna()
+    out["charge_change_1m"] = mc - f["monthly_charges_p1"]
+    out["charge_ratio_1m"] = mc / f["monthly_charges_p1"].replace(0, np.nan)
+    out["charge_change_3m"] = mc - f["monthly_charges_p3"]
+    out["charge_ratio_3m"] = mc / f["monthly_charges_p3"].replace(0, np.nan)
+    rise1 = (mc > f["monthly_charges_p1"])
+    out["price_rise_1m"] = rise1
+    out["price_rise_3m"] = rise1 | (f["monthly_charges_p1"] > f["monthly_charges_p2"]) | (f["monthly_charges_p2"] > f["monthly_charges_p3"])
+    plan_1m = f["plan_changes"].fillna(0)
+    plan_3m = plan_1m + f["plan_changes_m1"].fillna(0) + f["plan_changes_m2"].fillna(0)
+    out["plan_changes_1m"] = plan_1m.astype("int32")
+    out["plan_changes_3m"] = plan_3m.astype("int32")
+
+    def changed(a, b):
+        return (f[f"contract{a}"].notna() & f[f"contract{b}"].notna() & (f[f"contract{a}"] != f[f"contract{b}"])) | (
+            f[f"internet_service{a}"].notna() & f[f"internet_service{b}"].notna() & (f[f"internet_service{a}"] != f[f"internet_service{b}"]))
+
+    out["plan_change_1m"] = (plan_1m > 0) | changed("", "_p1")
+    out["plan_change_3m"] = (plan_3m > 0) | changed("", "_p1") | changed("_p1", "_p2") | changed("_p2", "_p3")
+    for column in ("support_calls_30d", "support_calls_90d", "support_minutes_90d", "late_payments_30d", "late_payments_90d",
+                   "overdue_amount_90d", "outages_30d", "outages_90d", "outage_hours_90d"):
+        values = f[column].fillna(0)
+        out[column] = values.astype("int32") if "minutes" not in column and "amount" not in column and "hours" not in column else values.astype("float64")
+    last_day = f["month_end"] - pd.Timedelta(days=1)
+    for column, name in (("last_support_call", "support_call"), ("last_late_payment", "late_payment"), ("last_outage", "outage")):
+        days = (last_day - f[column].dt.normalize()).dt.days
+        out[f"days_since_{name}"] = days.fillna(365).clip(upper=365).astype("int32")
+    out["usage_gb_month"] = f["usage_gb"].fillna(0.0)
+    out["usage_gb_prev_month"] = f["usage_gb_m1"].fillna(0.0)
+    out["usage_gb_change_1m"] = out["usage_gb_month"] - out["usage_gb_prev_month"]
+    out["usage_gb_3m_avg"] = (out["usage_gb_month"] + out["usage_gb_prev_month"] + f["usage_gb_m2"].fillna(0.0)) / 3
+
+    observed = max(raw["subscriptions"]["snapshot_month"].max().to_period("M"),
+                   raw["events"]["event_time"].max().to_period("M") if len(raw["events"]) else pd.Period("1900-01", "M"),
+                   raw["cancellations"]["cancel_date"].max().to_period("M") if len(raw["cancellations"]) else pd.Period("1900-01", "M"))
+    churners = cancellations.assign(snapshot_month=cancellations["cancel_date"].dt.to_period("M").dt.to_timestamp() - pd.DateOffset(months=1))
+    churners = churners[["customer_id", "snapshot_month"]].drop_duplicates().assign(churned=1)
+    labels = subs[["customer_id", "snapshot_month"]].merge(churners, on=["customer_id", "snapshot_month"], how="left")
+    labels["churned"] = labels["churned"].fillna(0).astype("Int32")
+    labels.loc[labels["snapshot_month"].dt.to_period("M") + 1 > observed, "churned"] = pd.NA
+    training = out.merge(labels.dropna(subset=["churned"]), on=["customer_id", "snapshot_month"])
+    return out, labels, training
+
+
+def run_pandas(folder: Path) -> dict:
+    import pandas as pd
+
+    raw = {name: pd.read_parquet(folder / f"{name}.parquet") for name in RAW}
+    for frame in raw.values():
+        frame["delivery_month"] = pd.to_datetime(frame["delivery_month"])
+    raw["subscriptions"]["snapshot_month"] = pd.to_datetime(raw["subscriptions"]["snapshot_month"])
+    raw["customers"]["signup_date"] = pd.to_datetime(raw["customers"]["signup_date"])
+    raw["cancellations"]["cancel_date"] = pd.to_datetime(raw["cancellations"]["cancel_date"])
+    started = time.perf_counter()
+    features, labels, training = pandas_layer(raw)
+    seconds = time.perf_counter() - started
+    features.to_parquet(folder / "pandas_features.parquet", index=False)
+    return {"seconds": seconds, "feature_rows": len(features), "training_rows": len(training)}
+
+
+def child(engine: str, folder: Path) -> dict:
+    """Run one engine in a fresh process; its own wall time and peak RSS come back."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--engine", engine, "--folder", str(folder)],
+        stdout=subprocess.PIPE, cwd=ROOT,
+    )
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise RuntimeError(f"{engine} run failed (status {status})")
+    result = json.loads(output.decode().strip().splitlines()[-1])
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return result
+
+
+def compare(folder: Path) -> str:
+    import numpy as np
+    import pandas as pd
+
+    ours = pd.read_parquet(folder / "duckdb_features.parquet").sort_values(["customer_id", "snapshot_month"]).reset_index(drop=True)
+    theirs = pd.read_parquet(folder / "pandas_features.parquet").sort_values(["customer_id", "snapshot_month"]).reset_index(drop=True)
+    if len(ours) != len(theirs):
+        return f"row counts differ ({len(ours)} vs {len(theirs)})"
+    differing = []
+    for column in ours.columns:
+        a, b = ours[column], theirs[column]
+        if pd.api.types.is_numeric_dtype(a) and not pd.api.types.is_bool_dtype(a):
+            same = np.isclose(a.astype("float64"), b.astype("float64"), rtol=1e-9, atol=1e-9, equal_nan=True)
+        else:
+            same = (a.astype("string").fillna("<NA>") == b.astype("string").fillna("<NA>")).to_numpy()
+        if not same.all():
+            differing.append(f"{column} ({(~same).sum()} rows)")
+    return "identical" if not differing else "differ: " + ", ".join(differing)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000", help="customer counts, comma-separated")
+    parser.add_argument("--months", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--engine", choices=["duckdb", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.engine:
+        print(json.dumps((run_duckdb if args.engine == "duckdb" else run_pandas)(args.folder)))
+        return
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
+            folder = Path(tmp)
+            started = time.perf_counter()
+            counts = generate(folder, size, args.months, args.seed)
+            print(f"{size:,} customers x {args.months} months: raw rows {counts} "
+                  f"(generated in {time.perf_counter() - started:.0f}s)", flush=True)
+            duck = child("duckdb", folder)
+            print(f"  duckdb {duck}", flush=True)
+            pand = child("pandas", folder)
+            print(f"  pandas {pand}", flush=True)
+            rows.append((size, counts, duck, pand, compare(folder)))
+    print()
+    print(f"| customers x months | snapshot rows | raw events | engine | wall s | feature rows/s | peak RSS MB | pandas/duckdb wall | results |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size, counts, duck, pand, verdict in rows:
+        ratio = pand["seconds"] / duck["seconds"]
+        for name, result in (("duckdb", duck), ("pandas", pand)):
+            print(f"| {size:,} x {args.months} | {counts['subscriptions']:,} | {counts['events']:,} | {name} | "
+                  f"{result['seconds']:.1f} | {result['feature_rows'] / result['seconds']:,.0f} | "
+                  f"{result['peak_rss_mb']:,.0f} | {ratio:.1f}x | {verdict} |")
+
+
+if __name__ == "__main__":
+    main()
