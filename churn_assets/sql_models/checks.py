@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,16 @@ def quote_relation(key: dg.AssetKey) -> str:
 
 
 def _literal(value: Any) -> str:
-    from sqlglot import exp
-
-    return exp.convert(value).sql("duckdb")
+    """A YAML scalar as a DuckDB literal (no sqlglot: this runs at code-location load)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (date, datetime)):
+        return f"{'TIMESTAMP' if isinstance(value, datetime) else 'DATE'} '{value.isoformat()}'"
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def failing_rows_sql(relation_key: dg.AssetKey, test: DataTest) -> str:

@@ -61,15 +61,21 @@ def column_lineage(
         logger.warning("column lineage unavailable for %s: %s", model.path, error)
         return None
 
+    # All columns in one walk share sqlglot's cache; per column only if that walk fails.
+    try:
+        nodes = lineage(None, qualified, schema=schema, dialect="duckdb", scope=scope, copy=False)
+    except Exception:
+        nodes = {}
+        for column in output_columns:
+            if not column or column == "*":
+                continue
+            try:
+                nodes[column] = lineage(column, qualified, schema=schema, dialect="duckdb", scope=scope)
+            except Exception as error:
+                logger.warning("no lineage for %s.%s: %s", model.relation, column, error)
+
     deps_by_column: dict[str, list[dg.TableColumnDep]] = {}
-    for column in output_columns:
-        if not column or column == "*":
-            continue
-        try:
-            node = lineage(column, qualified, schema=schema, dialect="duckdb", scope=scope)
-        except Exception as error:
-            logger.warning("no lineage for %s.%s: %s", model.relation, column, error)
-            continue
+    for column, node in nodes.items():
         deps: dict[tuple[dg.AssetKey, str], None] = {}
         for step in node.walk():
             if step.downstream or not isinstance(step.source, exp.Table):
