@@ -97,47 +97,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from churn_assets.partitions import month_key, monthly_partitions
-    from churn_assets.resources import Warehouse
-    from churn_assets.source.deliveries import ContractError
+    from churn_assets.resources import Warehouse, WarehouseBusyError
+    from churn_assets.settings import source_dir
     from churn_assets.source import ingest
+    from churn_assets.source.deliveries import ContractError
 
     path = Path(args.path)
+    if bool(args.table) == bool(args.format or args.month):
+        _say("Give either --table raw.NAME, or --format telco --month YYYY-MM.")
+        return 2
     try:
         if args.table:
-            report = ingest.ingest_table(path, args.table, Warehouse())
-            _say(f"Loaded {path} into {args.table}.")
-            print(report)
+            print(ingest.ingest_table(path, args.table, Warehouse()))
             return 0
         if args.format != "telco" or not args.month:
-            _say("Give either --table raw.NAME, or --format telco --month YYYY-MM.")
+            _say("A Telco file needs both --format telco and --month YYYY-MM.")
             return 2
-        month = month_key(args.month)
-        if month not in monthly_partitions.get_partition_keys():
-            _say(
-                f"Month {args.month} is outside the partitions "
-                f"({monthly_partitions.get_first_partition_key()[:7]} onwards, completed months only)."
-            )
-            return 2
-        from churn_assets.settings import source_dir
-
-        report = ingest.ingest_telco(path, month, source_dir(), replace=args.replace)
-    except (ContractError, FileExistsError, FileNotFoundError, ValueError) as error:
+        report = ingest.ingest_telco(path, args.month, source_dir(), replace=args.replace)
+    except (ContractError, FileExistsError, FileNotFoundError, WarehouseBusyError) as error:
         _say(f"Ingestion refused: {error}")
         return 1
-    _say(f"Wrote the {month[:7]} delivery: {report}")
+    print(report)
     if args.no_load:
         return 0
     from churn_assets.runner import materialize
     from churn_assets.source.raw_assets import RAW_ASSET_KEYS
 
     result = materialize(
-        _load_defs(), selection=RAW_ASSET_KEYS, months=[month], raise_on_error=False
+        _load_defs(), selection=RAW_ASSET_KEYS, months=[report.month], raise_on_error=False
     )
     if not result.success:
         _say("Loading the raw layer failed; see the run in `churn ui`.")
         return 1
-    _say(f"Loaded {month[:7]} into the raw layer. Run `churn run` to refresh everything downstream.")
+    _say(
+        f"Loaded {report.month[:7]} into the raw layer. "
+        "Run `churn run` to refresh everything downstream."
+    )
     return 0
 
 
@@ -146,10 +141,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from churn_assets.sql_console import print_relation
 
     if args.dialect:
-        from churn_assets.sql_models.transpile import transpile_model
-        from churn_assets.sql_models.paths import SQL_DIR
+        from churn_assets.definitions import SQL_DIR
+        from churn_assets.sql_models import SqlProjectError, transpile_model
 
-        print(transpile_model(SQL_DIR, args.query, args.dialect))
+        try:
+            print(transpile_model(SQL_DIR, args.query, args.dialect))
+        except SqlProjectError as error:
+            _say(str(error))
+            return 1
         return 0
     try:
         with Warehouse(read_wait_s=args.wait).read() as con:

@@ -53,33 +53,44 @@ def get_instance() -> dg.DagsterInstance:
 
 
 def _progress_logger(emit: Callable[[str], None]):
-    """A Dagster logger printing one line per finished step, materialization and check."""
+    """A Dagster logger printing one line per finished step (with its checks) and per failure."""
     import dagster as dg
 
     class ProgressHandler(logging.Handler):
         def __init__(self):
             super().__init__()
             self.started = time.monotonic()
+            self.step_started: dict[str, float] = {}
+            self.checks_passed: dict[str, int] = {}
 
         def emit(self, record: logging.LogRecord) -> None:
             event = getattr(record, "dagster_meta", {}).get("dagster_event")
             if event is None:
                 return
-            elapsed = f"[{time.monotonic() - self.started:6.1f}s]"
+            now = time.monotonic()
+            stamp = f"[{now - self.started:6.1f}s]"
             kind = event.event_type_value
             step = event.step_key or ""
-            if kind == "STEP_SUCCESS":
-                emit(f"{elapsed} done    {step}")
+            if kind == "STEP_START":
+                self.step_started[step] = now
+            elif kind == "STEP_SUCCESS":
+                took = now - self.step_started.get(step, now)
+                passed = self.checks_passed.pop(step, 0)
+                checks = f", {passed} checks passed" if passed else ""
+                emit(f"{stamp} done    {step} ({took:.1f}s{checks})")
             elif kind == "STEP_FAILURE":
-                emit(f"{elapsed} FAILED  {step}")
-            elif kind == "STEP_START":
-                emit(f"{elapsed} start   {step}")
+                emit(f"{stamp} FAILED  {step}")
             elif kind == "ASSET_CHECK_EVALUATION":
                 data = event.event_specific_data
-                status = "passed" if data.passed else f"FAILED ({data.severity.value.lower()})"
-                emit(f"{elapsed} check   {data.asset_key.to_user_string()}:{data.check_name} {status}")
+                if data.passed:
+                    self.checks_passed[step] = self.checks_passed.get(step, 0) + 1
+                else:
+                    emit(
+                        f"{stamp} check   {data.asset_key.to_user_string()}:{data.check_name} "
+                        f"FAILED ({data.severity.value.lower()})"
+                    )
 
-    @dg.logger(description="One line per step and check, for the terminal.")
+    @dg.logger(description="One line per step and failed check, for the terminal.")
     def progress(_init_context):
         logger = logging.Logger("churn_progress", level=logging.DEBUG)
         logger.addHandler(ProgressHandler())
