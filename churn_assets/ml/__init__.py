@@ -1,0 +1,1 @@
+"""Machine learning: training set split, candidate models, tuning, registry, evaluation, SHAP."""
