@@ -1,0 +1,1 @@
+"""Batch scoring, drift monitoring and realised performance of the champion model."""
