@@ -547,3 +547,27 @@ def test_materializes_through_the_sql_loader(tmp_path, monkeypatch):
         assert con.execute("SELECT count(*) FROM features.customer_features").fetchall()[0][0] == sum(
             len(frames["subscriptions"]) for _, frames in deliveries
         )
+
+
+TELCO_CSV = Path("/work/shared/datasets/telco_customer_churn.csv")
+
+
+@pytest.mark.skipif(not TELCO_CSV.exists(), reason="the shared Telco sample is not on this machine")
+def test_real_telco_month_becomes_a_labelled_training_set():
+    from churn_assets.source.ingest import read_telco_csv, telco_to_delivery
+
+    telco = read_telco_csv(TELCO_CSV)
+    delivery = telco_to_delivery(telco, "2024-06", str(TELCO_CSV))
+    con = warehouse_with([("2024-06-01", delivery)])
+    build_models(con)
+    training = frame_of(con, "features.training_set")
+    assert len(training) == len(telco) == 7043
+    assert training["churned"].sum() == (telco["Churn"] == "Yes").sum() == 1869
+    by_customer = training.set_index("customer_id")
+    source = telco.set_index("customerID")
+    expected_tenure = source.loc[by_customer.index, "tenure"].astype(int).to_numpy()
+    assert (by_customer["tenure_months"].to_numpy() == expected_tenure).all()
+    # The eleven blank TotalCharges (tenure 0) are filled with 0 and flagged.
+    assert by_customer["total_charges_imputed"].sum() == 11
+    assert (by_customer.loc[by_customer["total_charges_imputed"], "total_charges"] == 0).all()
+    assert check_point_in_time(con, SQL_DIR, sample=None).passed

@@ -97,26 +97,33 @@ event_timeline AS (
     GROUP BY customer_id, month
 ),
 
+-- The timeline has one row per customer and month, so "the previous row" is the previous
+-- month only when its month says so; months missing from it had no events.
 event_history AS (
     SELECT
         customer_id,
         month AS snapshot_month,
         plan_changes AS plan_changes_1m,
-        sum(plan_changes) OVER three_months AS plan_changes_3m,
+        plan_changes
+            + CASE WHEN lag(month, 1) OVER by_month >= CAST(month - INTERVAL 2 MONTH AS DATE)
+                   THEN lag(plan_changes, 1) OVER by_month ELSE 0 END
+            + CASE WHEN lag(month, 2) OVER by_month >= CAST(month - INTERVAL 2 MONTH AS DATE)
+                   THEN lag(plan_changes, 2) OVER by_month ELSE 0 END AS plan_changes_3m,
         usage_gb AS usage_gb_month,
-        coalesce(sum(usage_gb) OVER previous_month, 0) AS usage_gb_prev_month,
-        sum(usage_gb) OVER three_months / 3 AS usage_gb_3m_avg,
-        max(last_support_call_at) OVER to_date AS last_support_call_at,
-        max(last_late_payment_at) OVER to_date AS last_late_payment_at,
-        max(last_outage_at) OVER to_date AS last_outage_at
+        CASE WHEN lag(month, 1) OVER by_month = CAST(month - INTERVAL 1 MONTH AS DATE)
+             THEN lag(usage_gb, 1) OVER by_month ELSE 0 END AS usage_gb_prev_month,
+        (usage_gb
+            + CASE WHEN lag(month, 1) OVER by_month >= CAST(month - INTERVAL 2 MONTH AS DATE)
+                   THEN lag(usage_gb, 1) OVER by_month ELSE 0 END
+            + CASE WHEN lag(month, 2) OVER by_month >= CAST(month - INTERVAL 2 MONTH AS DATE)
+                   THEN lag(usage_gb, 2) OVER by_month ELSE 0 END) / 3 AS usage_gb_3m_avg,
+        max(last_support_call_at) OVER running AS last_support_call_at,
+        max(last_late_payment_at) OVER running AS last_late_payment_at,
+        max(last_outage_at) OVER running AS last_outage_at
     FROM event_timeline
     WINDOW
-        three_months AS (PARTITION BY customer_id ORDER BY month
-                         RANGE BETWEEN INTERVAL 2 MONTH PRECEDING AND CURRENT ROW),
-        previous_month AS (PARTITION BY customer_id ORDER BY month
-                           RANGE BETWEEN INTERVAL 1 MONTH PRECEDING AND INTERVAL 1 MONTH PRECEDING),
-        to_date AS (PARTITION BY customer_id ORDER BY month
-                    RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+        by_month AS (PARTITION BY customer_id ORDER BY month),
+        running AS (PARTITION BY customer_id ORDER BY month ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )
 
 SELECT
