@@ -1,0 +1,101 @@
+"""The ml group through Dagster: candidates, registry rows, blocking gate, champion pointer."""
+
+from __future__ import annotations
+
+import dagster as dg
+import duckdb
+import pytest
+
+from churn_assets.ml.assets import (
+    CHAMPION_KEY, MODEL_VERSIONS_KEY, PROMOTION_GATE, ml_asset_checks, ml_assets,
+)
+from churn_assets.ml.registry import load_champion
+from churn_assets.ml.sample_data import synthetic_training_frame
+from churn_assets.resources import ArtifactStore, Warehouse
+
+FAST_TUNING = {"n_trials": 4, "timeout_s": None, "max_rounds": 40, "early_stopping_rounds": 10, "nthread": 1}
+FAST_BASELINES = {"forest_trees": 20, "n_jobs": 1}
+
+
+def _write_training_set(db_path, frame):
+    con = duckdb.connect(str(db_path))
+    con.execute("CREATE SCHEMA IF NOT EXISTS features")
+    con.register("frame", frame[frame.iloc[:, -1].notna()])
+    con.execute("CREATE OR REPLACE TABLE features.training_set AS SELECT * FROM frame")
+    con.close()
+
+
+def _materialize(home, tuning=None, baselines=None, promotion=None, raise_on_error=True):
+    run_config = {"ops": {
+        "ml__tuned_xgboost": {"config": {**FAST_TUNING, **(tuning or {})}},
+        "ml__baseline_models": {"config": {**FAST_BASELINES, **(baselines or {})}},
+    }}
+    if promotion:
+        run_config["ops"]["ml__champion"] = {"config": promotion}
+        run_config["ops"][f"ml__model_versions_{PROMOTION_GATE}"] = {"config": promotion}
+    return dg.materialize(
+        [*ml_assets, *ml_asset_checks],
+        resources={"warehouse": Warehouse(path=str(home / "warehouse.duckdb")),
+                   "artifacts": ArtifactStore(root=str(home / "artifacts"))},
+        run_config=run_config,
+        raise_on_error=raise_on_error,
+    )
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHURN_HOME", str(tmp_path))
+    _write_training_set(tmp_path / "warehouse.duckdb", synthetic_training_frame(n_customers=300, n_months=5, seed=51))
+    return tmp_path
+
+
+def _versions(home):
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    try:
+        return con.execute(
+            "SELECT version, algorithm, role, is_champion, test_auc FROM ml.model_versions ORDER BY version"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def test_ml_group_registers_candidates_promotes_and_is_reproducible(home):
+    result = _materialize(home)
+    assert result.success
+    rows = _versions(home)
+    assert sorted(r[1] for r in rows) == ["logistic_regression", "random_forest", "xgboost"]
+    champion_rows = [r for r in rows if r[3]]
+    assert len(champion_rows) == 1 and champion_rows[0][1] == "xgboost"
+
+    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == PROMOTION_GATE][0]
+    assert gate.passed and gate.metadata["reference_kind"].value == "best_baseline"
+    assert {"ci_low", "ci_high", "auc_difference"} <= set(gate.metadata)
+    tuned = result.asset_materializations_for_node("ml__tuned_xgboost")[0].metadata
+    assert {"best_params", "tuning_history", "trials", "split", "xgboost/test_auc"} <= set(tuned)
+
+    warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
+    champion = load_champion(home / "artifacts", warehouse)
+    assert champion.version == champion_rows[0][0]
+
+    # Same data, seed and config: the same versions and metrics, and the champion stays.
+    again = _materialize(home)
+    assert again.success
+    assert _versions(home) == rows
+    champion_metadata = again.asset_materializations_for_node("ml__champion")[0].metadata
+    assert champion_metadata["changed"].value is False
+
+
+def test_failed_gate_blocks_the_champion_and_leaves_the_pointer(home):
+    assert _materialize(home).success
+    before = [r for r in _versions(home) if r[3]]
+
+    # New data with a different seed gives a new challenger; an impossible margin fails the gate.
+    _write_training_set(home / "warehouse.duckdb", synthetic_training_frame(n_customers=300, n_months=5, seed=52))
+    result = _materialize(home, promotion={"margin": 0.5, "bootstrap_samples": 100}, raise_on_error=False)
+    assert not result.success
+    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == PROMOTION_GATE][0]
+    assert not gate.passed
+    assert result.asset_materializations_for_node("ml__champion") == []
+    after = _versions(home)
+    assert len(after) == 6
+    assert [r for r in after if r[3]] == before
