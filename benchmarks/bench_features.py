@@ -8,6 +8,10 @@ before the table is printed, so the two really compute the same thing.
 
     uv run python benchmarks/bench_features.py                 # 100k and 1M customers
     uv run python benchmarks/bench_features.py --sizes 100000 --months 24
+    uv run python benchmarks/bench_features.py --sizes 1000000 --engines duckdb
+
+An engine that fails (e.g. pandas killed for memory at 1M customers on a small machine)
+is reported as failed in the table instead of stopping the run.
 """
 
 from __future__ import annotations
@@ -262,8 +266,9 @@ def run_pandas(folder: Path) -> dict:
     return {"seconds": seconds, "feature_rows": len(features), "training_rows": len(training)}
 
 
-def child(engine: str, folder: Path) -> dict:
-    """Run one engine in a fresh process; its own wall time and peak RSS come back."""
+def child(engine: str, folder: Path) -> dict | None:
+    """Run one engine in a fresh process; its own wall time and peak RSS come back
+    (None when it fails)."""
     process = subprocess.Popen(
         [sys.executable, __file__, "--engine", engine, "--folder", str(folder)],
         stdout=subprocess.PIPE, cwd=ROOT,
@@ -271,7 +276,8 @@ def child(engine: str, folder: Path) -> dict:
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
-        raise RuntimeError(f"{engine} run failed (status {status})")
+        print(f"  {engine} failed: wait status {status}, peak RSS {usage.ru_maxrss / 1024:,.0f} MB", flush=True)
+        return None
     result = json.loads(output.decode().strip().splitlines()[-1])
     result["peak_rss_mb"] = usage.ru_maxrss / 1024
     return result
@@ -302,6 +308,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="100000,1000000", help="customer counts, comma-separated")
     parser.add_argument("--months", type=int, default=24)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--engines", default="duckdb,pandas", help="engines to run, comma-separated")
     parser.add_argument("--engine", choices=["duckdb", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -316,20 +323,26 @@ def main() -> None:
             counts = generate(folder, size, args.months, args.seed)
             print(f"{size:,} customers x {args.months} months: raw rows {counts} "
                   f"(generated in {time.perf_counter() - started:.0f}s)", flush=True)
-            duck = child("duckdb", folder)
+            engines = args.engines.split(",")
+            duck = child("duckdb", folder) if "duckdb" in engines else None
             print(f"  duckdb {duck}", flush=True)
-            pand = child("pandas", folder)
+            pand = child("pandas", folder) if "pandas" in engines else None
             print(f"  pandas {pand}", flush=True)
-            rows.append((size, counts, duck, pand, compare(folder)))
+            verdict = compare(folder) if duck and pand else "not compared"
+            rows.append((size, counts, duck, pand, verdict))
     print()
     print(f"| customers x months | snapshot rows | raw events | engine | wall s | feature rows/s | peak RSS MB | pandas/duckdb wall | results |")
     print("|---|---|---|---|---|---|---|---|---|")
     for size, counts, duck, pand, verdict in rows:
-        ratio = pand["seconds"] / duck["seconds"]
+        ratio = f"{pand['seconds'] / duck['seconds']:.1f}x" if duck and pand else "-"
         for name, result in (("duckdb", duck), ("pandas", pand)):
+            if result is None:
+                print(f"| {size:,} x {args.months} | {counts['subscriptions']:,} | {counts['events']:,} | {name} | "
+                      f"{'failed' if name in args.engines else 'not run'} | - | - | - | - |")
+                continue
             print(f"| {size:,} x {args.months} | {counts['subscriptions']:,} | {counts['events']:,} | {name} | "
                   f"{result['seconds']:.1f} | {result['feature_rows'] / result['seconds']:,.0f} | "
-                  f"{result['peak_rss_mb']:,.0f} | {ratio:.1f}x | {verdict} |")
+                  f"{result['peak_rss_mb']:,.0f} | {ratio} | {verdict} |")
 
 
 if __name__ == "__main__":
