@@ -1,0 +1,523 @@
+"""Dagster assets and checks for model evaluation, SHAP and per-customer explanations.
+
+Graph::
+
+    ml/champion --> ml/evaluation_report   [auc_floor*, beats_baselines*, calibration, slice_gap]
+               \\-> ml/shap_summary        [shap_additivity*, leakage_smell]
+    ml/predictions (monthly) --> ml/explanations (monthly)
+
+(* = blocking, error severity.) The report and the SHAP summary evaluate the champion by
+default, or any registered version named in config; their numbers, plots and model card
+go on the materialization and under ``artifacts/reports/<version>/``. The checks read
+the JSON files written there (the version named in ``reports/latest.json``), so
+``churn check`` evaluates them without re-materializing. ``ml.explanations`` holds, per
+scored customer-month, the top-k features pushing the risk up and down.
+"""
+
+# No `from __future__ import annotations`: Dagster resolves config classes from the
+# real annotations of the decorated functions.
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from pydantic import Field
+
+from churn_assets.partitions import monthly_partitions
+from churn_assets.resources import WAREHOUSE_POOL, ArtifactStore, Warehouse
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from churn_assets.ml.candidates import ChurnModel
+
+GROUP = "ml"
+CHAMPION_KEY = dg.AssetKey(["ml", "champion"])
+PREDICTIONS_KEY = dg.AssetKey(["ml", "predictions"])
+EVALUATION_REPORT_KEY = dg.AssetKey(["ml", "evaluation_report"])
+SHAP_SUMMARY_KEY = dg.AssetKey(["ml", "shap_summary"])
+EXPLANATIONS_KEY = dg.AssetKey(["ml", "explanations"])
+EXPLANATIONS_TABLE = "ml.explanations"
+FEATURES_TABLE = "features.customer_features"
+REPORTS_DIR = "reports"
+LATEST_POINTER = "latest.json"
+EVALUATION_FILE = "evaluation.json"
+SHAP_FILE = "shap_summary.json"
+
+EXPLANATION_COLUMNS: dict[str, tuple[str, str]] = {
+    "customer_id": ("VARCHAR NOT NULL", "Customer identifier."),
+    "snapshot_month": ("DATE NOT NULL", "Snapshot month of the explained score (ml.predictions)."),
+    "model_version": ("VARCHAR NOT NULL", "Registry version of the explained model."),
+    "direction": ("VARCHAR NOT NULL", "increases_risk or decreases_risk."),
+    "rank": ("INTEGER NOT NULL", "1 = the strongest reason in that direction."),
+    "feature": ("VARCHAR NOT NULL", "Feature name (a column of features.customer_features)."),
+    "feature_value": ("VARCHAR", "The customer's value of the feature, as text; NULL if missing."),
+    "shap_value": ("DOUBLE NOT NULL", "SHAP contribution to the log-odds of churn."),
+}
+
+
+class ModelChoice(dg.Config):
+    model_version: str | None = Field(
+        default=None, description="Registered version to evaluate; default: the champion."
+    )
+
+
+class EvaluationConfig(ModelChoice):
+    retained_value: float = Field(default=500.0, description="Value of keeping a churner.")
+    offer_cost: float = Field(default=50.0, description="Cost of one retention offer.")
+    offer_success_rate: float = Field(default=0.3, description="Share of offers that retain.")
+    slice_columns: list[str] = Field(
+        default_factory=list, description="Extra categorical columns to slice metrics by."
+    )
+    min_slice_rows: int = Field(default=50, description="Smaller slices are not compared.")
+
+
+class ShapConfig(ModelChoice):
+    sample_rows: int = Field(default=2000, description="Test rows explained for the plots.")
+    dependence_plots: int = Field(default=3, description="Dependence plots for the top features.")
+    permutation_rows: int = Field(
+        default=200, description="Rows explained by the permutation fallback (non-tree models)."
+    )
+    background_rows: int = Field(default=20, description="Background rows for the fallback.")
+    seed: int = 0
+
+
+class ExplanationsConfig(dg.Config):
+    top_k: int = Field(default=3, description="Reasons per direction per customer.")
+    batch_rows: int = Field(default=50_000, description="Rows explained per batch.")
+    background_rows: int = Field(default=10, description="Background rows (non-tree models).")
+
+
+class CheckThresholds(dg.Config):
+    auc_floor: float = 0.70
+    baseline_margin: float = 0.0
+    max_ece: float = 0.05
+    max_slice_gap: float = 0.10
+    max_feature_share: float = 0.5
+    auc_ceiling: float = 0.97
+
+
+# -- loading ----------------------------------------------------------------------------
+
+
+def load_evaluated_model(con: Any, artifacts_root: Path, version: str | None) -> "ChurnModel":
+    from churn_assets.ml.registry import load_champion, load_model
+
+    if version:
+        return load_model(version, artifacts_root, con)
+    return load_champion(artifacts_root, con)
+
+
+def _labels(frame: "pd.DataFrame", model: "ChurnModel") -> Any:
+    return frame[model.feature_spec.roles.label_column].astype(float).to_numpy()
+
+
+def _report_dir(artifacts: ArtifactStore, version: str) -> Path:
+    return artifacts.root_path / REPORTS_DIR / version
+
+
+def _update_latest(artifacts: ArtifactStore, **entries: str) -> None:
+    from churn_assets.ml.report import write_files
+
+    pointer = artifacts.root_path / REPORTS_DIR / LATEST_POINTER
+    current = json.loads(pointer.read_text()) if pointer.exists() else {}
+    write_files(pointer.parent, {LATEST_POINTER: json.dumps({**current, **entries}, indent=2)})
+
+
+def _read_latest(artifacts: ArtifactStore, kind: str) -> dict | None:
+    pointer = artifacts.root_path / REPORTS_DIR / LATEST_POINTER
+    if not pointer.exists():
+        return None
+    version = json.loads(pointer.read_text()).get(kind)
+    file = EVALUATION_FILE if kind == "evaluation" else SHAP_FILE
+    path = artifacts.root_path / REPORTS_DIR / str(version) / file
+    return json.loads(path.read_text()) if version and path.exists() else None
+
+
+def _plots_metadata(plots: dict[str, bytes]) -> dict[str, dg.MetadataValue]:
+    from churn_assets.ml.report import markdown_image
+
+    return {
+        f"plot_{name.removesuffix('.png')}": dg.MetadataValue.md(
+            markdown_image(png, name.removesuffix(".png").replace("_", " "))
+        )
+        for name, png in plots.items()
+    }
+
+
+# -- ml/evaluation_report ---------------------------------------------------------------
+
+
+def evaluate_model(con: Any, artifacts_root: Path, config: EvaluationConfig):
+    """Score the model's recorded test split; threshold from the validation split."""
+    from churn_assets.ml.assets import read_training_set
+    from churn_assets.ml.evaluation import BusinessAssumptions, evaluate, optimal_threshold
+    from churn_assets.ml.registry import load_model, rebuild_split, versions_trained_with
+
+    model = load_evaluated_model(con, artifacts_root, config.model_version)
+    frame, _ = read_training_set(con)
+    split = rebuild_split(model, frame)
+    assumptions = BusinessAssumptions(config.retained_value, config.offer_cost,
+                                      config.offer_success_rate)
+    threshold, source = None, None
+    if len(split.valid) and 0 < _labels(split.valid, model).sum() < len(split.valid):
+        threshold = optimal_threshold(
+            _labels(split.valid, model), model.predict_proba(split.valid), assumptions
+        ).threshold
+        source = "savings-optimal on the validation split"
+    baselines = {}
+    data_version = model.manifest.get("training_data_version", "")
+    for version in versions_trained_with(con, data_version, "baseline"):
+        if version != model.version:
+            baseline = load_model(version, artifacts_root, con)
+            baselines[baseline.algorithm] = baseline.predict_proba(split.test)
+    report = evaluate(
+        _labels(split.test, model), model.predict_proba(split.test), frame=split.test,
+        threshold=threshold, threshold_source=source, assumptions=assumptions,
+        slice_columns=config.slice_columns, min_slice_rows=config.min_slice_rows,
+        baseline_scores=baselines,
+    )
+    return model, split, report
+
+
+def model_card_info(model: "ChurnModel", split: Any) -> Any:
+    from churn_assets.ml.report import ModelCardInfo
+
+    manifest = model.manifest
+    months = split.description.get("test", {}).get("months") if isinstance(
+        split.description, dict) else None
+    calibration = model.calibration.get("method", "none")
+    return ModelCardInfo(
+        version=str(model.version),
+        algorithm=model.algorithm,
+        created_at=str(manifest.get("created_at", "")),
+        training_data_version=str(manifest.get("training_data_version", "")),
+        code_version=str(manifest.get("code_version", "")),
+        data_window=json.dumps(split.description, default=str)[:400] if months is None
+        else f"test months {', '.join(map(str, months))}",
+        split=split.strategy,
+        sizes={name: len(part) for name, part in split.parts().items()},
+        params={k: v for k, v in model.params.items() if not isinstance(v, dict | list)},
+        calibration=None if calibration == "none" else calibration,
+        lineage=["features.training_set", "ml.model_versions", f"artifacts/models/{model.version}"],
+    )
+
+
+@dg.asset(
+    key=EVALUATION_REPORT_KEY,
+    deps=[CHAMPION_KEY],
+    group_name=GROUP,
+    kinds={"scikit-learn", "matplotlib"},
+    description="Test-split metrics, business view, slices, plots and model card of the champion "
+                "(or a configured version), under artifacts/reports/<version>/.",
+)
+def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
+                      warehouse: Warehouse, artifacts: ArtifactStore) -> dg.MaterializeResult:
+    from churn_assets.ml.report import evaluation_plots, render_model_card, write_files
+
+    with warehouse.read() as con:
+        model, split, report = evaluate_model(con, artifacts.root_path, config)
+    plots = evaluation_plots(report, model.algorithm)
+    summary = {"model_version": model.version, "algorithm": model.algorithm, **report.summary()}
+    card = render_model_card(report, model_card_info(model, split))
+    folder = _report_dir(artifacts, str(model.version))
+    write_files(folder, {**plots, EVALUATION_FILE: json.dumps(summary, indent=2),
+                         "model_card.md": card})
+    _update_latest(artifacts, evaluation=str(model.version))
+    metrics = report.metrics
+    context.log.info(f"{model.version}: test ROC-AUC {metrics['roc_auc']:.4f}")
+    return dg.MaterializeResult(metadata={
+        "model_version": model.version,
+        "algorithm": model.algorithm,
+        **{f"test_{k}": float(metrics[k]) for k in (
+            "roc_auc", "pr_auc", "log_loss", "brier", "ece", "accuracy", "precision",
+            "recall", "f1")},
+        "threshold": report.threshold,
+        "threshold_source": report.threshold_source,
+        "confusion_matrix": dg.MetadataValue.json(
+            {"tn": report.confusion[0][0], "fp": report.confusion[0][1],
+             "fn": report.confusion[1][0], "tp": report.confusion[1][1]}),
+        "expected_savings": report.savings_at_threshold,
+        "top_decile_lift": report.top_decile_lift,
+        "largest_slice_gap": dg.MetadataValue.json(summary["largest_slice_gap"]),
+        "baselines": dg.MetadataValue.json(summary["baselines"]),
+        "model_card": dg.MetadataValue.md(card),
+        "report_dir": dg.MetadataValue.path(str(folder)),
+        **_plots_metadata(plots),
+    })
+
+
+def _check_result(outcome: tuple[bool, dict], severity: dg.AssetCheckSeverity
+                  ) -> dg.AssetCheckResult:
+    passed, metadata = outcome
+    return dg.AssetCheckResult(
+        passed=passed, severity=severity,
+        metadata={k: v for k, v in metadata.items() if v is not None},
+        description=metadata.get("description"),
+    )
+
+
+def _no_report(kind: str) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True, description=f"no {kind} written yet; nothing to check")
+
+
+@dg.asset_check(asset=EVALUATION_REPORT_KEY, name="auc_floor", blocking=True,
+                description="Test ROC-AUC at or above the floor.")
+def auc_floor(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
+    from churn_assets.ml.evaluation import check_auc_floor
+
+    summary = _read_latest(artifacts, "evaluation")
+    if summary is None:
+        return _no_report("evaluation report")
+    auc = summary["metrics"]["roc_auc"]
+    return _check_result(check_auc_floor(float("nan") if auc is None else auc, config.auc_floor),
+                         dg.AssetCheckSeverity.ERROR)
+
+
+@dg.asset_check(asset=EVALUATION_REPORT_KEY, name="beats_baselines", blocking=True,
+                description="Test ROC-AUC at least the best baseline's (plus margin).")
+def beats_baselines(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
+    from churn_assets.ml.evaluation import check_beats_baselines
+
+    summary = _read_latest(artifacts, "evaluation")
+    if summary is None:
+        return _no_report("evaluation report")
+    baselines = {name: m["roc_auc"] for name, m in summary["baselines"].items()}
+    return _check_result(
+        check_beats_baselines(summary["metrics"]["roc_auc"] or float("nan"), baselines,
+                              config.baseline_margin),
+        dg.AssetCheckSeverity.ERROR,
+    )
+
+
+@dg.asset_check(asset=EVALUATION_REPORT_KEY, name="calibration",
+                description="Expected calibration error within the bound (warning).")
+def calibration(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
+    from churn_assets.ml.evaluation import check_calibration
+
+    summary = _read_latest(artifacts, "evaluation")
+    if summary is None:
+        return _no_report("evaluation report")
+    return _check_result(check_calibration(summary["metrics"]["ece"], config.max_ece),
+                         dg.AssetCheckSeverity.WARN)
+
+
+@dg.asset_check(asset=EVALUATION_REPORT_KEY, name="slice_gap",
+                description="Largest ROC-AUC gap between slices of a segment (warning).")
+def slice_gap(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
+    from churn_assets.ml.evaluation import SliceGap, check_slice_gap
+
+    summary = _read_latest(artifacts, "evaluation")
+    if summary is None:
+        return _no_report("evaluation report")
+    gap = summary["largest_slice_gap"]
+    return _check_result(check_slice_gap(SliceGap(**gap), config.max_slice_gap),
+                         dg.AssetCheckSeverity.WARN)
+
+
+# -- ml/shap_summary --------------------------------------------------------------------
+
+
+def explain_model(model: "ChurnModel", frame: "pd.DataFrame", *, background: "pd.DataFrame | None",
+                  seed: int = 0):
+    """Contributions and the exact margin they must add up to, for ``frame``'s rows.
+
+    XGBoost: the booster's exact TreeSHAP. Other models: the permutation fallback on
+    ``background``, explaining logit(predict_proba).
+    """
+    import numpy as np
+
+    from churn_assets.ml.columns import feature_frame
+    from churn_assets.ml.explain import (
+        booster_margin,
+        permutation_contributions,
+        xgboost_contributions,
+    )
+
+    features = feature_frame(frame, model.feature_spec)
+    if model.booster is not None:
+        return xgboost_contributions(model.booster, features), booster_margin(
+            model.booster, features)
+    if background is None:
+        raise ValueError("A non-tree model needs background rows for the permutation fallback")
+    background_features = feature_frame(background, model.feature_spec)
+
+    def predict(rows: "pd.DataFrame") -> "np.ndarray":
+        return model.predict_proba(rows)
+
+    contributions = permutation_contributions(predict, features, background_features, seed=seed)
+    probabilities = np.clip(model.predict_proba(features), 1e-7, 1 - 1e-7)
+    return contributions, np.log(probabilities / (1 - probabilities))
+
+
+@dg.asset(
+    key=SHAP_SUMMARY_KEY,
+    deps=[CHAMPION_KEY],
+    group_name=GROUP,
+    kinds={"shap", "xgboost"},
+    description="Global SHAP importance, beeswarm and dependence plots of the champion on a "
+                "sample of its test split.",
+)
+def shap_summary(context: dg.AssetExecutionContext, config: ShapConfig, warehouse: Warehouse,
+                 artifacts: ArtifactStore) -> dg.MaterializeResult:
+    from churn_assets.ml.assets import read_training_set
+    from churn_assets.ml.explain import check_additivity, global_importance
+    from churn_assets.ml.registry import rebuild_split
+    from churn_assets.ml.report import shap_plots, write_files
+
+    with warehouse.read() as con:
+        model = load_evaluated_model(con, artifacts.root_path, config.model_version)
+        frame, _ = read_training_set(con)
+    split = rebuild_split(model, frame)
+    is_tree = model.booster is not None
+    rows = config.sample_rows if is_tree else config.permutation_rows
+    sample = split.test.sample(n=min(rows, len(split.test)), random_state=config.seed)
+    background = None if is_tree else split.train.sample(
+        n=min(config.background_rows, len(split.train)), random_state=config.seed)
+    contributions, margin = explain_model(model, sample, background=background, seed=config.seed)
+    passed, additivity = check_additivity(contributions, margin)
+    importance = global_importance(contributions)
+    features = sample[contributions.feature_names]
+    plots = shap_plots(contributions, features, importance, config.dependence_plots)
+    summary = {
+        "model_version": model.version,
+        "method": contributions.method,
+        "explained_output": "booster margin (log-odds) before calibration" if is_tree
+        else "logit of predict_proba",
+        "rows": len(sample),
+        "base_value": contributions.base_value,
+        "additivity": additivity,
+        "importance": importance.to_dict(orient="records"),
+    }
+    folder = _report_dir(artifacts, str(model.version))
+    write_files(folder, {**plots, SHAP_FILE: json.dumps(summary, indent=2, default=float),
+                         "shap_importance.csv": importance.to_csv(index=False)})
+    _update_latest(artifacts, shap=str(model.version))
+    top = importance.head(10)
+    return dg.MaterializeResult(metadata={
+        "model_version": model.version,
+        "method": contributions.method,
+        "rows_explained": len(sample),
+        "base_value": contributions.base_value,
+        "additivity_max_error": additivity["max_abs_error"],
+        "top_features": dg.MetadataValue.md("\n".join(
+            ["| rank | feature | mean abs SHAP | share |", "|---:|---|---:|---:|"]
+            + [f"| {r.rank} | {r.feature} | {r.mean_abs_shap:.4f} | {r.share:.1%} |"
+               for r in top.itertuples()])),
+        "report_dir": dg.MetadataValue.path(str(folder)),
+        **_plots_metadata(plots),
+    })
+
+
+@dg.asset_check(asset=SHAP_SUMMARY_KEY, name="shap_additivity", blocking=True,
+                description="Base value + SHAP contributions equal the model margin on every "
+                            "explained row (1e-4).")
+def shap_additivity(artifacts: ArtifactStore) -> dg.AssetCheckResult:
+    summary = _read_latest(artifacts, "shap")
+    if summary is None:
+        return _no_report("SHAP summary")
+    additivity = summary["additivity"]
+    passed = additivity["rows_failing"] == 0
+    return _check_result((passed, additivity), dg.AssetCheckSeverity.ERROR)
+
+
+@dg.asset_check(asset=SHAP_SUMMARY_KEY, name="leakage_smell",
+                description="No single feature dominates |SHAP| and test AUC is plausible "
+                            "(warning naming the feature).")
+def leakage_smell(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
+    import pandas as pd
+
+    from churn_assets.ml.evaluation import check_leakage_smell
+
+    shap_summary_data = _read_latest(artifacts, "shap")
+    if shap_summary_data is None:
+        return _no_report("SHAP summary")
+    evaluation = _read_latest(artifacts, "evaluation")
+    auc = float("nan")
+    if evaluation and evaluation.get("model_version") == shap_summary_data["model_version"]:
+        auc = evaluation["metrics"]["roc_auc"] or float("nan")
+    importance = pd.DataFrame(shap_summary_data["importance"])
+    return _check_result(
+        check_leakage_smell(importance, auc, max_feature_share=config.max_feature_share,
+                            auc_ceiling=config.auc_ceiling),
+        dg.AssetCheckSeverity.WARN,
+    )
+
+
+# -- ml/explanations --------------------------------------------------------------------
+
+
+def explanation_rows(model: "ChurnModel", frame: "pd.DataFrame", top_k: int,
+                     background: "pd.DataFrame | None" = None) -> "pd.DataFrame":
+    """``ml.explanations`` rows for the customer-months in ``frame``."""
+    from churn_assets.ml.explain import top_reasons
+
+    contributions, _ = explain_model(model, frame, background=background)
+    keys = frame[["customer_id", "snapshot_month"]].reset_index(drop=True)
+    reasons = top_reasons(contributions, frame.reset_index(drop=True), keys, k=top_k)
+    reasons.insert(2, "model_version", str(model.version))
+    return reasons
+
+
+@dg.asset(
+    key=EXPLANATIONS_KEY,
+    deps=[PREDICTIONS_KEY],
+    partitions_def=monthly_partitions,
+    group_name=GROUP,
+    kinds={"duckdb", "shap"},
+    pool=WAREHOUSE_POOL,
+    description="ml.explanations: per scored customer-month, the top-k features pushing the "
+                "churn risk up and down, with their values and SHAP contributions.",
+)
+def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
+                 warehouse: Warehouse, artifacts: ArtifactStore) -> dg.MaterializeResult:
+    import pandas as pd
+
+    from churn_assets.metadata import table_metadata
+    from churn_assets.ml.registry import load_champion
+
+    month = context.partition_key
+    with warehouse.read() as con:
+        model = load_champion(artifacts.root_path, con)
+        frame = con.execute(
+            f"SELECT * FROM {FEATURES_TABLE} WHERE snapshot_month = CAST(? AS DATE) "
+            "ORDER BY customer_id", [month]).df()
+    background = None
+    if model.booster is None and len(frame):
+        background = frame.sample(n=min(config.background_rows, len(frame)), random_state=0)
+    parts = [
+        explanation_rows(model, frame.iloc[start:start + config.batch_rows], config.top_k,
+                         background)
+        for start in range(0, len(frame), config.batch_rows)
+    ]
+    reasons = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=list(EXPLANATION_COLUMNS))
+    body = ", ".join(f"{name} {kind}" for name, (kind, _) in EXPLANATION_COLUMNS.items())
+    with warehouse.write() as con:
+        con.execute("CREATE SCHEMA IF NOT EXISTS ml")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {EXPLANATIONS_TABLE} ({body})")
+        con.execute(f"DELETE FROM {EXPLANATIONS_TABLE} WHERE snapshot_month = CAST(? AS DATE)",
+                    [month])
+        con.register("new_reasons", reasons)
+        con.execute(f"INSERT INTO {EXPLANATIONS_TABLE} SELECT {', '.join(EXPLANATION_COLUMNS)} "
+                    "FROM new_reasons")
+        con.unregister("new_reasons")
+        total = con.execute(f"SELECT count(*) FROM {EXPLANATIONS_TABLE}").fetchone()[0]
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn(name, kind.split()[0], description=text)
+        for name, (kind, text) in EXPLANATION_COLUMNS.items()])
+    return dg.MaterializeResult(metadata={
+        **table_metadata(column_schema=schema, row_count=total,
+                         partition_row_count=len(reasons), table_name=EXPLANATIONS_TABLE),
+        "model_version": model.version,
+        "customers_explained": len(frame),
+        "example_query": dg.MetadataValue.md(
+            "```sql\nSELECT direction, rank, feature, feature_value, shap_value\n"
+            f"FROM {EXPLANATIONS_TABLE}\nWHERE customer_id = '<id>' AND snapshot_month = "
+            f"DATE '{month}'\nORDER BY direction DESC, rank;\n```"),
+    })
+
+
+evaluation_assets = [evaluation_report, shap_summary, explanations]
+evaluation_asset_checks = [auc_floor, beats_baselines, calibration, slice_gap, shap_additivity,
+                           leakage_smell]
