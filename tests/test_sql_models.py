@@ -8,6 +8,7 @@ $partition_end bound as parameters), so these tests do not depend on the Dagster
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 from pathlib import Path
 
@@ -472,6 +473,7 @@ def test_point_in_time_check_catches_a_leaky_model(random_warehouse, tmp_path):
     example = result.sample_of_mismatches[0]
     stored = example["columns"]["support_calls_ever"]
     assert stored["stored"] > stored["recomputed"]
+    assert json.loads(json.dumps(result.as_metadata()))["mismatches"] == result.mismatches
     # The last stored month has no future to leak, so there it cannot be caught.
     assert check_point_in_time(random_warehouse, sql_dir, "features.leaky_features", months=["2024-07"]).passed
 
@@ -570,4 +572,4 @@ def test_real_telco_month_becomes_a_labelled_training_set():
     # The eleven blank TotalCharges (tenure 0) are filled with 0 and flagged.
     assert by_customer["total_charges_imputed"].sum() == 11
     assert (by_customer.loc[by_customer["total_charges_imputed"], "total_charges"] == 0).all()
-    assert check_point_in_time(con, SQL_DIR, sample=None).passed
+    assert check_point_in_time(con, SQL_DIR, sample=500).passed

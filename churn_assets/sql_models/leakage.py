@@ -57,6 +57,17 @@ class LeakageResult:
             text += f"; read untruncated (no time column): {', '.join(self.untruncated_relations)}"
         return text
 
+    def as_metadata(self) -> dict[str, Any]:
+        """JSON-friendly values for an AssetCheckResult's metadata."""
+        return {
+            "rows_compared": self.rows_compared,
+            "mismatches": self.mismatches,
+            "months": [m[:7] for m in self.months],
+            "truncated_relations": self.truncated_relations,
+            "untruncated_relations": self.untruncated_relations,
+            "sample_of_mismatches": self.sample_of_mismatches,
+        }
+
 
 @dataclass(frozen=True)
 class _Model:
@@ -198,7 +209,10 @@ def point_in_time_sql(
     ``time_columns`` overrides or adds the time column of a relation; by default raw
     tables use the contract's time column and models their YAML ``time_column``.
     """
-    models = load_models(sql_dir)
+    return _point_in_time_sql(load_models(sql_dir), sql_dir, model, time_columns, inline_upstream_models)
+
+
+def _point_in_time_sql(models, sql_dir, model, time_columns, inline_upstream_models):
     if model not in models:
         raise LeakageCheckError(f"no model {model!r} in {sql_dir} (have: {', '.join(sorted(models))})")
     columns = {**_source_time_columns(), **(time_columns or {})}
@@ -252,8 +266,9 @@ def check_point_in_time(
     parallel sums in DuckDB may differ in the last bits between runs.
     """
     models = load_models(sql_dir)
-    if model not in models:
-        raise LeakageCheckError(f"no model {model!r} in {sql_dir} (have: {', '.join(sorted(models))})")
+    sql, truncated, untruncated = _point_in_time_sql(
+        models, sql_dir, model, time_columns, inline_upstream_models
+    )
     target = models[model]
     month_column = target.config.get("partition_by") or target.config.get("time_column")
     if not month_column:
@@ -261,9 +276,6 @@ def check_point_in_time(
             f"{model}: needs config partition_by or time_column in its YAML to know which "
             "month a row belongs to"
         )
-    sql, truncated, untruncated = point_in_time_sql(
-        sql_dir, model, time_columns=time_columns, inline_upstream_models=inline_upstream_models
-    )
     stored_months = _stored_months(con, model, month_column)
     if months is None:
         chosen = _spread(stored_months, DEFAULT_MONTHS)
@@ -318,7 +330,17 @@ def _stored_months(con, model: str, month_column: str) -> list[dt.date]:
     return [row[0] for row in rows]
 
 
-def _month_rows(con, sql, model, month_column, month, keys, sample, seed):
+def _month_rows(
+    con: duckdb.DuckDBPyConnection,
+    sql: str,
+    model: str,
+    month_column: str,
+    month: dt.date,
+    keys: list[str] | None,
+    sample: int | None,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, int, int]:
+    """Stored and recomputed rows of one month (the sampled keys only) and both row counts."""
     params = {"partition_start": month, "partition_end": _next_month(month), CUTOFF_PARAMETER: _next_month(month)}
     used = {name: value for name, value in params.items() if f"${name}" in sql}
     in_month = f"{month_column} >= $partition_start AND {month_column} < $partition_end"
