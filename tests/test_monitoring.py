@@ -380,8 +380,9 @@ def reasons_con(*, trained_until: str = "2024-03-01", share: float = 0.6, auc: f
     con.execute("CREATE SCHEMA ml; CREATE SCHEMA monitoring; CREATE SCHEMA features")
     con.execute("CREATE TABLE ml.model_versions (version VARCHAR, test_auc DOUBLE, is_champion BOOLEAN, "
                 "created_at TIMESTAMP, split_description JSON)")
-    split = {"train": {"months": ["2024-01-01"]}, "valid": {"months": ["2024-02-01"]},
-             "test": {"months": [trained_until]}}
+    split = {"strategy": "out_of_time", "parts": {
+        "train": {"months": ["2023-10-01", "...", "2024-01-01"]}, "valid": {"months": ["2024-02-01"]},
+        "test": {"months": [trained_until]}}}
     con.execute("INSERT INTO ml.model_versions VALUES ('old', 0.80, false, TIMESTAMP '2024-01-01', NULL), "
                 "('champ', 0.85, true, TIMESTAMP '2024-04-02', ?)", [json.dumps(split)])
     con.execute("CREATE TABLE monitoring.drift_summary (month DATE, share_drifted DOUBLE, drifted_features INTEGER, "
@@ -417,3 +418,94 @@ def test_retraining_reasons_quiet_when_healthy_and_without_tables():
     empty.execute("CREATE TABLE features.labels AS SELECT 'a' AS customer_id, DATE '2024-01-01' AS snapshot_month, 1 AS churned")
     [reason] = retraining_reasons(empty, drift_error_share=0.5, decay_margin=0.05, new_labelled_months=1)
     assert reason.kind == "new_data" and reason.run_key == "new_data-none-2024-01"
+
+
+# -- the Dagster assets and checks on a registered champion --------------------------------
+
+
+@pytest.fixture
+def monitored_warehouse(churn_home):
+    """A warehouse with six months of features (the last unlabelled) and a promoted
+    logistic-regression champion trained by the registry on the first five."""
+    from churn_assets.ml.candidates import evaluate, train_logistic_regression
+    from churn_assets.ml.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+    from churn_assets.ml.registry import promote, register_versions, save_model, version_record
+    from churn_assets.ml.sample_data import synthetic_training_frame
+    from churn_assets.ml.split import split_training_set
+    from churn_assets.resources import ArtifactStore
+
+    frame = synthetic_training_frame(n_customers=150, n_months=6, seed=5)
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    split = split_training_set(frame, roles)
+    model = train_logistic_regression(split, build_feature_spec(split.train, roles))
+    artifacts = ArtifactStore()
+    saved = save_model(model, artifacts.root_path, split=split, metrics=evaluate(model, split),
+                       training_data_version="test-data", code_version="test-code")
+    warehouse = Warehouse()
+    with warehouse.write() as con:
+        con.execute("CREATE SCHEMA features")
+        con.register("frame", frame)
+        con.execute("CREATE TABLE features.customer_features AS SELECT * EXCLUDE (churned) FROM frame")
+        con.execute("CREATE TABLE features.labels AS SELECT customer_id, snapshot_month, churned FROM frame")
+        con.execute("CREATE TABLE features.training_set AS SELECT * FROM frame WHERE churned IS NOT NULL")
+        register_versions(con, [version_record(saved, model, "challenger", split, evaluate(model, split))])
+        promote(con, saved.version, {"margin": 0.0})
+    return warehouse, artifacts, saved.version
+
+
+def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse):
+    import dagster as dg
+
+    from churn_assets.monitoring.assets import monitoring_assets, monitoring_checks
+
+    warehouse, artifacts, version = monitored_warehouse
+    resources = {"warehouse": warehouse, "artifacts": artifacts}
+    from churn_assets.monitoring.assets import drift, predictions, realised_performance
+
+    for month in ("2024-04-01", "2024-05-01", "2024-06-01"):
+        result = dg.materialize([predictions], partition_key=month, resources=resources)
+        assert result.success
+    [scored] = result.asset_materializations_for_node("ml__predictions")
+    assert scored.metadata["rows_scored"].value == 150
+    assert scored.metadata["model_version"].value == version
+
+    drift_checks = monitoring_checks[:3]
+    result = dg.materialize(
+        [drift, *drift_checks], partition_key="2024-06-01", resources=resources,
+        run_config={"ops": {"monitoring__drift": {"config": {"sample_rows": 100}}}},
+    )
+    assert result.success
+    [measured] = result.asset_materializations_for_node("monitoring__drift")
+    report = measured.metadata["report"].value
+    assert report.endswith("reports/drift/2024-06.html") and (artifacts.root_path / "reports/drift/2024-06.html").exists()
+
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(checks) == {"drift_share", "max_psi", "prediction_drift"}
+    assert checks["drift_share"].metadata["month"].value == "2024-06"
+
+    result = dg.materialize([realised_performance, monitoring_checks[3]], resources=resources)
+    assert result.success
+    [decay] = result.get_asset_check_evaluations()
+    # The champion's test month is 2024-05, so its realised AUC there is the test AUC itself.
+    assert decay.passed and decay.metadata["drop"].value == pytest.approx(0.0, abs=1e-12)
+
+    with warehouse.read() as con:
+        assert con.execute("SELECT count(*) FROM ml.predictions").fetchone()[0] == 450
+        summary = con.execute(
+            "SELECT month, features_checked, reference_rows, current_rows, model_version, "
+            "prediction_drift_score IS NOT NULL FROM monitoring.drift_summary"
+        ).fetchall()
+        # The champion trained on 2024-01..03 (validated on 04, tested on 05).
+        assert summary == [(date(2024, 6, 1), 7, 100, 100, version, True)]
+        performance = con.execute("SELECT month, rows, model_version FROM monitoring.performance ORDER BY 1").fetchall()
+        assert performance == [(date(2024, 4, 1), 150, version), (date(2024, 5, 1), 150, version)]
+    assert monitoring_assets[0] is predictions
+
+
+def test_split_months_reads_the_registry_description_and_expands_abbreviations():
+    from churn_assets.monitoring.champion import champion_record
+
+    record = champion_record(reasons_con(trained_until="2024-03-01"))
+    assert record.version == "champ" and record.test_auc == 0.85
+    assert record.train_months == [date(2023, 10, 1), date(2023, 11, 1), date(2023, 12, 1), date(2024, 1, 1)]
+    assert record.last_labelled_month == date(2024, 3, 1)

@@ -60,6 +60,8 @@ def split_months(split_description: Any) -> dict[str, list[date]]:
     if split_description is None:
         return {}
     described = json.loads(split_description) if isinstance(split_description, str) else split_description
+    # The registry nests the parts under "parts" next to the strategy and settings.
+    described = described.get("parts", described)
     result: dict[str, list[date]] = {}
     for part in SPLIT_PARTS:
         entry = described.get(part) or {}
