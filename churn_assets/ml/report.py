@@ -494,8 +494,8 @@ def render_model_card(
     fn, tp = report.confusion[1]
     lines += [
         "",
-        f"Thresholded metrics use the operating threshold **{report.threshold:.3f}** "
-        f"({report.threshold_source}). At it the model flags {metrics['flagged_rate']:.1%} of "
+        f"Thresholded metrics use the operating threshold **{report.threshold:.3f}**, "
+        f"chosen as: {report.threshold_source}. At it the model flags {metrics['flagged_rate']:.1%} of "
         f"customers: {tp:,} churners caught, {fn:,} missed, {fp:,} stayers flagged, "
         f"{tn:,} stayers left alone.",
         "",
