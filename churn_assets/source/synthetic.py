@@ -493,7 +493,7 @@ class _Simulation:
             new = None
 
         # Start-of-month plan changes, each recorded as a plan_change event.
-        changes = self._plan_changes(at_risk, m, month_number) if len(at_risk) else []
+        changes = self._plan_changes(at_risk, m, month_number) if len(at_risk) else None
 
         # Cancellations, decided on the state at the end of last month plus this month's
         # price changes.
@@ -525,16 +525,15 @@ class _Simulation:
         month_start_s = np.int64(month_start) * DAY_SECONDS
         span_start = np.full(len(span_slots), month_start_s, dtype=np.int64)
         span_end = np.full(len(span_slots), month_start_s + month_days * DAY_SECONDS, dtype=np.int64)
-        new_part = slice(len(at_risk), None)
-        if m > 0:
-            span_start[new_part] = a["signup_day"][new].astype(np.int64) * DAY_SECONDS
-        else:
-            span_start[new_part] = np.maximum(month_start_s, a["signup_day"][new].astype(np.int64) * DAY_SECONDS)
+        # New customers start on their signup day (the initial base signed up earlier).
+        signup_s = a["signup_day"][new].astype(np.int64) * DAY_SECONDS
+        span_start[len(at_risk):] = np.maximum(month_start_s, signup_s)
         if len(cancelled):
             # cancel_day is a whole day; the customer is gone by the end of that day.
             span_end[: len(at_risk)][cancels] = (cancel_day.astype(np.int64) + 1) * DAY_SECONDS
         events.extend(self._monthly_events(span_slots, span_start, span_end, month_days, slot))
-        for change_slots, change_values in changes:
+        if changes is not None:
+            change_slots, change_values = changes
             position = np.searchsorted(span_slots[: len(at_risk)], change_slots)
             start, end = span_start[position], span_end[position]
             # Changes take effect early in the month (first quarter of the customer's span).
@@ -557,12 +556,16 @@ class _Simulation:
 
         return {
             "customers": self._customers_frame(new),
-            "subscriptions": self._subscriptions_frame(active, charges, month_number, month_start, month_days),
+            "subscriptions": self._subscriptions_frame(
+                active, charges, month_number, month_start, month_days
+            ),
             "events": self._events_frame(events),
             "cancellations": self._cancellations_frame(cancelled, cancel_day, reasons),
         }
 
-    def _plan_changes(self, at_risk: np.ndarray, m: int, month_number: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _plan_changes(
+        self, at_risk: np.ndarray, m: int, month_number: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Apply this month's contract, service and price changes; returns (slots, charge deltas)."""
         import numpy as np
 
@@ -601,6 +604,9 @@ class _Simulation:
         add = has_internet & (u[2] < 0.010)
         drop = has_internet & ~add & (u[2] > 1 - 0.006 * np.exp(0.7 * d))
         which = (u[3] * 6).astype(np.int64)
+        owned = self.addons[which, at_risk]
+        add &= ~owned
+        drop &= owned
         self.addons[which[add], at_risk[add]] = True
         self.addons[which[drop], at_risk[drop]] = False
         changed |= add | drop
@@ -627,9 +633,7 @@ class _Simulation:
         slot = m % TRAILING_MONTHS
         rise = np.where(involuntary & (delta > 0), delta / np.maximum(before, 1.0), 0.0)
         self.recent_rise[slot, at_risk] = rise
-        # A change that nets out to nothing on the bill still is a plan change.
-        mask = changed
-        return [(at_risk[mask], delta[mask])]
+        return at_risk[changed], delta[changed]
 
     def _hazard(self, slots: np.ndarray, m: int, calendar: int) -> np.ndarray:
         """Monthly cancellation probability of customers active at the end of last month."""
@@ -724,7 +728,8 @@ class _Simulation:
         a = self.arrays
         n = len(slots)
         rise = self.recent_rise[:, slots].sum(axis=0, dtype=np.float64)
-        trouble = (self.recent_support[:, slots].sum(axis=0) + self.recent_outage[:, slots].sum(axis=0)).astype(np.float64)
+        trouble = self.recent_support[:, slots].sum(axis=0, dtype=np.float64)
+        trouble += self.recent_outage[:, slots].sum(axis=0, dtype=np.float64)
         charges = self._monthly_charges(slots)
         weights = np.stack(
             [
@@ -813,7 +818,7 @@ class _Simulation:
         )
         order = np.lexsort((types, slots, times))
         n = len(order)
-        ids = _ids("E", np.arange(self.next_event, self.next_event + n), 10) if n else np.zeros(0, dtype=object)
+        ids = _ids("E", np.arange(self.next_event, self.next_event + n), 10)
         self.next_event += n
         return pd.DataFrame(
             {
