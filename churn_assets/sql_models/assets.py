@@ -16,17 +16,12 @@ from typing import Any
 
 import dagster as dg
 
+from churn_assets.metadata import table_metadata
 from churn_assets.partitions import monthly_partitions
 from churn_assets.resources import WAREHOUSE_POOL
 from churn_assets.sql_models.checks import quote_identifier, quote_relation
 from churn_assets.sql_models.loader import SqlModel, SqlProjectError
 
-try:
-    _TableMetadataSet = dg.TableMetadataSet  # type: ignore[attr-defined]
-except AttributeError:  # dagster 1.13 keeps it out of the top-level namespace
-    from dagster._core.definitions.metadata import TableMetadataSet as _TableMetadataSet
-
-TableMetadataSet = _TableMetadataSet
 STAGING_TABLE = "_sql_model_window"
 
 
@@ -47,7 +42,7 @@ def definition_metadata(model: SqlModel, sql_root=None) -> dict[str, Any]:
         "sql": dg.MetadataValue.md(f"```sql\n{model.sql}\n```"),
         "path": dg.MetadataValue.path(str(model.path)),
         "materialized": _describe_config(model),
-        **TableMetadataSet(table_name=model.relation, storage_kind="duckdb"),
+        **table_metadata(table_name=model.relation),
     }
     if model.yaml_path:
         metadata["yaml_path"] = dg.MetadataValue.path(str(model.yaml_path))
@@ -55,7 +50,7 @@ def definition_metadata(model: SqlModel, sql_root=None) -> dict[str, Any]:
         metadata["time_column"] = model.config.time_column
     if model.columns:
         metadata.update(
-            TableMetadataSet(
+            table_metadata(
                 column_schema=dg.TableSchema(
                     columns=[
                         dg.TableColumn(name=c.name, type="unknown", description=c.description)
@@ -189,7 +184,7 @@ def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlMo
     )
     lineage = column_lineage(model, upstream)
     metadata: dict[str, Any] = {
-        **TableMetadataSet(
+        **table_metadata(
             column_schema=schema,
             column_lineage=lineage,
             row_count=int(row_count),
@@ -245,5 +240,5 @@ def build_external_asset(key: dg.AssetKey) -> dg.AssetSpec:
         ),
         group_name=key.path[0],
         kinds={"duckdb"},
-        metadata={**TableMetadataSet(table_name=f"{key.path[0]}.{key.path[1]}", storage_kind="duckdb")},
+        metadata=table_metadata(table_name=f"{key.path[0]}.{key.path[1]}"),
     )
