@@ -6,6 +6,10 @@ runs them through Dagster's own execution (dg.materialize).
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from churn_assets.sql_models import (
     transpile_model,
     transpile_report,
 )
+from churn_assets.sql_models import manifest as manifest_module
 
 RAW_KEYS = [dg.AssetKey(["raw", name]) for name in ("customers", "subscriptions", "events", "cancellations")]
 
@@ -33,9 +38,16 @@ def write_sql_dir(root: Path, files: dict[str, str]) -> Path:
     return sql_dir
 
 
+@pytest.fixture(autouse=True)
+def churn_home(tmp_path, monkeypatch) -> Path:
+    """Every load writes its parse cache under this test's own $CHURN_HOME."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("CHURN_HOME", str(home))
+    return home
+
+
 @pytest.fixture
-def warehouse(tmp_path, monkeypatch) -> Warehouse:
-    monkeypatch.setenv("CHURN_HOME", str(tmp_path / "home"))
+def warehouse(tmp_path, churn_home) -> Warehouse:
     path = tmp_path / "w.duckdb"
     con = duckdb.connect(str(path))
     con.execute("CREATE SCHEMA raw")
@@ -213,8 +225,13 @@ def test_inconsistent_projects_fail_at_load_naming_files(tmp_path, files, expect
             "models:\n  - name: t\n    columns:\n      - name: x\n        tests: [not_null, not_null]",
             "two tests named 'not_null_x'",
         ),
+        ("models:\n  - name: t\n    description: 42", "`description` must be text"),
+        ("models:\n  - name: t\n    columns:\n      - name: x\n        description: [a]", "column 'x': `description` must be text"),
     ],
-    ids=["test-type", "partition-by", "materialized", "ghost", "range", "expression", "dup-name"],
+    ids=[
+        "test-type", "partition-by", "materialized", "ghost", "range", "expression", "dup-name",
+        "description", "column-description",
+    ],
 )
 def test_invalid_yaml_fails_naming_the_file(tmp_path, yaml_text, expected):
     sql_dir = write_sql_dir(tmp_path, {"staging/t.sql": "SELECT 1 AS x"})
@@ -272,8 +289,8 @@ def test_asset_definition_properties(tmp_path):
     assert asset.op.pool == "warehouse"
     assert "raw.subscriptions" in spec.metadata["sql"].value
     assert spec.metadata["path"].value.endswith("features/monthly.sql")
-    assert spec.metadata["dagster/table_name"] == "features.monthly"
-    assert spec.metadata["dagster/column_schema"].columns[0].description == "Who."
+    assert spec.metadata["dagster/table_name"].value == "features.monthly"
+    assert spec.metadata["dagster/column_schema"].schema.columns[0].description == "Who."
 
 
 def test_code_version_follows_sql_and_config_only(tmp_path):
@@ -391,6 +408,15 @@ def test_materialization_metadata_has_schema_lineage_and_row_count(tmp_path, war
     )
     (materialization,) = materializations(result, ["features", "monthly"])
     metadata = materialization.metadata
+    standard = {key: type(value) for key, value in metadata.items() if key.startswith("dagster/")}
+    assert standard == {
+        "dagster/column_schema": dg.TableSchemaMetadataValue,
+        "dagster/column_lineage": dg.TableColumnLineageMetadataValue,
+        "dagster/row_count": dg.IntMetadataValue,
+        "dagster/partition_row_count": dg.IntMetadataValue,
+        "dagster/table_name": dg.TextMetadataValue,
+    }
+    assert metadata["dagster/partition_row_count"].value == 2
     schema = metadata["dagster/column_schema"].schema
     assert [(c.name, c.type) for c in schema.columns] == [
         ("customer_id", "VARCHAR"),
@@ -616,3 +642,221 @@ def test_transpile_to_other_engines_keeps_window_parameters(tmp_path):
         transpile_model(sql_dir, "monthly", "cobol")
     with pytest.raises(SqlProjectError, match="no model 'nope'"):
         transpile_model(sql_dir, "nope", "spark")
+
+
+# --- parse cache ($CHURN_HOME/.cache/sql_manifest.json) ------------------------------------
+
+CACHED_FILES = {
+    **CHECKED_FILES,
+    **INCREMENTAL_FILES,
+    "staging/_models.yml": CHECKED_FILES["staging/_models.yml"],
+    # YAML scalars JSON has no type for (dates) must come back as the same type.
+    "staging/dated.sql": "SELECT DATE '2024-01-01' AS d, 'x' AS label FROM raw.crm_notes",
+    "staging/dated.yml": """
+        models:
+          - name: dated
+            description: "42"
+            columns:
+              - name: d
+                tests:
+                  - accepted_values: {values: [2024-01-01, 2024-02-01T00:00:00]}
+              - name: label
+                tests:
+                  - accepted_values: {values: [x, 3, 1.5, true, null], severity: warn}
+    """,
+}
+
+
+@pytest.fixture
+def count_parses(monkeypatch) -> list[Path]:
+    """Records every real (sqlglot) parse the cached loader falls back to."""
+    calls: list[Path] = []
+    real_parse = manifest_module.parse_sql_project
+
+    def counting_parse(sql_dir, external_assets):
+        calls.append(Path(sql_dir))
+        return real_parse(sql_dir, external_assets)
+
+    monkeypatch.setattr(manifest_module, "parse_sql_project", counting_parse)
+    return calls
+
+
+def project_summary(project) -> dict:
+    """Everything the loader derives from the files, as comparable values."""
+    specs = {}
+    for asset in project.assets:
+        for spec in asset.specs if isinstance(asset, dg.AssetsDefinition) else [asset]:
+            specs[spec.key] = (
+                spec.description, spec.group_name, spec.code_version, spec.kinds,
+                sorted(d.asset_key.to_user_string() for d in spec.deps),
+                {k: v for k, v in spec.metadata.items()},
+            )
+    checks = {
+        spec.key: (spec.description, spec.blocking, sorted(d.asset_key.to_user_string() for d in spec.additional_deps))
+        for checks in project.asset_checks for spec in checks.check_specs
+    }
+    partitioned = {
+        key: asset.partitions_def is not None
+        for asset in project.assets if isinstance(asset, dg.AssetsDefinition) for key in asset.keys
+    }
+    return {
+        "models": project.models,
+        "singular_tests": project.singular_tests,
+        "external": project.external_asset_keys,
+        "specs": specs,
+        "checks": checks,
+        "partitioned": partitioned,
+    }
+
+
+def test_cached_load_gives_the_same_project_as_parsing(tmp_path, churn_home, count_parses):
+    sql_dir = write_sql_dir(tmp_path, CACHED_FILES)
+    uncached = load_sql_project(sql_dir, RAW_KEYS, use_cache=False)
+    cold = load_sql_project(sql_dir, RAW_KEYS)
+    assert (churn_home / ".cache" / "sql_manifest.json").is_file()
+    warm = load_sql_project(sql_dir, RAW_KEYS)
+    assert len(count_parses) == 2  # the uncached load and the cold one; the warm load hit
+
+    assert project_summary(warm) == project_summary(cold) == project_summary(uncached)
+    dated = warm.model("staging.dated")
+    assert dated.description == "42"
+    date_values, label_values = (t.args["values"] for t in dated.tests)
+    assert [type(v).__name__ for v in date_values] == ["date", "datetime"]
+    assert label_values == ["x", 3, 1.5, True, None]
+    assert warm.external_asset_keys == (dg.AssetKey(["raw", "crm_notes"]),)
+    assert dg.AssetKey(["staging", "customers"]) in dict(
+        (t.check_name, t.to_key) for t in warm.model("staging.people").tests
+    ).values()
+
+
+def test_warm_cache_load_does_not_import_sqlglot(tmp_path, churn_home):
+    sql_dir = write_sql_dir(tmp_path, CACHED_FILES)
+    expected = load_sql_project(sql_dir, RAW_KEYS)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import dagster as dg
+        from churn_assets.sql_models import load_sql_project
+        keys = [dg.AssetKey(["raw", n]) for n in {[k.path[1] for k in RAW_KEYS]!r}]
+        project = load_sql_project({str(sql_dir)!r}, keys)
+        print(json.dumps({{
+            "sqlglot": sorted(m for m in sys.modules if m.split(".")[0] == "sqlglot"),
+            "models": [m.relation for m in project.models],
+            "deps": {{m.relation: [d.to_user_string() for d in m.deps] for m in project.models}},
+            "checks": len([k for c in project.asset_checks for k in c.check_keys]),
+        }}))
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "CHURN_HOME": str(churn_home)},
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["sqlglot"] == []
+    assert report["models"] == [m.relation for m in expected.models]
+    assert report["deps"] == {m.relation: [d.to_user_string() for d in m.deps] for m in expected.models}
+    assert report["checks"] == len(expected.check_keys)
+
+
+def test_editing_a_file_or_the_external_keys_invalidates_the_cache(tmp_path, count_parses):
+    sql_dir = write_sql_dir(tmp_path, INCREMENTAL_FILES)
+    customers = dg.AssetKey(["staging", "customers"])
+    assert load_sql_project(sql_dir, RAW_KEYS).model("staging.customers").deps == (
+        dg.AssetKey(["raw", "customers"]),
+    )
+    load_sql_project(sql_dir, RAW_KEYS)
+    assert len(count_parses) == 1
+
+    (sql_dir / "staging" / "customers.sql").write_text(
+        "SELECT c.customer_id, c.gender FROM raw.customers c JOIN raw.events e USING (customer_id)"
+    )
+    edited = load_sql_project(sql_dir, RAW_KEYS)
+    assert len(count_parses) == 2
+    assert set(edited.model("staging.customers").deps) == {
+        dg.AssetKey(["raw", "customers"]), dg.AssetKey(["raw", "events"])
+    }
+
+    # A YAML edit counts too: the model becomes a view.
+    yaml_path = sql_dir / "staging" / "_models.yml"
+    yaml_path.write_text(yaml_path.read_text().replace("materialized: table", "materialized: view"))
+    assert load_sql_project(sql_dir, RAW_KEYS).model(customers.path[1]).config.materialized == "view"
+    assert len(count_parses) == 3
+
+    # Without raw.events among the Python assets it becomes an ingested (external) table.
+    fewer = [k for k in RAW_KEYS if k.path[1] != "events"]
+    assert load_sql_project(sql_dir, fewer).external_asset_keys == (dg.AssetKey(["raw", "events"]),)
+    assert len(count_parses) == 4
+
+
+def test_validation_errors_are_raised_on_every_load(tmp_path, count_parses):
+    sql_dir = write_sql_dir(tmp_path, INCREMENTAL_FILES)
+    load_sql_project(sql_dir, RAW_KEYS)
+    (sql_dir / "staging" / "customers.sql").write_text("SELECT * FROM staging.custmers")
+    for _ in range(2):
+        with pytest.raises(SqlProjectError, match="unknown table staging.custmers"):
+            load_sql_project(sql_dir, RAW_KEYS)
+    (sql_dir / "staging" / "customers.sql").write_text("SELECT * FROM features.monthly")
+    with pytest.raises(SqlProjectError, match="cycle"):
+        load_sql_project(sql_dir, RAW_KEYS)
+    assert len(count_parses) == 4  # broken projects are never cached, so each load parsed
+    # Back to the valid files: failed loads left the valid project's cache in place.
+    (sql_dir / "staging" / "customers.sql").write_text(
+        textwrap.dedent(INCREMENTAL_FILES["staging/customers.sql"]).strip() + "\n"
+    )
+    assert load_sql_project(sql_dir, RAW_KEYS).model("staging.customers").deps == (
+        dg.AssetKey(["raw", "customers"]),
+    )
+    assert len(count_parses) == 4
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda text: "not json {",
+        lambda text: text[: len(text) // 2],
+        lambda text: json.dumps({**json.loads(text), "project": {"models": [{"key": 7}]}}),
+        lambda text: "[]",
+    ],
+    ids=["garbage", "truncated", "wrong-shape", "not-a-mapping"],
+)
+def test_corrupt_cache_is_ignored_and_rewritten(tmp_path, churn_home, count_parses, damage):
+    sql_dir = write_sql_dir(tmp_path, INCREMENTAL_FILES)
+    expected = project_summary(load_sql_project(sql_dir, RAW_KEYS))
+    manifest = churn_home / ".cache" / "sql_manifest.json"
+    manifest.write_text(damage(manifest.read_text()))
+
+    assert project_summary(load_sql_project(sql_dir, RAW_KEYS)) == expected
+    assert len(count_parses) == 2
+    assert json.loads(manifest.read_text())["project"]["models"]
+    load_sql_project(sql_dir, RAW_KEYS)
+    assert len(count_parses) == 2
+
+
+def test_unwritable_cache_folder_falls_back_to_parsing(tmp_path, churn_home, count_parses):
+    sql_dir = write_sql_dir(tmp_path, INCREMENTAL_FILES)
+    churn_home.mkdir(parents=True)
+    # A file where the .cache folder should be: creating it fails even for root.
+    (churn_home / ".cache").write_text("in the way")
+    first = load_sql_project(sql_dir, RAW_KEYS)
+    second = load_sql_project(sql_dir, RAW_KEYS)
+    assert len(count_parses) == 2
+    assert project_summary(first) == project_summary(second)
+    assert not [p for p in churn_home.iterdir() if p.name != ".cache"]
+
+
+def test_moved_sql_folder_hits_the_cache_with_its_own_paths(tmp_path, count_parses):
+    import shutil
+
+    original = write_sql_dir(tmp_path / "a", INCREMENTAL_FILES)
+    load_sql_project(original, RAW_KEYS)
+    moved = tmp_path / "b" / "sql"
+    shutil.copytree(original, moved)
+    shutil.rmtree(original)
+    project = load_sql_project(moved, RAW_KEYS)
+    assert len(count_parses) == 1
+    assert project.sql_dir == moved.resolve()
+    monthly = project.model("features.monthly")
+    assert monthly.path == moved.resolve() / "features" / "monthly.sql"
+    assert monthly.yaml_path == moved.resolve() / "features" / "_models.yml"
+    assert all(t.source.is_relative_to(moved.resolve()) for t in monthly.tests)

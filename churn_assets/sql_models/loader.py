@@ -465,6 +465,14 @@ class _ModelYaml:
     model_tests: list[DataTest] = field(default_factory=list)
 
 
+def _description(entry: Mapping[str, Any], where: str) -> str | None:
+    description = entry.get("description")
+    if description is not None and not isinstance(description, str):
+        # Dagster only takes text; an unquoted `description: 42` would fail deep inside it.
+        raise SqlProjectError(f"{where}: `description` must be text, got {description!r}")
+    return description
+
+
 def _parse_model_yaml(entry: Any, source: Path) -> tuple[str, _ModelYaml]:
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise SqlProjectError(f"{source}: every entry under `models` needs a `name`, got {entry!r}")
@@ -491,11 +499,17 @@ def _parse_model_yaml(entry: Any, source: Path) -> tuple[str, _ModelYaml]:
         tests = tuple(
             _parse_test(t, column_name, name, source) for t in column_entry.get("tests") or []
         )
-        columns.append(ColumnDoc(column_name, column_entry.get("description"), tests))
+        columns.append(
+            ColumnDoc(
+                column_name,
+                _description(column_entry, f"{where}, column {column_name!r}"),
+                tests,
+            )
+        )
     model_tests = [_parse_test(t, None, name, source) for t in entry.get("tests") or []]
     return name, _ModelYaml(
         source=source,
-        description=entry.get("description"),
+        description=_description(entry, where),
         config=config,
         columns=columns,
         model_tests=model_tests,

@@ -45,18 +45,24 @@ class SqlProject:
         return matches[0]
 
 
-def load_sql_project(sql_dir: Path | str, external_assets: Sequence[dg.AssetKey] = ()) -> SqlProject:
+def load_sql_project(
+    sql_dir: Path | str, external_assets: Sequence[dg.AssetKey] = (), *, use_cache: bool = True
+) -> SqlProject:
     """Parse ``sql_dir`` and build its assets and checks.
 
     ``external_assets`` are keys produced elsewhere (the raw layer) that SQL may read.
     Raises SqlProjectError, naming the file(s), on an unknown table, a dependency cycle,
     a table defined twice, unparseable SQL or invalid YAML. DuckDB is not opened.
+
+    With ``use_cache`` the parse result is reused from ``$CHURN_HOME/.cache/sql_manifest.json``
+    while no .sql/.yml file has changed, so sqlglot is not even imported (see manifest.py).
     """
     from churn_assets.sql_models.assets import build_external_asset, build_model_asset
     from churn_assets.sql_models.checks import build_model_checks, build_singular_checks
-    from churn_assets.sql_models.loader import parse_sql_project
+    from churn_assets.sql_models.manifest import default_manifest_path, parse_sql_project_cached
 
-    parsed = parse_sql_project(Path(sql_dir), external_assets)
+    manifest = default_manifest_path() if use_cache else None
+    parsed = parse_sql_project_cached(Path(sql_dir), external_assets, manifest)
     assets: list[dg.AssetsDefinition | dg.AssetSpec] = [build_model_asset(m) for m in parsed.models]
     assets += [build_external_asset(key) for key in parsed.external_keys]
     checks = [c for c in (build_model_checks(m) for m in parsed.models) if c is not None]
