@@ -85,7 +85,7 @@ def load_models(sql_dir: Path | str) -> dict[str, _Model]:
     entries: dict[str, dict] = {}
     for schema_dir in sorted(p for p in sql_dir.iterdir() if p.is_dir()):
         for yml in sorted(schema_dir.glob("*.yml")):
-            document = yaml.safe_load(yml.read_text()) or {}
+            document = yaml.load(yml.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
             for entry in document.get("models") or []:
                 entries[f"{schema_dir.name}.{entry['name']}"] = entry
     models = {}

@@ -38,6 +38,7 @@ event_in_window_months AS (
     FROM lookback_events AS e
     CROSS JOIN range(4) AS o(months_after)
     WHERE e.event_time >= CAST($partition_start AS TIMESTAMP) - INTERVAL 92 DAY
+      AND e.event_type IN ('support_call', 'late_payment', 'outage')
 ),
 
 trailing_windows AS (
