@@ -38,8 +38,16 @@ def test_roles_come_from_the_schema():
     forced = infer_roles(duckdb_types_of_frame(frame), RoleSettings(categorical_columns=("support_calls",),
                                                                     exclude_columns=("total_charges",)))
     assert "support_calls" in forced.categorical and "total_charges" not in forced.features
-    with pytest.raises(RolesError, match="label column.*'?target'? not in the training table|target"):
+    with pytest.raises(RolesError, match="label column\\(s\\) target not in the training table"):
         infer_roles(duckdb_types_of_frame(frame), RoleSettings(label_column="target"))
+
+
+def test_features_without_any_value_are_left_out_of_the_spec():
+    frame = synthetic_training_frame(n_customers=20, n_months=2).assign(charge_change_1m=np.nan)
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    assert "charge_change_1m" in roles.numeric
+    spec = build_feature_spec(frame, roles)
+    assert "charge_change_1m" not in spec.roles.features and "charge_change_1m" in spec.roles.excluded
 
 
 @pytest.mark.parametrize("algorithm", list(TRAINERS))

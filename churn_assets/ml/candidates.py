@@ -233,7 +233,7 @@ def train_random_forest(
     split: Split,
     spec: FeatureSpec,
     *,
-    n_estimators: int = 150,
+    n_estimators: int = 100,
     max_depth: int | None = 10,
     min_samples_leaf: int = 5,
     max_rows_per_tree: int = 50_000,

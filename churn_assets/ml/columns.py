@@ -221,7 +221,23 @@ def categorical_text(values: pd.Series) -> pd.Series:
 
 
 def build_feature_spec(frame: pd.DataFrame, roles: ColumnRoles) -> FeatureSpec:
-    """Record the sorted category levels of every categorical column in ``frame``."""
+    """Record the sorted category levels of every categorical column in ``frame``.
+
+    Features with no value at all in ``frame`` (e.g. month-over-month changes when only one
+    month exists) carry no information and are moved to ``excluded``.
+    """
+    from dataclasses import replace
+
+    empty = tuple(name for name in roles.features if frame[name].isna().all())
+    if empty:
+        roles = replace(
+            roles,
+            categorical=tuple(c for c in roles.categorical if c not in empty),
+            numeric=tuple(c for c in roles.numeric if c not in empty),
+            excluded=roles.excluded + empty,
+        )
+    if not roles.features:
+        raise RolesError("Every feature column is empty in the training rows")
     categories = {}
     for name in roles.categorical:
         levels = categorical_text(frame[name]).dropna().unique()

@@ -35,8 +35,8 @@ STUDY_PREFIX = "tuned_xgboost"
 class TuningSettings:
     n_trials: int = 25
     # Wall-clock budget for one tuning run; trials stop starting once it is spent.
-    timeout_s: float | None = 60.0
-    max_rounds: int = 600
+    timeout_s: float | None = 45.0
+    max_rounds: int = 1500
     early_stopping_rounds: int = 50
     # Trials train on at most this many (seeded, randomly chosen) training rows; the final
     # model is refitted on all of them.
@@ -75,7 +75,7 @@ class TuningResult:
 
 def search_space(trial: optuna.Trial) -> dict[str, Any]:
     return {
-        "eta": trial.suggest_float("eta", 0.02, 0.3, log=True),
+        "eta": trial.suggest_float("eta", 0.03, 0.3, log=True),
         "max_depth": trial.suggest_int("max_depth", 1, 6),
         "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 50.0, log=True),
         "subsample": trial.suggest_float("subsample", 0.5, 1.0),
