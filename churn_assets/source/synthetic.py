@@ -147,7 +147,8 @@ class GeneratorConfig:
     start_month: str = "2024-01"
     seed: int = 42
     drift_month: str | None = "2025-07"
-    """From this month on the drift segment pays more; None switches the drift off."""
+    """From this month on the drift segment pays more; None switches the drift off.
+    A month beyond the generated window simply never happens (no error)."""
     drift_segment: str = "Fiber optic"
     drift_price_increase: float = 0.15
     """Relative rise of monthly charges in the drift segment (0.15 = +15%)."""
