@@ -176,6 +176,7 @@ def save_model(
         version = f"{model.algorithm}-{manifest_sha[:16]}"
         (staging / MANIFEST).write_text(manifest_text)
         final = root / version
+        model.version, model.manifest = version, manifest
         if final.exists():
             try:
                 verify_model_folder(final, version)
@@ -190,8 +191,6 @@ def save_model(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    model.version = version
-    model.manifest = manifest
     return SavedModel(version, final, manifest, manifest_sha)
 
 

@@ -1,0 +1,195 @@
+"""Optuna tuning vs an 81-combination GridSearchCV, in one run on the same data and split.
+
+The plain approach: an sklearn Pipeline (one-hot categoricals, median-imputed numerics,
+XGBClassifier) searched by GridSearchCV over 3 x 3 x 3 x 3 = 81 combinations with 5-fold
+CV on the training rows, refitted on them. This project's approach: the Optuna study of
+``ml/tuned_xgboost`` with its default budgets (seeded TPE, pruning, early stopping,
+validation-split calibration). Both are scored on the same test rows. The script also
+reports the baselines and 5-fold cross-validated ROC-AUC of logistic regression and of the
+tuned XGBoost parameters over all labelled rows.
+
+    uv run python benchmarks/bench_tuning.py                       # Telco CSV, built here
+    uv run python benchmarks/bench_tuning.py --churn-home /tmp/t   # an ingested warehouse
+    uv run python benchmarks/bench_tuning.py --quick               # small grid smoke run
+
+Writes the figures as JSON to ``--output`` (default benchmarks/results/bench_tuning.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CSV = Path("/work/shared/datasets/telco_customer_churn.csv")
+GRID = {
+    "model__max_depth": [3, 5, 7],
+    "model__learning_rate": [0.03, 0.1, 0.3],
+    "model__n_estimators": [100, 300, 500],
+    "model__subsample": [0.7, 0.85, 1.0],
+}
+QUICK_GRID = {"model__max_depth": [3, 5], "model__learning_rate": [0.1], "model__n_estimators": [100]}
+
+
+def load_frame(args):
+    if args.churn_home:
+        os.environ["CHURN_HOME"] = str(args.churn_home)
+        from churn_assets.ml.assets import read_training_set
+        from churn_assets.resources import Warehouse
+
+        with Warehouse().read() as con:
+            frame, types = read_training_set(con)
+        return frame, types, f"features.training_set in {args.churn_home}"
+    from churn_assets.ml.columns import duckdb_types_of_frame
+    from churn_assets.ml.sample_data import telco_training_frame
+
+    frame = telco_training_frame(args.csv)
+    return frame, duckdb_types_of_frame(frame), str(args.csv)
+
+
+def grid_search(split, spec, grid, n_jobs, seed):
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    from xgboost import XGBClassifier
+
+    from churn_assets.ml.candidates import sklearn_input
+    from churn_assets.ml.columns import feature_frame
+
+    label = spec.roles.label_column
+    pipeline = Pipeline([
+        ("prepare", ColumnTransformer([
+            ("categorical", OneHotEncoder(handle_unknown="ignore"), list(spec.roles.categorical)),
+            ("numeric", SimpleImputer(strategy="median"), list(spec.roles.numeric)),
+        ])),
+        ("model", XGBClassifier(tree_method="hist", n_jobs=1, random_state=seed, eval_metric="logloss")),
+    ])
+    search = GridSearchCV(pipeline, grid, scoring="roc_auc", n_jobs=n_jobs,
+                          cv=StratifiedKFold(5, shuffle=True, random_state=seed), refit=True)
+    started = time.perf_counter()
+    search.fit(sklearn_input(feature_frame(split.train, spec), spec), split.train[label].to_numpy())
+    wall = time.perf_counter() - started
+    test_scores = search.predict_proba(sklearn_input(feature_frame(split.test, spec), spec))[:, 1]
+    return {
+        "combinations": len(search.cv_results_["params"]),
+        "fits": len(search.cv_results_["params"]) * 5 + 1,
+        "wall_s": round(wall, 2),
+        "cv_auc": round(float(search.best_score_), 4),
+        "test_auc": round(float(roc_auc_score(split.test[label], test_scores)), 4),
+        "best_params": {k.removeprefix("model__"): v for k, v in search.best_params_.items()},
+    }
+
+
+def cross_validated_auc(frame, spec, tuned_params, seed):
+    """5-fold stratified CV ROC-AUC over all labelled rows: LR and the tuned XGBoost settings."""
+    import numpy as np
+
+    from churn_assets.ml.candidates import evaluate, train_logistic_regression, train_xgboost
+    from churn_assets.ml.split import Split, SplitSettings, labelled_rows
+    from sklearn.model_selection import StratifiedKFold
+
+    labelled = labelled_rows(frame, spec.roles)
+    label = spec.roles.label_column
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    scores = {"logistic_regression": [], "tuned_xgboost": []}
+    rng = np.random.default_rng(seed)
+    for rest, held_out in folds.split(labelled, labelled[label]):
+        # Within each training fold, 15% is the validation part (early stopping, calibration).
+        rest = rng.permutation(rest)
+        cut = int(len(rest) * 0.15)
+        fold = Split(train=labelled.iloc[rest[cut:]], valid=labelled.iloc[rest[:cut]],
+                     test=labelled.iloc[held_out], strategy="cv", settings=SplitSettings(seed=seed),
+                     description={})
+        scores["logistic_regression"].append(evaluate(train_logistic_regression(fold, spec, seed=seed), fold)["test_auc"])
+        xgb_model = train_xgboost(fold, spec, tuned_params, max_rounds=1500, early_stopping_rounds=50, seed=seed)
+        scores["tuned_xgboost"].append(evaluate(xgb_model, fold)["test_auc"])
+    return {name: {"mean": round(float(np.mean(v)), 4), "std": round(float(np.std(v)), 4),
+                   "folds": [round(x, 4) for x in v]} for name, v in scores.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    parser.add_argument("--churn-home", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--n-jobs", type=int, default=2, help="GridSearchCV workers (2 cores assumed)")
+    parser.add_argument("--quick", action="store_true", help="tiny grid, to check the script runs")
+    parser.add_argument("--skip-cv", action="store_true")
+    parser.add_argument("--n-trials", type=int, default=None, help="Optuna trial budget (default: the asset's)")
+    parser.add_argument("--timeout-s", type=float, default=None,
+                        help="Optuna time budget; default none, so a busy machine cannot cut trials short")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "bench_tuning.json")
+    args = parser.parse_args()
+
+    from churn_assets.ml.candidates import evaluate, train_logistic_regression, train_random_forest
+    from churn_assets.ml.registry import training_data_version
+    from churn_assets.ml.split import SplitSettings
+    from churn_assets.ml.assets import prepare
+    from churn_assets.ml.columns import RoleSettings
+    from churn_assets.ml.tuning import TuningSettings, tune_xgboost
+
+    frame, types, source = load_frame(args)
+    spec, split, data_version = prepare(frame, types, RoleSettings(), SplitSettings(seed=args.seed))
+    print(f"data: {source}: {len(frame)} rows, split {split.strategy} "
+          f"{len(split.train)}/{len(split.valid)}/{len(split.test)}", flush=True)
+
+    baselines = {}
+    for name, train in (("logistic_regression", train_logistic_regression), ("random_forest", train_random_forest)):
+        started = time.perf_counter()
+        model = train(split, spec, seed=args.seed)
+        baselines[name] = {"test_auc": round(evaluate(model, split)["test_auc"], 4),
+                           "wall_s": round(time.perf_counter() - started, 2)}
+        print(f"{name}: {baselines[name]}", flush=True)
+
+    defaults = TuningSettings(seed=args.seed)
+    settings = TuningSettings(**{**defaults.to_dict(), "timeout_s": args.timeout_s,
+                                 "n_trials": args.n_trials or defaults.n_trials})
+    started = time.perf_counter()
+    tuned = tune_xgboost(split, spec, settings, training_data_version=data_version, storage_url=None)
+    tuned_wall = time.perf_counter() - started
+    tuned_metrics = evaluate(tuned.model, split)
+    optuna_result = {
+        "wall_s": round(tuned_wall, 2),
+        "trials": tuned.counts,
+        "valid_auc": round(tuned.best_value, 4),
+        "test_auc": round(tuned_metrics["test_auc"], 4),
+        "test_logloss": round(tuned_metrics["test_logloss"], 4),
+        "calibration": tuned.model.calibration["method"],
+        "best_params": tuned.best_params,
+        "settings": settings.to_dict(),
+    }
+    print(f"optuna: {optuna_result}", flush=True)
+
+    grid = grid_search(split, spec, QUICK_GRID if args.quick else GRID, args.n_jobs, args.seed)
+    print(f"grid: {grid}", flush=True)
+
+    results = {
+        "data": source,
+        "training_data_version": data_version,
+        "split": split.description,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_end": os.getloadavg()},
+        "baselines": baselines,
+        "optuna": optuna_result,
+        "grid_search": grid,
+        "time_ratio_optuna_over_grid": round(tuned_wall / grid["wall_s"], 3),
+        "optuna_reaches_grid_auc": optuna_result["test_auc"] >= grid["test_auc"],
+    }
+    if not args.skip_cv:
+        results["cv_5fold_auc"] = cross_validated_auc(frame, spec, tuned.best_params, args.seed)
+        print(f"5-fold CV: {results['cv_5fold_auc']}", flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"ratio optuna/grid wall time: {results['time_ratio_optuna_over_grid']}; "
+          f"optuna test AUC {optuna_result['test_auc']} vs grid {grid['test_auc']}; wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
