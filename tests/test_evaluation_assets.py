@@ -36,7 +36,8 @@ def home(tmp_path_factory):
     con = duckdb.connect(str(home / "warehouse.duckdb"))
     con.execute("CREATE SCHEMA features")
     con.register("frame", frame)
-    con.execute("CREATE TABLE features.training_set AS SELECT * FROM frame WHERE churned IS NOT NULL")
+    con.execute(
+        "CREATE TABLE features.training_set AS SELECT * FROM frame WHERE churned IS NOT NULL")
     con.execute("CREATE TABLE features.customer_features AS SELECT * EXCLUDE (churned) FROM frame")
     con.close()
     result = dg.materialize(

@@ -225,3 +225,10 @@ def test_shap_plots_are_written(tmp_path, booster_and_input, customers):
     for path in written:
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG") and 5_000 < len(data) <= report.MAX_PNG_BYTES
+
+
+def test_approximate_contributions_also_add_up(booster_and_input):
+    booster, model_input = booster_and_input
+    approximate = explain.xgboost_contributions(booster, model_input, approximate=True)
+    assert approximate.method == explain.APPROXIMATE_METHOD
+    assert explain.check_additivity(approximate, explain.booster_margin(booster, model_input))[0]

@@ -86,6 +86,11 @@ class ExplanationsConfig(dg.Config):
     top_k: int = Field(default=3, description="Reasons per direction per customer.")
     batch_rows: int = Field(default=50_000, description="Rows explained per batch.")
     background_rows: int = Field(default=10, description="Background rows (non-tree models).")
+    approximate: bool = Field(
+        default=False,
+        description="XGBoost: Saabas attributions instead of exact TreeSHAP (about 100x faster "
+                    "at depth 6, also additive, not Shapley values) for large back-fills.",
+    )
 
 
 class CheckThresholds(dg.Config):
@@ -319,7 +324,7 @@ def slice_gap(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetChec
 
 
 def explain_model(model: "ChurnModel", frame: "pd.DataFrame", *, background: "pd.DataFrame | None",
-                  seed: int = 0):
+                  seed: int = 0, approximate: bool = False):
     """Contributions and the exact margin they must add up to, for ``frame``'s rows.
 
     XGBoost: the booster's exact TreeSHAP. Other models: the permutation fallback on
@@ -336,8 +341,8 @@ def explain_model(model: "ChurnModel", frame: "pd.DataFrame", *, background: "pd
 
     features = feature_frame(frame, model.feature_spec)
     if model.booster is not None:
-        return xgboost_contributions(model.booster, features), booster_margin(
-            model.booster, features)
+        contributions = xgboost_contributions(model.booster, features, approximate=approximate)
+        return contributions, booster_margin(model.booster, features)
     if background is None:
         raise ValueError("A non-tree model needs background rows for the permutation fallback")
     background_features = feature_frame(background, model.feature_spec)
@@ -448,11 +453,12 @@ def leakage_smell(artifacts: ArtifactStore, config: CheckThresholds) -> dg.Asset
 
 
 def explanation_rows(model: "ChurnModel", frame: "pd.DataFrame", top_k: int,
-                     background: "pd.DataFrame | None" = None) -> "pd.DataFrame":
+                     background: "pd.DataFrame | None" = None,
+                     approximate: bool = False) -> "pd.DataFrame":
     """``ml.explanations`` rows for the customer-months in ``frame``."""
     from churn_assets.ml.explain import top_reasons
 
-    contributions, _ = explain_model(model, frame, background=background)
+    contributions, _ = explain_model(model, frame, background=background, approximate=approximate)
     keys = frame[["customer_id", "snapshot_month"]].reset_index(drop=True)
     reasons = top_reasons(contributions, frame.reset_index(drop=True), keys, k=top_k)
     reasons.insert(2, "model_version", str(model.version))
@@ -487,7 +493,7 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
         background = frame.sample(n=min(config.background_rows, len(frame)), random_state=0)
     parts = [
         explanation_rows(model, frame.iloc[start:start + config.batch_rows], config.top_k,
-                         background)
+                         background, config.approximate)
         for start in range(0, len(frame), config.batch_rows)
     ]
     reasons = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(

@@ -495,9 +495,9 @@ def render_model_card(
     lines += [
         "",
         f"Thresholded metrics use the operating threshold **{report.threshold:.3f}**, "
-        f"chosen as: {report.threshold_source}. At it the model flags {metrics['flagged_rate']:.1%} of "
-        f"customers: {tp:,} churners caught, {fn:,} missed, {fp:,} stayers flagged, "
-        f"{tn:,} stayers left alone.",
+        f"chosen as: {report.threshold_source}. At it the model flags "
+        f"{metrics['flagged_rate']:.1%} of customers: {tp:,} churners caught, {fn:,} missed, "
+        f"{fp:,} stayers flagged, {tn:,} stayers left alone.",
         "",
         "## Business view",
         "",
