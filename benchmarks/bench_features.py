@@ -79,7 +79,8 @@ def run_duckdb(folder: Path) -> dict:
     import duckdb
     import yaml
 
-    con = duckdb.connect(str(folder / "bench.duckdb"))
+    limit = os.environ.get("BENCH_DUCKDB_MEMORY_LIMIT")
+    con = duckdb.connect(str(folder / "bench.duckdb"), config={"memory_limit": limit} if limit else {})
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     from churn_assets.source.contract import RAW_TABLES
 
@@ -317,12 +318,15 @@ def main() -> None:
     parser.add_argument("--months", type=int, default=24)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--engines", default="duckdb,pandas", help="engines to run, comma-separated")
+    parser.add_argument("--duckdb-memory-limit", help="DuckDB memory_limit, e.g. 8GB (it spills beyond it)")
     parser.add_argument("--engine", choices=["duckdb", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.engine:
         print(json.dumps((run_duckdb if args.engine == "duckdb" else run_pandas)(args.folder)))
         return
+    if args.duckdb_memory_limit:
+        os.environ["BENCH_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory_limit
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
