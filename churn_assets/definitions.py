@@ -4,16 +4,32 @@ from pathlib import Path
 
 import dagster as dg
 
+from churn_assets.ml.assets import ml_asset_checks, ml_assets
+from churn_assets.ml.evaluation_assets import evaluation_asset_checks, evaluation_assets
+from churn_assets.monitoring.assets import monitoring_assets, monitoring_checks
 from churn_assets.resources import default_resources
 from churn_assets.source.raw_assets import RAW_ASSET_KEYS, raw_deliveries
 from churn_assets.sql_models import load_sql_project
+from churn_assets.sql_models.point_in_time_check import build_point_in_time_check
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 
 sql_project = load_sql_project(SQL_DIR, RAW_ASSET_KEYS)
 
 defs = dg.Definitions(
-    assets=[raw_deliveries, *sql_project.assets],
-    asset_checks=[*sql_project.asset_checks],
+    assets=[
+        raw_deliveries,
+        *sql_project.assets,
+        *ml_assets,
+        *evaluation_assets,
+        *monitoring_assets,
+    ],
+    asset_checks=[
+        *sql_project.asset_checks,
+        build_point_in_time_check(SQL_DIR),
+        *ml_asset_checks,
+        *evaluation_asset_checks,
+        *monitoring_checks,
+    ],
     resources=default_resources(),
 )

@@ -1,0 +1,46 @@
+"""The point-in-time (leakage) check on features.customer_features as a Dagster asset check."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from churn_assets.resources import Warehouse
+
+FEATURES_KEY = dg.AssetKey(["features", "customer_features"])
+
+
+class PointInTimeConfig(dg.Config):
+    sample_rows_per_month: int = 500
+    months: list[str] | None = None
+
+
+def build_point_in_time_check(sql_dir: Path) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=FEATURES_KEY,
+        name="point_in_time_correct",
+        blocking=True,
+        description=(
+            "Recomputes a sample of feature rows with every upstream row dated after the "
+            "snapshot month removed; the stored rows must be identical (no leakage)."
+        ),
+    )
+    def point_in_time_correct(
+        config: PointInTimeConfig, warehouse: Warehouse
+    ) -> dg.AssetCheckResult:
+        from churn_assets.sql_models.leakage import check_point_in_time
+
+        with warehouse.read() as con:
+            result = check_point_in_time(
+                con,
+                sql_dir,
+                model=FEATURES_KEY.to_user_string().replace("/", "."),
+                months=config.months,
+                sample=config.sample_rows_per_month,
+            )
+        return dg.AssetCheckResult(
+            passed=result.passed,
+            description=result.summary(),
+            metadata=result.as_metadata(),
+        )
+
+    return point_in_time_correct
