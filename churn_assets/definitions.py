@@ -4,6 +4,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from churn_assets import automation
 from churn_assets.ml.assets import ml_asset_checks, ml_assets
 from churn_assets.ml.evaluation_assets import evaluation_asset_checks, evaluation_assets
 from churn_assets.monitoring.assets import monitoring_assets, monitoring_checks
@@ -31,5 +32,8 @@ defs = dg.Definitions(
         *evaluation_asset_checks,
         *monitoring_checks,
     ],
+    jobs=automation.jobs,
+    schedules=automation.schedules,
+    sensors=automation.sensors,
     resources=default_resources(),
 )

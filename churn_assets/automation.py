@@ -1,0 +1,168 @@
+"""Jobs, sensors and the schedule that keep the platform current without a person.
+
+- landing_sensor: files dropped into $CHURN_HOME/landing/ become monthly deliveries; every
+  delivered month whose raw partition is not loaded yet gets one run (data layers, plus
+  scoring and monitoring once a champion exists).
+- retraining_sensor: when drift or decay crossed the error line, or enough new labelled
+  months arrived since the champion was trained, it launches the training job once per
+  cause (the run key names the cause, month and champion); the promotion gate decides.
+- monthly_scoring_schedule: scores each month when it closes.
+Both sensors start stopped; switch them on in the UI (Automation) or with
+`dagster sensor start`.
+"""
+
+import os
+
+import dagster as dg
+
+from churn_assets.resources import Warehouse, WarehouseBusyError, WarehouseMissingError
+
+TRAINING_KEYS = [
+    dg.AssetKey(["ml", name])
+    for name in (
+        "baseline_models", "tuned_xgboost", "model_versions", "champion",
+        "evaluation_report", "shap_summary",
+    )
+]
+SCORING_KEYS = [
+    dg.AssetKey(["ml", "predictions"]),
+    dg.AssetKey(["ml", "explanations"]),
+    dg.AssetKey(["monitoring", "drift"]),
+    dg.AssetKey(["monitoring", "realised_performance"]),
+]
+DATA_LAYERS = dg.AssetSelection.groups("raw", "staging", "features")
+RAW_LOADED_MARKER = dg.AssetKey(["raw", "subscriptions"])
+
+data_refresh_job = dg.define_asset_job(
+    "data_refresh",
+    selection=DATA_LAYERS,
+    description="Load a month's delivery and rebuild staging and features for it.",
+)
+monthly_refresh_job = dg.define_asset_job(
+    "monthly_refresh",
+    selection=DATA_LAYERS | dg.AssetSelection.assets(*SCORING_KEYS),
+    description="data_refresh, then score the month with the champion and measure drift.",
+)
+monthly_scoring_job = dg.define_asset_job(
+    "monthly_scoring",
+    selection=dg.AssetSelection.assets(*SCORING_KEYS),
+    description="Score a month with the champion, explain it, measure drift and realised performance.",
+)
+training_job = dg.define_asset_job(
+    "retrain",
+    selection=dg.AssetSelection.assets(*TRAINING_KEYS),
+    description="Train baselines and tuned XGBoost; the promotion gate decides the champion.",
+)
+
+monthly_scoring_schedule = dg.build_schedule_from_partitioned_job(
+    monthly_scoring_job,
+    name="monthly_scoring_schedule",
+    day_of_month=2,
+    hour_of_day=6,
+    description="Scores each month two days after it closes (late deliveries included).",
+)
+
+
+def _champion_exists(warehouse: Warehouse) -> bool:
+    from churn_assets.monitoring.champion import champion_record
+
+    try:
+        with warehouse.read() as con:
+            return champion_record(con) is not None
+    except WarehouseMissingError:
+        return False
+
+
+@dg.sensor(
+    jobs=[data_refresh_job, monthly_refresh_job],
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "Ingests files dropped into $CHURN_HOME/landing/ (telco_YYYY-MM.csv, or a YYYY-MM/ "
+        "folder of raw-contract Parquet files) and runs each newly delivered month."
+    ),
+)
+def landing_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
+    from churn_assets.settings import landing_dir, source_dir
+    from churn_assets.source.deliveries import available_months, delivery_dir
+    from churn_assets.source.landing import pending_items, process_item
+
+    source = source_dir()
+    for item in pending_items(landing_dir()):
+        outcome = process_item(item, source)
+        log = context.log.warning if outcome.status == "rejected" else context.log.info
+        log(f"landing: {outcome.item}: {outcome.status}. {outcome.detail}")
+
+    # Reconcile: every delivered month whose raw partition is not loaded gets a run. The
+    # run key carries the delivery's modification time, so a replaced delivery runs again
+    # while a sensor tick that repeats itself (after a crash, say) requests nothing new.
+    loaded = context.instance.get_materialized_partitions(RAW_LOADED_MARKER)
+    waiting = [m for m in available_months(source) if m not in loaded]
+    if not waiting:
+        return dg.SkipReason("No new deliveries.")
+    try:
+        scoring = _champion_exists(warehouse)
+    except WarehouseBusyError:
+        return dg.SkipReason("The warehouse is busy; deliveries will be picked up next tick.")
+    job = monthly_refresh_job if scoring else data_refresh_job
+    return [
+        dg.RunRequest(
+            run_key=f"delivery-{month[:7]}-{int(os.stat(delivery_dir(source, month)).st_mtime_ns)}",
+            partition_key=month,
+            job_name=job.name,
+            tags={"churn/trigger": "landing"},
+        )
+        for month in waiting
+    ]
+
+
+class RetrainingConfig(dg.Config):
+    drift_error_share: float = 0.5
+    decay_margin: float = 0.05
+    new_labelled_months: int = 3
+
+
+@dg.sensor(
+    job=training_job,
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.STOPPED,
+    description=(
+        "Launches `retrain` when the latest drift or realised-performance decay crossed "
+        "its line, or when enough new labelled months arrived since the champion was "
+        "trained. One run per cause (run keys), so it never repeats itself on every tick."
+    ),
+)
+def retraining_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
+    from churn_assets.monitoring.retraining import retraining_reasons
+
+    settings = RetrainingConfig()
+    try:
+        with warehouse.read() as con:
+            reasons = retraining_reasons(
+                con,
+                drift_error_share=settings.drift_error_share,
+                decay_margin=settings.decay_margin,
+                new_labelled_months=settings.new_labelled_months,
+            )
+    except WarehouseMissingError:
+        return dg.SkipReason("No warehouse yet.")
+    except WarehouseBusyError:
+        return dg.SkipReason("The warehouse is busy; evaluated again next tick.")
+    if not reasons:
+        return dg.SkipReason("No drift, decay or new labelled data calls for retraining.")
+    for reason in reasons:
+        context.log.info(f"retrain: {reason.kind} ({reason.detail})")
+    # One training run answers every current reason; its key joins them, so each distinct
+    # cause launches exactly once.
+    return dg.RunRequest(
+        run_key="|".join(sorted(r.run_key for r in reasons)),
+        tags={
+            "churn/trigger": "retraining",
+            "churn/retrain_reasons": ",".join(sorted({r.kind for r in reasons})),
+        },
+    )
+
+
+jobs = [data_refresh_job, monthly_refresh_job, monthly_scoring_job, training_job]
+schedules = [monthly_scoring_schedule]
+sensors = [landing_sensor, retraining_sensor]
