@@ -91,6 +91,9 @@ def synthetic_training_frame(
             - 0.035 * tenure
             + 0.45 * support_calls
             + 0.3 * paperless
+            # Interactions and thresholds a linear model cannot express, so trees have an edge.
+            + 1.6 * (fiber & (support_calls >= 2))
+            - 1.2 * ((tenure > 24) & (contract == "Month-to-month"))
             + rng.normal(0, 0.3, n_customers)
         )
         churned = (rng.random(n_customers) < 1 / (1 + np.exp(-score))).astype("float64")
