@@ -14,6 +14,7 @@ Both sensors start stopped; switch them on in the UI (Automation) or with
 import os
 
 import dagster as dg
+from pydantic import Field
 
 from churn_assets.resources import Warehouse, WarehouseBusyError, WarehouseMissingError
 
@@ -105,21 +106,43 @@ def landing_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
     except WarehouseBusyError:
         return dg.SkipReason("The warehouse is busy; deliveries will be picked up next tick.")
     job = monthly_refresh_job if scoring else data_refresh_job
-    return [
-        dg.RunRequest(
-            run_key=f"delivery-{month[:7]}-{int(os.stat(delivery_dir(source, month)).st_mtime_ns)}",
-            partition_key=month,
-            job_name=job.name,
-            tags={"churn/trigger": "landing"},
+    stamps = "-".join(
+        f"{month[:7]}@{os.stat(delivery_dir(source, month)).st_mtime_ns}" for month in waiting
+    )
+    tags = {"churn/trigger": "landing", "churn/months": ",".join(m[:7] for m in waiting)}
+    if len(waiting) == 1:
+        return dg.RunRequest(
+            run_key=f"delivery-{stamps}", partition_key=waiting[0], job_name=job.name, tags=tags
         )
-        for month in waiting
-    ]
+    # Several months at once (a backfill dropped in one go) run as one range: every
+    # partitioned asset has a single-run backfill policy. Months in between that were
+    # already loaded are reloaded, which is idempotent.
+    return dg.RunRequest(
+        run_key=f"delivery-{stamps}",
+        job_name=job.name,
+        tags={
+            **tags,
+            "dagster/asset_partition_range_start": waiting[0],
+            "dagster/asset_partition_range_end": waiting[-1],
+        },
+    )
 
 
-class RetrainingConfig(dg.Config):
-    drift_error_share: float = 0.5
-    decay_margin: float = 0.05
-    new_labelled_months: int = 3
+class RetrainingPolicy(dg.ConfigurableResource):
+    """When the retraining sensor calls for a new model (a resource, so deployments and tests set it)."""
+
+    drift_error_share: float = Field(
+        default=0.5, description="Retrain when this share of features drifted in a month."
+    )
+    decay_margin: float = Field(
+        default=0.05, description="Retrain when realised AUC falls this far below the test AUC."
+    )
+    new_labelled_months: int = Field(
+        default=3, description="Retrain after this many labelled months newer than the champion's."
+    )
+    first_model_labelled_months: int = Field(
+        default=3, description="Labelled months needed before the first model is trained."
+    )
 
 
 @dg.sensor(
@@ -132,10 +155,12 @@ class RetrainingConfig(dg.Config):
         "trained. One run per cause (run keys), so it never repeats itself on every tick."
     ),
 )
-def retraining_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
+def retraining_sensor(
+    context: dg.SensorEvaluationContext, warehouse: Warehouse, retraining_policy: RetrainingPolicy
+):
     from churn_assets.monitoring.retraining import retraining_reasons
 
-    settings = RetrainingConfig()
+    settings = retraining_policy
     try:
         with warehouse.read() as con:
             reasons = retraining_reasons(
@@ -143,6 +168,7 @@ def retraining_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse)
                 drift_error_share=settings.drift_error_share,
                 decay_margin=settings.decay_margin,
                 new_labelled_months=settings.new_labelled_months,
+                first_model_labelled_months=settings.first_model_labelled_months,
             )
     except WarehouseMissingError:
         return dg.SkipReason("No warehouse yet.")

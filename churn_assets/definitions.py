@@ -1,8 +1,13 @@
 """The code location: one Definitions object with every asset, check, sensor and resource."""
 
+import warnings
 from pathlib import Path
 
 import dagster as dg
+
+# Single-run backfill policies on partitioned assets are "beta" in Dagster 1.13; the
+# warning would be printed by every process that loads the code location.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 from churn_assets import automation
 from churn_assets.ml.assets import ml_asset_checks, ml_assets

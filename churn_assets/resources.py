@@ -173,7 +173,13 @@ class ArtifactStore(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
-    return {"warehouse": Warehouse(), "artifacts": ArtifactStore()}
+    from churn_assets.automation import RetrainingPolicy
+
+    return {
+        "warehouse": Warehouse(),
+        "artifacts": ArtifactStore(),
+        "retraining_policy": RetrainingPolicy(),
+    }
 
 
 __all__ = [

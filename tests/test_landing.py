@@ -38,12 +38,16 @@ def _sensor_context(instance):
     return dg.build_sensor_context(instance=instance, resources={"warehouse": Warehouse()})
 
 
+def _requests(result) -> list[dg.RunRequest]:
+    return [result] if isinstance(result, dg.RunRequest) else list(result)
+
+
 @needs_telco
 def test_a_telco_file_becomes_a_delivery_and_a_run_request(churn_home):
     _drop("telco_2024-05.csv", _telco_sample(200))
     with dg.instance_for_test() as instance:
         result = landing_sensor(_sensor_context(instance))
-    requests = list(result)
+    requests = _requests(result)
     assert [r.partition_key for r in requests] == ["2024-05-01"]
     assert requests[0].job_name == data_refresh_job.name  # no champion yet: data layers only
     assert available_months(source_dir()) == ["2024-05-01"]
@@ -121,6 +125,18 @@ def test_run_keys_do_not_repeat_for_an_unchanged_delivery(churn_home, make_deliv
 
     write_delivery(source_dir(), "2024-02-01", make_delivery("2024-02-01"))
     with dg.instance_for_test() as instance:
-        first = list(landing_sensor(_sensor_context(instance)))
-        second = list(landing_sensor(_sensor_context(instance)))
+        first = _requests(landing_sensor(_sensor_context(instance)))
+        second = _requests(landing_sensor(_sensor_context(instance)))
     assert [r.run_key for r in first] == [r.run_key for r in second]
+
+
+def test_several_waiting_months_run_as_one_range(churn_home, make_delivery):
+    from churn_assets.source.deliveries import write_delivery
+
+    for month in ("2024-01-01", "2024-02-01", "2024-03-01"):
+        write_delivery(source_dir(), month, make_delivery(month))
+    with dg.instance_for_test() as instance:
+        (request,) = _requests(landing_sensor(_sensor_context(instance)))
+    assert request.partition_key is None
+    assert request.tags["dagster/asset_partition_range_start"] == "2024-01-01"
+    assert request.tags["dagster/asset_partition_range_end"] == "2024-03-01"

@@ -53,6 +53,7 @@ EXPLANATION_COLUMNS: dict[str, tuple[str, str]] = {
     "feature": ("VARCHAR NOT NULL", "Feature name (a column of features.customer_features)."),
     "feature_value": ("VARCHAR", "The customer's value of the feature, as text; NULL if missing."),
     "shap_value": ("DOUBLE NOT NULL", "SHAP contribution to the log-odds of churn."),
+    "method": ("VARCHAR NOT NULL", "tree_shap (exact), saabas (approximate) or permutation."),
 }
 
 
@@ -89,7 +90,13 @@ class ExplanationsConfig(dg.Config):
     approximate: bool = Field(
         default=False,
         description="XGBoost: Saabas attributions instead of exact TreeSHAP (about 100x faster "
-                    "at depth 6, also additive, not Shapley values) for large back-fills.",
+                    "at depth 6, also additive, not Shapley values) for every month.",
+    )
+    exact_latest_months: int = Field(
+        default=1,
+        description="In a multi-month backfill, the latest N months get exact TreeSHAP and "
+                    "older months Saabas attributions, so a full history stays fast. "
+                    "Set high to explain everything exactly.",
     )
 
 
@@ -469,6 +476,7 @@ def explanation_rows(model: "ChurnModel", frame: "pd.DataFrame", top_k: int,
     key=EXPLANATIONS_KEY,
     deps=[PREDICTIONS_KEY],
     partitions_def=monthly_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
     group_name=GROUP,
     kinds={"duckdb", "shap"},
     pool=WAREHOUSE_POOL,
@@ -482,28 +490,39 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
     from churn_assets.metadata import table_metadata
     from churn_assets.ml.registry import load_champion
 
-    month = context.partition_key
+    months = sorted(context.partition_keys)
+    exact_from = len(months) - max(config.exact_latest_months, 0)
     with warehouse.read() as con:
         model = load_champion(artifacts.root_path, con)
-        frame = con.execute(
-            f"SELECT * FROM {FEATURES_TABLE} WHERE snapshot_month = CAST(? AS DATE) "
-            "ORDER BY customer_id", [month]).df()
-    background = None
-    if model.booster is None and len(frame):
-        background = frame.sample(n=min(config.background_rows, len(frame)), random_state=0)
-    parts = [
-        explanation_rows(model, frame.iloc[start:start + config.batch_rows], config.top_k,
-                         background, config.approximate)
-        for start in range(0, len(frame), config.batch_rows)
-    ]
+        frames = {
+            month: con.execute(
+                f"SELECT * FROM {FEATURES_TABLE} WHERE snapshot_month = CAST(? AS DATE) "
+                "ORDER BY customer_id", [month]).df()
+            for month in months
+        }
+    parts, methods = [], {}
+    for position, (month, frame) in enumerate(frames.items()):
+        approximate = config.approximate or position < exact_from
+        if model.booster is None:
+            method = "permutation"
+        else:
+            method = "saabas" if approximate else "tree_shap"
+        methods[month[:7]] = method
+        background = None
+        if model.booster is None and len(frame):
+            background = frame.sample(n=min(config.background_rows, len(frame)), random_state=0)
+        for start in range(0, len(frame), config.batch_rows):
+            rows = explanation_rows(model, frame.iloc[start:start + config.batch_rows],
+                                    config.top_k, background, approximate)
+            parts.append(rows.assign(method=method))
     reasons = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=list(EXPLANATION_COLUMNS))
     body = ", ".join(f"{name} {kind}" for name, (kind, _) in EXPLANATION_COLUMNS.items())
     with warehouse.write() as con:
         con.execute("CREATE SCHEMA IF NOT EXISTS ml")
         con.execute(f"CREATE TABLE IF NOT EXISTS {EXPLANATIONS_TABLE} ({body})")
-        con.execute(f"DELETE FROM {EXPLANATIONS_TABLE} WHERE snapshot_month = CAST(? AS DATE)",
-                    [month])
+        con.execute(f"DELETE FROM {EXPLANATIONS_TABLE} WHERE snapshot_month BETWEEN "
+                    "CAST(? AS DATE) AND CAST(? AS DATE)", [months[0], months[-1]])
         con.register("new_reasons", reasons)
         con.execute(f"INSERT INTO {EXPLANATIONS_TABLE} SELECT {', '.join(EXPLANATION_COLUMNS)} "
                     "FROM new_reasons")
@@ -516,11 +535,12 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
         **table_metadata(column_schema=schema, row_count=total,
                          partition_row_count=len(reasons), table_name=EXPLANATIONS_TABLE),
         "model_version": model.version,
-        "customers_explained": len(frame),
+        "customers_explained": sum(len(f) for f in frames.values()),
+        "method_by_month": dg.MetadataValue.json(methods),
         "example_query": dg.MetadataValue.md(
             "```sql\nSELECT direction, rank, feature, feature_value, shap_value\n"
             f"FROM {EXPLANATIONS_TABLE}\nWHERE customer_id = '<id>' AND snapshot_month = "
-            f"DATE '{month}'\nORDER BY direction DESC, rank;\n```"),
+            f"DATE '{months[-1]}'\nORDER BY direction DESC, rank;\n```"),
     })
 
 

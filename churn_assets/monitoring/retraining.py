@@ -48,6 +48,7 @@ def retraining_reasons(
     drift_error_share: float,
     decay_margin: float,
     new_labelled_months: int,
+    first_model_labelled_months: int = 1,
 ) -> list[Reason]:
     """At most one reason per kind, each for the latest month that triggers it.
 
@@ -64,7 +65,7 @@ def retraining_reasons(
     champion = champion_record(con)
     labelled = _labelled_months(con)
     if champion is None:
-        if not labelled:
+        if not labelled or len(labelled) < first_model_labelled_months:
             return []
         latest = labelled[-1]
         return [Reason(
