@@ -396,7 +396,13 @@ def test_labels_follow_the_next_month_cancellation(crafted):
     # May is observed through A's cancellation, so B's April is a known 0.
     assert labels[("B", "2024-04-01")] == 0
     training = frame_of(con, "features.training_set")
-    assert len(training) == 8
+    labelled = con.execute(
+        "SELECT count(*) FROM features.labels WHERE churned IS NOT NULL"
+    ).fetchone()[0]
+    assert labelled == 8
+    # The first three months (January to March) are warm-up: only April trains.
+    assert sorted(set(training["snapshot_month"].astype(str))) == ["2024-04-01"]
+    assert len(training) == 2
     assert {"customer_id", "snapshot_month", "churned"} <= set(training.columns)
 
 
