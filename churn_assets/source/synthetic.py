@@ -654,7 +654,7 @@ class _Simulation:
         rise = self.recent_rise[:, slots].sum(axis=0, dtype=np.float64)
         charges = self._monthly_charges(slots)
 
-        logit = np.full(len(slots), -3.75 + config.churn_shift)
+        logit = np.full(len(slots), -5.75 + config.churn_shift)
         logit += np.asarray((0.0, -1.9, -3.2))[contract]
         logit -= 0.45 * np.log(np.maximum(tenure, 1))
         logit += np.asarray((0.0, 0.45, -0.55))[internet]
@@ -671,6 +671,23 @@ class _Simulation:
         # Customers on a contract cannot leave as freely when the price goes up.
         logit += 5.0 * rise * np.where(contract == _MONTH_TO_MONTH, 1.0, 0.4)
         logit += 0.55 * a["dissatisfaction"][slots]
+        # Life events no data set records (a move, a job loss, a better offer from a
+        # friend): they keep any model honest, far from an AUC of 1.
+        logit += 1.6 * self.rng.normal(0.0, 1.0, len(slots))
+        # Effects that compound rather than add up, as they do in real churn data: new
+        # month-to-month customers leave during a trial-like first quarter, fibre customers
+        # paying by electronic check without a contract are the classic high-risk cell,
+        # support calls hurt most when there is no tech support to resolve them, and
+        # long-standing contract customers barely churn at all.
+        month_to_month = contract == _MONTH_TO_MONTH
+        electronic = a["payment"][slots] == _ELECTRONIC_CHECK
+        logit += 1.5 * (month_to_month & (tenure <= 3))
+        logit += 1.2 * (month_to_month & (internet == _FIBER) & electronic)
+        logit += 0.7 * np.minimum(support_last, 3) * ~tech
+        logit -= 1.5 * (~month_to_month & (tenure > 24))
+        # Both ends of the price range are fragile: bare-bones plans are easy to drop and
+        # the priciest bundles invite comparison shopping.
+        logit += 0.9 * ((charges < 25.0) | (charges > 100.0))
         logit += config.seasonality * CHURN_SEASONALITY[calendar]
         return 1.0 / (1.0 + np.exp(-logit))
 
