@@ -131,9 +131,7 @@ def landing_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
 class RetrainingPolicy(dg.ConfigurableResource):
     """When the retraining sensor calls for a new model (a resource, so deployments and tests set it)."""
 
-    drift_error_share: float = Field(
-        default=0.5, description="Retrain when this share of features drifted in a month."
-    )
+    # Drift calls for retraining at the drift checks' error levels (DriftThresholds).
     decay_margin: float = Field(
         default=0.05, description="Retrain when realised AUC falls this far below the test AUC."
     )
@@ -158,6 +156,7 @@ class RetrainingPolicy(dg.ConfigurableResource):
 def retraining_sensor(
     context: dg.SensorEvaluationContext, warehouse: Warehouse, retraining_policy: RetrainingPolicy
 ):
+    from churn_assets.monitoring.drift import DriftThresholds
     from churn_assets.monitoring.retraining import retraining_reasons
 
     settings = retraining_policy
@@ -165,7 +164,7 @@ def retraining_sensor(
         with warehouse.read() as con:
             reasons = retraining_reasons(
                 con,
-                drift_error_share=settings.drift_error_share,
+                drift=DriftThresholds(),
                 decay_margin=settings.decay_margin,
                 new_labelled_months=settings.new_labelled_months,
                 first_model_labelled_months=settings.first_model_labelled_months,

@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="create the embedded data if missing, then `churn run`")
-    demo.add_argument("--customers", type=int, default=20_000, help="initial customer base")
+    demo.add_argument("--customers", type=int, default=10_000, help="initial customer base")
     demo.add_argument("--months", type=int, default=24, help="months of history")
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--no-drift", action="store_true", help="switch off the price-rise drift event")

@@ -296,7 +296,7 @@ def test_graded_check_levels():
 
 def test_drift_checks_read_the_summary():
     thresholds = DriftThresholds()
-    summary = {"share_drifted": 0.6, "drifted_features": 6, "max_psi": 0.15, "max_psi_feature": "tenure",
+    summary = {"share_drifted": 0.6, "drifted_features": 6, "max_psi": 0.3, "max_psi_feature": "tenure",
                "prediction_drift_score": None}
     assert check_drift_share(summary, thresholds)[:2] == (False, "ERROR")
     passed, severity, metadata = check_max_psi(summary, thresholds)
@@ -386,9 +386,11 @@ def reasons_con(*, trained_until: str = "2024-03-01", share: float = 0.6, auc: f
     con.execute("INSERT INTO ml.model_versions VALUES ('old', 0.80, false, TIMESTAMP '2024-01-01', NULL), "
                 "('champ', 0.85, true, TIMESTAMP '2024-04-02', ?)", [json.dumps(split)])
     con.execute("CREATE TABLE monitoring.drift_summary (month DATE, share_drifted DOUBLE, drifted_features INTEGER, "
-                "features_checked INTEGER, model_version VARCHAR)")
-    con.execute("INSERT INTO monitoring.drift_summary VALUES (DATE '2024-04-01', ?, 6, 10, 'champ'), "
-                "(DATE '2024-05-01', 0.1, 1, 10, 'champ'), (DATE '2024-06-01', 0.9, 9, 10, 'old')", [share])
+                "features_checked INTEGER, max_psi DOUBLE, max_psi_feature VARCHAR, "
+                "prediction_drift_score DOUBLE, model_version VARCHAR)")
+    con.execute("INSERT INTO monitoring.drift_summary VALUES (DATE '2024-04-01', ?, 6, 10, 0.1, 'x', 0.05, 'champ'), "
+                "(DATE '2024-05-01', 0.1, 1, 10, 0.1, 'x', 0.05, 'champ'), "
+                "(DATE '2024-06-01', 0.9, 9, 10, 0.9, 'x', 0.5, 'old')", [share])
     con.execute("CREATE TABLE monitoring.performance (month DATE, auc DOUBLE, model_version VARCHAR)")
     con.execute("INSERT INTO monitoring.performance VALUES (DATE '2024-04-01', ?, 'champ'), "
                 "(DATE '2024-03-01', 0.5, 'old')", [auc])
@@ -398,8 +400,11 @@ def reasons_con(*, trained_until: str = "2024-03-01", share: float = 0.6, auc: f
     return con
 
 
+DRIFT_LEVELS = DriftThresholds(share_error=0.5, psi_error=0.5, prediction_error=0.2)
+
+
 def test_retraining_reasons_on_crafted_tables():
-    reasons = retraining_reasons(reasons_con(), drift_error_share=0.5, decay_margin=0.05, new_labelled_months=2)
+    reasons = retraining_reasons(reasons_con(), drift=DRIFT_LEVELS, decay_margin=0.05, new_labelled_months=2)
     by_kind = {r.kind: r for r in reasons}
     assert set(by_kind) == {"drift", "decay", "new_data"}
     assert by_kind["drift"].month == date(2024, 4, 1)  # the 'old' model's drift does not count
@@ -409,14 +414,22 @@ def test_retraining_reasons_on_crafted_tables():
     assert by_kind["new_data"].run_key == "new_data-champ-2024-05"
 
 
+def test_each_drift_error_level_calls_for_retraining():
+    for column, value in (("max_psi", 0.7), ("prediction_drift_score", 0.25)):
+        con = reasons_con(trained_until="2024-05-01", share=0.2, auc=0.83)
+        con.execute(f"UPDATE monitoring.drift_summary SET {column} = ? WHERE month = DATE '2024-05-01'", [value])
+        [reason] = retraining_reasons(con, drift=DRIFT_LEVELS, decay_margin=0.05, new_labelled_months=1)
+        assert reason.kind == "drift" and reason.run_key == "drift-champ-2024-05"
+
+
 def test_retraining_reasons_quiet_when_healthy_and_without_tables():
     healthy = reasons_con(trained_until="2024-05-01", share=0.2, auc=0.83)
-    assert retraining_reasons(healthy, drift_error_share=0.5, decay_margin=0.05, new_labelled_months=1) == []
+    assert retraining_reasons(healthy, drift=DRIFT_LEVELS, decay_margin=0.05, new_labelled_months=1) == []
     empty = duckdb.connect()
-    assert retraining_reasons(empty, drift_error_share=0.5, decay_margin=0.05, new_labelled_months=1) == []
+    assert retraining_reasons(empty, drift=DRIFT_LEVELS, decay_margin=0.05, new_labelled_months=1) == []
     empty.execute("CREATE SCHEMA features")
     empty.execute("CREATE TABLE features.labels AS SELECT 'a' AS customer_id, DATE '2024-01-01' AS snapshot_month, 1 AS churned")
-    [reason] = retraining_reasons(empty, drift_error_share=0.5, decay_margin=0.05, new_labelled_months=1)
+    [reason] = retraining_reasons(empty, drift=DRIFT_LEVELS, decay_margin=0.05, new_labelled_months=1)
     assert reason.kind == "new_data" and reason.run_key == "new_data-none-2024-01"
 
 

@@ -164,7 +164,7 @@ predictions = _silenced(_predictions_asset)
 
 
 class DriftConfig(dg.Config):
-    sample_rows: int = Field(default=20_000, description="Rows sampled from the reference and from each month.")
+    sample_rows: int = Field(default=5_000, description="Rows sampled from the reference and from each month.")
     seed: int = Field(default=42, description="Seed of the deterministic samples.")
     numeric_method: str = Field(default="wasserstein", description="Evidently stattest for numeric features.")
     categorical_method: str = Field(default="jensenshannon", description="Evidently stattest for categorical features.")
@@ -372,13 +372,16 @@ def realised_performance(context: dg.AssetExecutionContext, warehouse: Warehouse
 # -- checks --------------------------------------------------------------------------------
 
 
+_DEFAULT_DRIFT = DriftThresholds()
+
+
 class DriftCheckConfig(dg.Config):
-    share_warn: float = Field(default=0.2, description="Share of drifted features that warns.")
-    share_error: float = Field(default=0.5, description="Share of drifted features that fails with ERROR.")
-    psi_warn: float = Field(default=0.1, description="Largest feature PSI that warns.")
-    psi_error: float = Field(default=0.25, description="Largest feature PSI that fails with ERROR.")
-    prediction_warn: float = Field(default=0.1, description="Prediction drift score that warns.")
-    prediction_error: float = Field(default=0.2, description="Prediction drift score that fails with ERROR.")
+    share_warn: float = Field(default=_DEFAULT_DRIFT.share_warn, description="Share of drifted features that warns.")
+    share_error: float = Field(default=_DEFAULT_DRIFT.share_error, description="Share of drifted features that fails with ERROR.")
+    psi_warn: float = Field(default=_DEFAULT_DRIFT.psi_warn, description="Largest feature PSI that warns.")
+    psi_error: float = Field(default=_DEFAULT_DRIFT.psi_error, description="Largest feature PSI that fails with ERROR.")
+    prediction_warn: float = Field(default=_DEFAULT_DRIFT.prediction_warn, description="Prediction drift score that warns.")
+    prediction_error: float = Field(default=_DEFAULT_DRIFT.prediction_error, description="Prediction drift score that fails with ERROR.")
 
     def thresholds(self) -> DriftThresholds:
         return DriftThresholds(**self.model_dump())

@@ -13,7 +13,7 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 from churn_assets.monitoring.champion import champion_record, table_exists
-from churn_assets.monitoring.drift import DRIFT_SUMMARY_TABLE
+from churn_assets.monitoring.drift import DRIFT_SUMMARY_TABLE, DriftThresholds
 from churn_assets.monitoring.performance import LABELS_TABLE, PERFORMANCE_TABLE
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ def _labelled_months(con: duckdb.DuckDBPyConnection) -> list[date]:
 def retraining_reasons(
     con: duckdb.DuckDBPyConnection,
     *,
-    drift_error_share: float,
+    drift: DriftThresholds,
     decay_margin: float,
     new_labelled_months: int,
     first_model_labelled_months: int = 1,
@@ -53,7 +53,8 @@ def retraining_reasons(
     """At most one reason per kind, each for the latest month that triggers it.
 
     - drift: the latest month whose drift (measured against the current champion's
-      reference) has a share of drifted features >= ``drift_error_share``;
+      reference) reaches an error level of ``drift``: the share of drifted features, the
+      largest feature PSI or the prediction drift score;
     - decay: the latest month whose realised AUC of the champion's predictions is more
       than ``decay_margin`` below the champion's test AUC;
     - new_data: at least ``new_labelled_months`` labelled months newer than the last month
@@ -77,16 +78,20 @@ def retraining_reasons(
     reasons: list[Reason] = []
     if table_exists(con, DRIFT_SUMMARY_TABLE):
         row = con.execute(
-            f"SELECT month, share_drifted, drifted_features, features_checked FROM {DRIFT_SUMMARY_TABLE} "
-            "WHERE model_version = ? AND share_drifted >= ? ORDER BY month DESC LIMIT 1",
-            [champion.version, drift_error_share],
+            f"SELECT month, share_drifted, drifted_features, features_checked, max_psi, "
+            f"max_psi_feature, prediction_drift_score FROM {DRIFT_SUMMARY_TABLE} "
+            "WHERE model_version = ? AND (share_drifted >= ? OR max_psi >= ? "
+            "OR prediction_drift_score >= ?) ORDER BY month DESC LIMIT 1",
+            [champion.version, drift.share_error, drift.psi_error, drift.prediction_error],
         ).fetchone()
         if row:
-            month, share, drifted, checked = row
+            month, share, drifted, checked, psi, psi_feature, prediction = row
             reasons.append(Reason(
                 DRIFT, month,
-                f"{drifted} of {checked} features drifted in {_month_text(month)} "
-                f"(share {share:.2f} >= {drift_error_share:.2f}) against {champion.version}",
+                f"{_month_text(month)} against {champion.version}: {drifted} of {checked} "
+                f"features drifted (share {share:.2f}, error at {drift.share_error:.2f}), "
+                f"largest PSI {psi:.2f} on {psi_feature} (error at {drift.psi_error:.2f}), "
+                f"prediction drift {prediction:.3f} (error at {drift.prediction_error:.2f})",
                 f"{DRIFT}-{champion.version}-{_month_text(month)}",
             ))
     if table_exists(con, PERFORMANCE_TABLE) and champion.test_auc is not None:
