@@ -181,6 +181,7 @@ def retraining_sensor(
     # cause launches exactly once.
     return dg.RunRequest(
         run_key="|".join(sorted(r.run_key for r in reasons)),
+        job_name=training_job.name,
         tags={
             "churn/trigger": "retraining",
             "churn/retrain_reasons": ",".join(sorted({r.kind for r in reasons})),
