@@ -33,12 +33,21 @@ def summary_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
         ).fetchone()
         if champion:
             lines.append(f"  champion: {champion[1]} {champion[0]} (test ROC-AUC {champion[2]:.3f})")
-    if _table_exists(con, "monitoring", "drift"):
+    if _table_exists(con, "monitoring", "drift_summary"):
+        from churn_assets.monitoring.drift import DriftThresholds
+
+        levels = DriftThresholds()
         drifted = con.execute(
-            "SELECT strftime(month, '%Y-%m'), share_drifted FROM monitoring.drift_summary "
-            "ORDER BY month"
-        ).fetchall() if _table_exists(con, "monitoring", "drift_summary") else []
-        if drifted:
-            months = ", ".join(f"{m} ({s:.0%})" for m, s in drifted if s and s >= 0.3)
-            lines.append(f"  drift: {months or 'no month with 30%+ drifted features'}")
+            "SELECT strftime(month, '%Y-%m'), share_drifted, max_psi, max_psi_feature "
+            "FROM monitoring.drift_summary "
+            # Warm-up months before the training data starts differ by construction.
+            "WHERE month >= (SELECT min(snapshot_month) FROM features.training_set) "
+            "AND (share_drifted >= ? OR max_psi >= ? OR prediction_drift_score >= ?) ORDER BY month",
+            [levels.share_error, levels.psi_error, levels.prediction_error],
+        ).fetchall()
+        shown = ", ".join(
+            f"{month} ({share:.0%} of features, PSI {psi:.2f} on {feature})"
+            for month, share, psi, feature in drifted
+        )
+        lines.append(f"  drift at error level: {shown or 'none'}")
     return lines
