@@ -43,8 +43,11 @@ def home(tmp_path_factory):
     result = dg.materialize(
         [*ml_assets, *ml_asset_checks],
         resources=_resources(home),
+        # This module tests evaluation, not the gate: any challenger is accepted.
         run_config={"ops": {"ml__tuned_xgboost": {"config": FAST_TUNING},
-                            "ml__baseline_models": {"config": FAST_BASELINES}}},
+                            "ml__baseline_models": {"config": FAST_BASELINES},
+                            "ml__model_versions_promotion_gate": {"config": {"margin": -1.0}},
+                            "ml__champion": {"config": {"margin": -1.0}}}},
     )
     assert result.success
     return home
@@ -64,7 +67,11 @@ def test_report_shap_and_checks_on_the_champion(home):
         [evaluation_report, shap_summary, *evaluation_asset_checks],
         resources=_resources(home),
         selection=[EVALUATION_REPORT_KEY, SHAP_SUMMARY_KEY],
-        run_config={"ops": {"ml__shap_summary": {"config": {"sample_rows": 300}}}},
+        run_config={"ops": {
+            "ml__shap_summary": {"config": {"sample_rows": 300}},
+            # The tiny champion was accepted without beating the baselines (see `home`).
+            "ml__evaluation_report_beats_baselines": {"config": {"baseline_margin": -1.0}},
+        }},
     )
     assert result.success
     metadata = {
