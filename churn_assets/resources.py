@@ -154,6 +154,18 @@ class Warehouse(dg.ConfigurableResource):
             con.close()
 
 
+def table_exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
+    """Whether ``schema.table`` exists (names compared case-insensitively, as DuckDB does)."""
+    schema, name = relation.split(".")
+    return bool(
+        con.execute(
+            "SELECT count(*) FROM information_schema.tables "
+            "WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
+            [schema, name],
+        ).fetchone()[0]
+    )
+
+
 class ArtifactStore(dg.ConfigurableResource):
     """Files the platform produces: models, reports and plots under ``$CHURN_HOME/artifacts``."""
 

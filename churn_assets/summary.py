@@ -8,16 +8,9 @@ if TYPE_CHECKING:
     import duckdb
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-            [schema, table],
-        ).fetchone()[0]
-    )
-
-
 def summary_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
+    from churn_assets.resources import table_exists
+
     lines = ["", "Summary"]
     rows = con.execute(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables "
@@ -27,13 +20,13 @@ def summary_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
     for (name,) in rows:
         count = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
         lines.append(f"  {name:<34} {count:>12,} rows")
-    if _table_exists(con, "ml", "model_versions"):
+    if table_exists(con, "ml.model_versions"):
         champion = con.execute(
             "SELECT version, algorithm, test_auc FROM ml.model_versions WHERE is_champion LIMIT 1"
         ).fetchone()
         if champion:
             lines.append(f"  champion: {champion[1]} {champion[0]} (test ROC-AUC {champion[2]:.3f})")
-    if _table_exists(con, "monitoring", "drift_summary"):
+    if table_exists(con, "monitoring.drift_summary"):
         from churn_assets.monitoring.drift import DriftThresholds
 
         levels = DriftThresholds()

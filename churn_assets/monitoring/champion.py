@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
+from churn_assets.resources import table_exists
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -36,14 +38,6 @@ class ModelRecord:
         """The latest snapshot month the model saw in any split part."""
         months = [m for part in self.split_months.values() for m in part]
         return max(months) if months else None
-
-
-def table_exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
-    schema, name = relation.split(".")
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, name],
-    ).fetchone()[0])
 
 
 def _month_range(first: date, last: date) -> list[date]:

@@ -18,7 +18,7 @@ import dagster as dg
 
 from churn_assets.metadata import table_metadata
 from churn_assets.partitions import monthly_partitions
-from churn_assets.resources import WAREHOUSE_POOL
+from churn_assets.resources import WAREHOUSE_POOL, table_exists
 from churn_assets.sql_models.checks import quote_identifier, quote_relation
 from churn_assets.sql_models.loader import SqlModel, SqlProjectError
 
@@ -67,16 +67,6 @@ def _window(context: dg.AssetExecutionContext) -> tuple[date, date]:
     return window.start.date(), window.end.date()
 
 
-def _table_exists(con, model: SqlModel) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables "
-            "WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
-            [model.schema, model.name],
-        ).fetchone()[0]
-    )
-
-
 def _columns(con, relation: str) -> list[tuple[str, str, bool]]:
     return [(row[0], row[1], row[2] == "YES") for row in con.execute(f"DESCRIBE {relation}").fetchall()]
 
@@ -109,7 +99,7 @@ def _write_incremental(con, model: SqlModel, start: date, end: date) -> dict[str
             f"$partition_start / $partition_end"
         )
 
-    if _table_exists(con, model):
+    if table_exists(con, f"{model.schema}.{model.name}"):
         existing = [c[0] for c in _columns(con, relation)]
         if {c.lower() for c in existing} != {c.lower() for c in staged}:
             added = sorted(set(staged) - set(existing))
