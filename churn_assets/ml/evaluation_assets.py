@@ -64,8 +64,10 @@ class ModelChoice(dg.Config):
 
 
 class EvaluationConfig(ModelChoice):
+    # A month's retention offer (e.g. a discount) is cheap next to a customer's lifetime
+    # value; with monthly churn near 1.5% a $50 offer would never pay off at any threshold.
     retained_value: float = Field(default=500.0, description="Value of keeping a churner.")
-    offer_cost: float = Field(default=50.0, description="Cost of one retention offer.")
+    offer_cost: float = Field(default=15.0, description="Cost of one retention offer.")
     offer_success_rate: float = Field(default=0.3, description="Share of offers that retain.")
     slice_columns: list[str] = Field(
         default_factory=list, description="Extra categorical columns to slice metrics by."
@@ -192,21 +194,36 @@ def evaluate_model(con: Any, artifacts_root: Path, config: EvaluationConfig):
     return model, split, report
 
 
-def model_card_info(model: "ChurnModel", split: Any) -> Any:
+def describe_window(description: Any) -> str:
+    """'train 2024-04..2025-09 (18 months); valid 2025-10; test 2025-11' from a split description."""
+    parts = description.get("parts") if isinstance(description, dict) else None
+    if not parts:
+        return "n/a"
+    texts = []
+    for name, part in parts.items():
+        months = [str(m)[:7] for m in part.get("months", []) if m != "..."]
+        if not months:
+            texts.append(name)
+        elif len(months) == 1:
+            texts.append(f"{name} {months[0]}")
+        else:
+            count = f" ({len(part['months'])} months)" if "..." not in part["months"] else ""
+            texts.append(f"{name} {months[0]}..{months[-1]}{count}")
+    return "; ".join(texts)
+
+
+def model_card_info(model: "ChurnModel", split: Any, created_at: Any = None) -> Any:
     from churn_assets.ml.report import ModelCardInfo
 
     manifest = model.manifest
-    months = split.description.get("test", {}).get("months") if isinstance(
-        split.description, dict) else None
     calibration = model.calibration.get("method", "none")
     return ModelCardInfo(
         version=str(model.version),
         algorithm=model.algorithm,
-        created_at=str(manifest.get("created_at", "")),
+        created_at=str(created_at or manifest.get("created_at", "")),
         training_data_version=str(manifest.get("training_data_version", "")),
         code_version=str(manifest.get("code_version", "")),
-        data_window=json.dumps(split.description, default=str)[:400] if months is None
-        else f"test months {', '.join(map(str, months))}",
+        data_window=describe_window(split.description),
         split=split.strategy,
         sizes={name: len(part) for name, part in split.parts().items()},
         params={k: v for k, v in model.params.items() if not isinstance(v, dict | list)},
@@ -229,9 +246,11 @@ def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfi
 
     with warehouse.read() as con:
         model, split, report = evaluate_model(con, artifacts.root_path, config)
+        created = con.execute("SELECT created_at FROM ml.model_versions WHERE version = ?",
+                              [str(model.version)]).fetchall()
     plots = evaluation_plots(report, model.algorithm)
     summary = {"model_version": model.version, "algorithm": model.algorithm, **report.summary()}
-    card = render_model_card(report, model_card_info(model, split))
+    card = render_model_card(report, model_card_info(model, split, created[0][0] if created else None))
     folder = _report_dir(artifacts, str(model.version))
     write_files(folder, {**plots, EVALUATION_FILE: json.dumps(summary, indent=2),
                          "model_card.md": card})
