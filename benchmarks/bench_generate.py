@@ -1,8 +1,9 @@
-"""Time the synthetic generator end to end: simulate and write Parquet deliveries.
+"""Time the synthetic generator and the raw layer: simulate, write Parquet deliveries, load them.
 
-Each size runs in its own child process so peak RSS is that size's alone. Prints a
-Markdown table: customers, months, rows written (all four tables), wall seconds,
-rows per second, peak RSS and the size on disk.
+Each size runs in its own child process so peak RSS is that size's alone. Prints two
+Markdown tables: generation (rows written, wall and CPU seconds, rows/s, peak RSS, size on
+disk) and raw materialization (every month validated and loaded into raw.* in one
+transaction, as the raw asset's single-run backfill does).
 
     uv run python benchmarks/bench_generate.py                   # 10k, 100k, 1M x 24 months
     uv run python benchmarks/bench_generate.py --sizes 10000,100000 --months 24
@@ -31,6 +32,8 @@ def measure(customers: int, months: int, seed: int) -> dict:
     import pyarrow.parquet as pq
 
     sys.path.insert(0, str(ROOT))
+    from churn_assets.resources import Warehouse
+    from churn_assets.source.raw_assets import load_months_into_warehouse
     from churn_assets.source.synthetic import GeneratorConfig, write_source
 
     config = GeneratorConfig(customers=customers, months=months, seed=seed)
@@ -43,7 +46,13 @@ def measure(customers: int, months: int, seed: int) -> dict:
         for path in source.glob("*/*.parquet"):
             rows[path.stem] = rows.get(path.stem, 0) + pq.ParquetFile(path).metadata.num_rows
         disk = sum(p.stat().st_size for p in source.glob("*/*.parquet"))
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        warehouse = Warehouse(path=str(Path(folder) / "warehouse.duckdb"))
+        started, cpu_started = time.perf_counter(), time.process_time()
+        with warehouse.write() as con:
+            load_months_into_warehouse(con, source, keys)
+        load_wall, load_cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        load_peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "customers": customers,
         "months": len(keys),
@@ -53,6 +62,10 @@ def measure(customers: int, months: int, seed: int) -> dict:
         "cpu_s": cpu,
         "peak_rss_mib": peak_kib / 1024,
         "disk_mib": disk / 2**20,
+        "load_wall_s": load_wall,
+        "load_cpu_s": load_cpu,
+        # Peak of the whole process: at least the generation's peak.
+        "load_peak_rss_mib": load_peak_kib / 1024,
     }
 
 
@@ -90,6 +103,14 @@ def main() -> None:
         print(
             f"| {r['customers']:,} | {r['months']} | {r['rows']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
             f"{r['rows'] / r['wall_s']:,.0f} | {r['peak_rss_mib']:,.0f} | {r['disk_mib']:,.1f} |"
+        )
+    print()
+    print("| raw materialization: initial customers | rows loaded | wall s | CPU s | rows/s (wall) | peak RSS MiB (process) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r['customers']:,} | {r['rows']:,} | {r['load_wall_s']:.1f} | {r['load_cpu_s']:.1f} | "
+            f"{r['rows'] / r['load_wall_s']:,.0f} | {r['load_peak_rss_mib']:,.0f} |"
         )
 
 
