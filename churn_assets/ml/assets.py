@@ -96,7 +96,7 @@ class BaselineConfig(dg.Config):
     split: SplitConfig = Field(default_factory=SplitConfig)
     logistic_c: float = Field(default=1.0, description="Inverse L2 strength of the logistic regression.")
     logistic_max_iter: int = 500
-    forest_trees: int = 100
+    forest_trees: int = 60
     forest_max_depth: int | None = 10
     forest_min_samples_leaf: int = 5
     forest_max_rows_per_tree: int = Field(default=50_000, description="Bootstrap rows per tree at most.")
@@ -107,7 +107,7 @@ class TunedXGBoostConfig(dg.Config):
     roles: RolesConfig = Field(default_factory=RolesConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     n_trials: int = Field(default=25, description="Trial budget of the Optuna study.")
-    timeout_s: float | None = Field(default=45.0, description="Time budget of one tuning run, seconds.")
+    timeout_s: float | None = Field(default=25.0, description="Time budget of one tuning run, seconds.")
     max_rounds: int = 1500
     early_stopping_rounds: int = 50
     tuning_rows: int | None = Field(default=100_000, description="Training rows each trial sees at most.")

@@ -75,8 +75,8 @@ class TuningResult:
 
 def search_space(trial: optuna.Trial) -> dict[str, Any]:
     return {
-        "eta": trial.suggest_float("eta", 0.03, 0.3, log=True),
-        "max_depth": trial.suggest_int("max_depth", 1, 6),
+        "eta": trial.suggest_float("eta", 0.01, 0.2, log=True),
+        "max_depth": trial.suggest_int("max_depth", 1, 4),
         "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 50.0, log=True),
         "subsample": trial.suggest_float("subsample", 0.5, 1.0),
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.4, 1.0),
