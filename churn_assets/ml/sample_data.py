@@ -10,32 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from churn_assets.source.ingest import TELCO_TO_CONTRACT
+
 if TYPE_CHECKING:
     import pandas as pd
 
-TELCO_RENAMES = {
-    "customerID": "customer_id",
-    "gender": "gender",
-    "SeniorCitizen": "senior_citizen",
-    "Partner": "partner",
-    "Dependents": "dependents",
-    "tenure": "tenure_months",
-    "PhoneService": "phone_service",
-    "MultipleLines": "multiple_lines",
-    "InternetService": "internet_service",
-    "OnlineSecurity": "online_security",
-    "OnlineBackup": "online_backup",
-    "DeviceProtection": "device_protection",
-    "TechSupport": "tech_support",
-    "StreamingTV": "streaming_tv",
-    "StreamingMovies": "streaming_movies",
-    "Contract": "contract",
-    "PaperlessBilling": "paperless_billing",
-    "PaymentMethod": "payment_method",
-    "MonthlyCharges": "monthly_charges",
-    "TotalCharges": "total_charges",
-    "Churn": "churned",
-}
+# The ingestion mapping plus the two Telco columns that the warehouse turns into other
+# things (tenure -> signup date -> tenure_months, Churn -> a cancellation -> churned).
+TELCO_RENAMES = {**TELCO_TO_CONTRACT, "tenure": "tenure_months", "Churn": "churned"}
 YES_NO_COLUMNS = ("partner", "dependents", "phone_service", "paperless_billing")
 
 
