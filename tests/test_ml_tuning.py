@@ -54,3 +54,28 @@ def test_study_is_persisted_and_resumed(prepared, tmp_path):
     resumed = tune_xgboost(split, spec, larger, training_data_version="data-b", storage_url=storage)
     assert len(resumed.trials) == 5
     assert (tmp_path / "optuna" / "optuna.db").exists()
+
+
+def test_a_small_random_split_is_tuned_by_cross_validation_and_refitted_on_train_and_valid():
+    # One month -> stratified random split; small enough to tune by K-fold CV.
+    frame = synthetic_training_frame(n_customers=900, n_months=2, seed=23)
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    split = split_training_set(frame, roles)
+    spec = build_feature_spec(split.train, roles)
+    settings = TuningSettings(**{**FAST.to_dict(), "n_trials": 4, "cv_folds": 3})
+
+    result = tune_xgboost(split, spec, settings, training_data_version="data-c")
+    model = result.model
+    metrics = evaluate(model, split)
+
+    assert split.strategy == "stratified_random" and result.strategy == "cross_validation"
+    assert model.params["fitted_on"] == "train+valid"
+    assert len(model.params["cv_fold_aucs"]) == 3
+    assert model.booster.num_boosted_rounds() == model.params["num_boost_round"]
+    # The validation rows are training rows of the refit; their metrics come from the
+    # cross-fitted models, so they are not the (optimistic) in-sample scores.
+    held_out = model.held_out_raw["valid"]
+    assert len(held_out) == len(split.valid)
+    assert not np.allclose(model.predict_raw(split.valid), held_out)
+    assert metrics["test_auc"] > 0.7
+    assert abs(metrics["valid_mean_prediction"] - metrics["valid_positive_rate"]) < 0.05

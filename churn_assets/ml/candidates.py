@@ -41,6 +41,10 @@ class ChurnModel:
     calibration: dict = field(default_factory=lambda: {"method": "none"})
     version: str | None = None
     manifest: dict = field(default_factory=dict)
+    # Raw predictions for split parts the final estimator was trained on, each row predicted
+    # by a cross-fitted model that did not see it (refit on train+valid). Kept in memory only:
+    # ``evaluate`` uses them so validation metrics stay out-of-sample.
+    held_out_raw: dict = field(default_factory=dict, repr=False)
 
     @property
     def booster(self):
@@ -196,7 +200,12 @@ def evaluate(model: ChurnModel, split: Split) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for name in ("valid", "test"):
         part = split.parts()[name]
-        for metric, value in binary_metrics(part[label].to_numpy(), model.predict_proba(part)).items():
+        held_out = model.held_out_raw.get(name)
+        if held_out is not None and len(held_out) == len(part):
+            probabilities = apply_calibration(model.calibration, held_out)
+        else:
+            probabilities = model.predict_proba(part)
+        for metric, value in binary_metrics(part[label].to_numpy(), probabilities).items():
             metrics[f"{name}_{metric}"] = value
     return metrics
 
@@ -268,19 +277,36 @@ def train_random_forest(
 # -- XGBoost --------------------------------------------------------------------------
 
 
-def xgboost_matrices(split: Split, spec: FeatureSpec, nthread: int, train_rows: int | None = None, seed: int = 42):
-    """DMatrix for train (optionally a seeded random subsample of it) and validation."""
+def xgboost_matrix(frame: pd.DataFrame, spec: FeatureSpec, nthread: int):
+    """A labelled DMatrix of ``frame`` with native categoricals."""
     import xgboost as xgb
 
+    return xgb.DMatrix(feature_frame(frame, spec), label=frame[spec.roles.label_column].to_numpy(),
+                       enable_categorical=True, nthread=nthread)
+
+
+def xgboost_matrices(split: Split, spec: FeatureSpec, nthread: int, train_rows: int | None = None, seed: int = 42):
+    """DMatrix for train (optionally a seeded random subsample of it) and validation."""
     train = split.train
     if train_rows and len(train) > train_rows:
         train = train.sample(n=train_rows, random_state=seed).sort_index()
-    label = spec.roles.label_column
-    dtrain = xgb.DMatrix(feature_frame(train, spec), label=train[label].to_numpy(),
-                         enable_categorical=True, nthread=nthread)
-    dvalid = xgb.DMatrix(feature_frame(split.valid, spec), label=split.valid[label].to_numpy(),
-                         enable_categorical=True, nthread=nthread)
-    return dtrain, dvalid
+    return xgboost_matrix(train, spec, nthread), xgboost_matrix(split.valid, spec, nthread)
+
+
+def train_and_valid(split: Split) -> pd.DataFrame:
+    """The rows tuning may look at (train, then valid), in a fixed order."""
+    import pandas as pd
+
+    return pd.concat([split.train, split.valid], ignore_index=True)
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded stratified K-fold (fit rows, held-out rows) position pairs."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(np.asarray(a), np.asarray(b)) for a, b in splitter.split(np.zeros(len(labels)), labels)]
 
 
 def base_xgboost_params(labels: np.ndarray, nthread: int, seed: int) -> dict:
@@ -337,3 +363,51 @@ def train_xgboost(
     recorded = {**full_params, "num_boost_round": best_iteration + 1, "best_valid_auc": best_valid_auc}
     model = ChurnModel(XGBOOST, spec, booster, recorded)
     return calibrate(model, split, seed) if calibrate_on_valid else model
+
+
+def refit_xgboost_cross_fitted(
+    split: Split,
+    spec: FeatureSpec,
+    params: dict,
+    *,
+    num_boost_round: int,
+    folds: int = 5,
+    nthread: int = 1,
+    seed: int = 42,
+) -> ChurnModel:
+    """XGBoost refitted on train + valid for a round count chosen by cross-validation there.
+
+    The validation split is then training data, so calibrating on it would be in-sample.
+    Instead each of ``folds`` models, trained on the other folds with the same parameters and
+    rounds, predicts its held-out fold; the calibration is chosen and fitted on those
+    out-of-fold predictions (cross-fitted calibration), and the validation metrics come from
+    them too. The test split is never touched.
+    """
+    import numpy as np
+    import xgboost as xgb
+    from sklearn.metrics import roc_auc_score
+
+    pool = train_and_valid(split)
+    labels = pool[spec.roles.label_column].to_numpy()
+    full_params = {**base_xgboost_params(labels, nthread, seed), **params}
+    dpool = xgboost_matrix(pool, spec, nthread)
+    out_of_fold = np.empty(len(pool))
+    fold_aucs = []
+    for fit_rows, held_rows in stratified_folds(labels, folds, seed):
+        booster = xgb.train(full_params, dpool.slice(fit_rows), num_boost_round=num_boost_round,
+                            verbose_eval=False)
+        out_of_fold[held_rows] = booster.predict(dpool.slice(held_rows))
+        fold_aucs.append(float(roc_auc_score(labels[held_rows], out_of_fold[held_rows])))
+    booster = xgb.train(full_params, dpool, num_boost_round=num_boost_round, verbose_eval=False)
+    recorded = {
+        **full_params,
+        "num_boost_round": num_boost_round,
+        "fitted_on": "train+valid",
+        "calibration_fit": f"cross-fitted, {folds} folds over train+valid",
+        "cv_auc": float(roc_auc_score(labels, out_of_fold)),
+        "cv_fold_aucs": [round(v, 6) for v in fold_aucs],
+    }
+    model = ChurnModel(XGBOOST, spec, booster, recorded)
+    model.calibration = choose_calibration(out_of_fold, labels, seed)
+    model.held_out_raw = {"train": out_of_fold[: len(split.train)], "valid": out_of_fold[len(split.train):]}
+    return model
