@@ -16,20 +16,15 @@ import os
 import dagster as dg
 from pydantic import Field
 
+from churn_assets import keys
 from churn_assets.resources import Warehouse, WarehouseBusyError, WarehouseMissingError
 
 TRAINING_KEYS = [
-    dg.AssetKey(["ml", name])
-    for name in (
-        "baseline_models", "tuned_xgboost", "model_versions", "champion",
-        "evaluation_report", "shap_summary",
-    )
+    keys.BASELINE_MODELS_KEY, keys.TUNED_XGBOOST_KEY, keys.MODEL_VERSIONS_KEY, keys.CHAMPION_KEY,
+    keys.EVALUATION_REPORT_KEY, keys.SHAP_SUMMARY_KEY,
 ]
 SCORING_KEYS = [
-    dg.AssetKey(["ml", "predictions"]),
-    dg.AssetKey(["ml", "explanations"]),
-    dg.AssetKey(["monitoring", "drift"]),
-    dg.AssetKey(["monitoring", "realised_performance"]),
+    keys.PREDICTIONS_KEY, keys.EXPLANATIONS_KEY, keys.DRIFT_KEY, keys.REALISED_PERFORMANCE_KEY,
 ]
 DATA_LAYERS = dg.AssetSelection.groups("raw", "staging", "features")
 RAW_LOADED_MARKER = dg.AssetKey(["raw", "subscriptions"])

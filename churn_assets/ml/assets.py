@@ -22,6 +22,13 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
+from churn_assets.keys import (
+    BASELINE_MODELS_KEY,
+    CHAMPION_KEY,
+    MODEL_VERSIONS_KEY,
+    TRAINING_SET_KEY,
+    TUNED_XGBOOST_KEY,
+)
 from churn_assets.resources import WAREHOUSE_POOL, ArtifactStore, Warehouse
 
 if TYPE_CHECKING:
@@ -33,12 +40,7 @@ if TYPE_CHECKING:
     from churn_assets.ml.split import Split, SplitSettings
     from churn_assets.ml.tuning import TuningSettings
 
-TRAINING_SET_KEY = dg.AssetKey(["features", "training_set"])
 TRAINING_SET_TABLE = "features.training_set"
-BASELINE_MODELS_KEY = dg.AssetKey(["ml", "baseline_models"])
-TUNED_XGBOOST_KEY = dg.AssetKey(["ml", "tuned_xgboost"])
-MODEL_VERSIONS_KEY = dg.AssetKey(["ml", "model_versions"])
-CHAMPION_KEY = dg.AssetKey(["ml", "champion"])
 PROMOTION_GATE = "promotion_gate"
 GROUP = "ml"
 CANDIDATES_DIR = "candidates"

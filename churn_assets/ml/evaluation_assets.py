@@ -23,6 +23,13 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
+from churn_assets.keys import (
+    CHAMPION_KEY,
+    EVALUATION_REPORT_KEY,
+    EXPLANATIONS_KEY,
+    PREDICTIONS_KEY,
+    SHAP_SUMMARY_KEY,
+)
 from churn_assets.partitions import monthly_partitions
 from churn_assets.resources import WAREHOUSE_POOL, ArtifactStore, Warehouse
 
@@ -32,11 +39,6 @@ if TYPE_CHECKING:
     from churn_assets.ml.candidates import ChurnModel
 
 GROUP = "ml"
-CHAMPION_KEY = dg.AssetKey(["ml", "champion"])
-PREDICTIONS_KEY = dg.AssetKey(["ml", "predictions"])
-EVALUATION_REPORT_KEY = dg.AssetKey(["ml", "evaluation_report"])
-SHAP_SUMMARY_KEY = dg.AssetKey(["ml", "shap_summary"])
-EXPLANATIONS_KEY = dg.AssetKey(["ml", "explanations"])
 EXPLANATIONS_TABLE = "ml.explanations"
 FEATURES_TABLE = "features.customer_features"
 REPORTS_DIR = "reports"

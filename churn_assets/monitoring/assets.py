@@ -22,6 +22,16 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from churn_assets.keys import (
+    CHAMPION_KEY,
+    CUSTOMER_FEATURES_KEY,
+    DRIFT_KEY,
+    LABELS_KEY,
+    MODEL_VERSIONS_KEY,
+    PREDICTIONS_KEY,
+    REALISED_PERFORMANCE_KEY,
+    TRAINING_SET_KEY,
+)
 from churn_assets.metadata import table_metadata
 from churn_assets.monitoring.drift import (
     DRIFT_COLUMNS,
@@ -49,14 +59,6 @@ from churn_assets.monitoring.scoring import (
 from churn_assets.partitions import monthly_partitions
 from churn_assets.resources import WAREHOUSE_POOL, ArtifactStore, Warehouse
 
-CUSTOMER_FEATURES_KEY = dg.AssetKey(["features", "customer_features"])
-TRAINING_SET_KEY = dg.AssetKey(["features", "training_set"])
-LABELS_KEY = dg.AssetKey(["features", "labels"])
-MODEL_VERSIONS_KEY = dg.AssetKey(["ml", "model_versions"])
-CHAMPION_KEY = dg.AssetKey(["ml", "champion"])
-PREDICTIONS_KEY = dg.AssetKey(["ml", "predictions"])
-DRIFT_KEY = dg.AssetKey(["monitoring", "drift"])
-REALISED_PERFORMANCE_KEY = dg.AssetKey(["monitoring", "realised_performance"])
 HTML_REPORT_POLICIES = ("latest", "all", "none")
 
 

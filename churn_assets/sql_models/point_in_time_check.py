@@ -4,9 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from churn_assets.keys import CUSTOMER_FEATURES_KEY
 from churn_assets.resources import Warehouse
-
-FEATURES_KEY = dg.AssetKey(["features", "customer_features"])
 
 
 class PointInTimeConfig(dg.Config):
@@ -16,7 +15,7 @@ class PointInTimeConfig(dg.Config):
 
 def build_point_in_time_check(sql_dir: Path) -> dg.AssetChecksDefinition:
     @dg.asset_check(
-        asset=FEATURES_KEY,
+        asset=CUSTOMER_FEATURES_KEY,
         name="point_in_time_correct",
         blocking=True,
         description=(
@@ -33,7 +32,7 @@ def build_point_in_time_check(sql_dir: Path) -> dg.AssetChecksDefinition:
             result = check_point_in_time(
                 con,
                 sql_dir,
-                model=FEATURES_KEY.to_user_string().replace("/", "."),
+                model=CUSTOMER_FEATURES_KEY.to_user_string().replace("/", "."),
                 months=config.months,
                 sample=config.sample_rows_per_month,
             )

@@ -1,0 +1,22 @@
+"""Asset keys that Python assets refer to across stages (SQL and raw keys come from their loaders).
+
+An asset key is also the DuckDB table name: ["ml", "predictions"] is ml.predictions.
+"""
+
+import dagster as dg
+
+CUSTOMER_FEATURES_KEY = dg.AssetKey(["features", "customer_features"])
+LABELS_KEY = dg.AssetKey(["features", "labels"])
+TRAINING_SET_KEY = dg.AssetKey(["features", "training_set"])
+
+BASELINE_MODELS_KEY = dg.AssetKey(["ml", "baseline_models"])
+TUNED_XGBOOST_KEY = dg.AssetKey(["ml", "tuned_xgboost"])
+MODEL_VERSIONS_KEY = dg.AssetKey(["ml", "model_versions"])
+CHAMPION_KEY = dg.AssetKey(["ml", "champion"])
+EVALUATION_REPORT_KEY = dg.AssetKey(["ml", "evaluation_report"])
+SHAP_SUMMARY_KEY = dg.AssetKey(["ml", "shap_summary"])
+PREDICTIONS_KEY = dg.AssetKey(["ml", "predictions"])
+EXPLANATIONS_KEY = dg.AssetKey(["ml", "explanations"])
+
+DRIFT_KEY = dg.AssetKey(["monitoring", "drift"])
+REALISED_PERFORMANCE_KEY = dg.AssetKey(["monitoring", "realised_performance"])
