@@ -4,20 +4,38 @@ The layer = staging (4 tables) + features.customer_features for every month (one
 set-based backfill) + features.labels + features.training_set. Both engines start from the
 same raw data (the embedded synthetic generator) and run in their own subprocess, so the
 peak memory (max RSS) of each is its own. The pandas result is compared with DuckDB's
-before the table is printed, so the two really compute the same thing.
+before the table is printed, so the two really compute the same thing; the comparison
+runs in DuckDB (a join on customer_id and snapshot_month), so it does not need both
+results in memory as DataFrames.
+
+pandas holds everything in memory: about 8.7 GB peak RSS at 100k customers x 24 months,
+so about 85 GB at 1M, more than a 24 GB machine has. Every feature row depends only on
+its own customer's raw rows, plus one global value (the latest observed month, which the
+labels need), so the pandas engine can run customer by customer: the raw data is read
+into Arrow tables (compact strings), split into N customer shards, and each shard is
+converted to pandas, run through the same pandas_layer (given the global observed month)
+and written as its own Parquet part before the next one starts. The result is the same
+as one run over all data (events are deduplicated by event_id within a shard, which
+assumes an event id never moves between customers; the generator numbers events
+globally); the peak memory is about one shard's plus the raw data in Arrow. The default
+(auto) is 1 shard (all at once) up to 200k customers, else one shard per 100k
+customers; the engine column names the shard count. The sharded time includes the split
+and the conversion of each shard to pandas, not the Parquet reads and writes.
 
     uv run python benchmarks/bench_features.py                 # 100k and 1M customers
     uv run python benchmarks/bench_features.py --sizes 100000 --months 24
+    uv run python benchmarks/bench_features.py --sizes 1000000 --pandas-shards 20
     uv run python benchmarks/bench_features.py --sizes 1000000 --engines duckdb
 
-An engine that fails (e.g. pandas killed for memory at 1M customers on a small machine)
-is reported as failed in the table instead of stopping the run.
+An engine that fails (e.g. pandas killed for memory with too few shards on a small
+machine) is reported as failed in the table instead of stopping the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -123,8 +141,12 @@ def run_duckdb(folder: Path) -> dict:
             "leakage_check_seconds": leakage_seconds, "leakage_check": leakage.summary()}
 
 
-def pandas_layer(raw: dict) -> tuple:
-    """The same staging, features, labels and training set as sql/, in pandas."""
+def pandas_layer(raw: dict, observed=None) -> tuple:
+    """The same staging, features, labels and training set as sql/, in pandas.
+
+    ``observed`` (a monthly pd.Period) is the latest month with any raw row, which the
+    labels need; it is computed from ``raw`` when not given. A customer shard must be
+    given the value over all raw data (see ``observed_month``)."""
     import numpy as np
     import pandas as pd
 
@@ -247,9 +269,10 @@ def pandas_layer(raw: dict) -> tuple:
     out["usage_gb_change_1m"] = out["usage_gb_month"] - out["usage_gb_prev_month"]
     out["usage_gb_3m_avg"] = (out["usage_gb_month"] + out["usage_gb_prev_month"] + f["usage_gb_m2"].fillna(0.0)) / 3
 
-    observed = max(raw["subscriptions"]["snapshot_month"].max().to_period("M"),
-                   raw["events"]["event_time"].max().to_period("M") if len(raw["events"]) else pd.Period("1900-01", "M"),
-                   raw["cancellations"]["cancel_date"].max().to_period("M") if len(raw["cancellations"]) else pd.Period("1900-01", "M"))
+    if observed is None:
+        observed = max(raw["subscriptions"]["snapshot_month"].max().to_period("M"),
+                       raw["events"]["event_time"].max().to_period("M") if len(raw["events"]) else pd.Period("1900-01", "M"),
+                       raw["cancellations"]["cancel_date"].max().to_period("M") if len(raw["cancellations"]) else pd.Period("1900-01", "M"))
     churners = cancellations.assign(snapshot_month=cancellations["cancel_date"].dt.to_period("M").dt.to_timestamp() - pd.DateOffset(months=1))
     churners = churners[["customer_id", "snapshot_month"]].drop_duplicates().assign(churned=1)
     labels = subs[["customer_id", "snapshot_month"]].merge(churners, on=["customer_id", "snapshot_month"], how="left")
@@ -259,27 +282,97 @@ def pandas_layer(raw: dict) -> tuple:
     return out, labels, training
 
 
-def run_pandas(folder: Path) -> dict:
+def as_frames(raw: dict) -> dict:
+    """The raw frames with the column types pandas_layer expects."""
     import pandas as pd
 
-    raw = {name: pd.read_parquet(folder / f"{name}.parquet") for name in RAW}
     for frame in raw.values():
         frame["delivery_month"] = pd.to_datetime(frame["delivery_month"])
     raw["subscriptions"]["snapshot_month"] = pd.to_datetime(raw["subscriptions"]["snapshot_month"])
     raw["customers"]["signup_date"] = pd.to_datetime(raw["customers"]["signup_date"])
     raw["cancellations"]["cancel_date"] = pd.to_datetime(raw["cancellations"]["cancel_date"])
+    return raw
+
+
+def observed_month(tables: dict):
+    """pandas_layer's ``observed`` over all raw data (Arrow tables), the one value a
+    customer shard cannot compute from its own rows. An empty table counts as 1900-01."""
+    import pandas as pd
+    import pyarrow.compute as pc
+
+    months = []
+    for name, column in (("subscriptions", "snapshot_month"), ("events", "event_time"), ("cancellations", "cancel_date")):
+        latest = pc.max(tables[name][column]).as_py()
+        months.append(pd.Timestamp(latest).to_period("M") if latest is not None else pd.Period("1900-01", "M"))
+    return max(months)
+
+
+def shard_numbers(tables: dict, shards: int) -> dict:
+    """Shard number of every raw row (one Arrow int32 array per table): the position of
+    its stripped customer_id among all distinct stripped ids, sorted, modulo ``shards``.
+    Ids are stripped with str.strip as pandas_layer does, so every spelling of one customer
+    lands in one shard; a row without customer_id goes to shard 0."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    spellings = pc.unique(pa.concat_arrays([pc.unique(table["customer_id"]) for table in tables.values()])).drop_null()
+    stripped = [value.strip() for value in spellings.to_pylist()]
+    position = {customer: i for i, customer in enumerate(sorted(set(stripped)))}
+    shard_of_spelling = pa.array([position[customer] % shards for customer in stripped], pa.int32())
+    return {name: pc.take(shard_of_spelling, pc.index_in(table["customer_id"], value_set=spellings)).fill_null(0)
+            for name, table in tables.items()}
+
+
+def run_pandas(folder: Path, shards: int = 1) -> dict:
+    """pandas_layer over all raw data at once (shards=1), or customer by customer in
+    ``shards`` parts; either way the features go to pandas_features/part-NNN.parquet."""
+    import gc
+
+    import pandas as pd
+
+    out = folder / "pandas_features"
+    out.mkdir(exist_ok=True)
+    if shards == 1:
+        raw = as_frames({name: pd.read_parquet(folder / f"{name}.parquet") for name in RAW})
+        started, cpu_started = time.perf_counter(), time.process_time()
+        features, labels, training = pandas_layer(raw)
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        features.to_parquet(out / "part-000.parquet", index=False)
+        return {"seconds": seconds, "cpu_seconds": cpu_seconds, "feature_rows": len(features),
+                "training_rows": len(training), "shards": 1}
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    # The raw data stays in Arrow (compact strings); only one shard at a time is a set of
+    # pandas frames. The timed part includes the split and the conversion to pandas, which
+    # the unsharded run does not need, but not the Parquet reads and writes.
+    tables = {name: pq.read_table(folder / f"{name}.parquet") for name in RAW}
     started, cpu_started = time.perf_counter(), time.process_time()
-    features, labels, training = pandas_layer(raw)
+    observed = observed_month(tables)
+    numbers = shard_numbers(tables, shards)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    features.to_parquet(folder / "pandas_features.parquet", index=False)
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "feature_rows": len(features), "training_rows": len(training)}
+    feature_rows = training_rows = 0
+    for shard in range(shards):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        raw = as_frames({name: table.filter(pc.equal(numbers[name], shard)).to_pandas() for name, table in tables.items()})
+        features, labels, training = pandas_layer(raw, observed)
+        seconds += time.perf_counter() - started
+        cpu_seconds += time.process_time() - cpu_started
+        features.to_parquet(out / f"part-{shard:03d}.parquet", index=False)
+        feature_rows += len(features)
+        training_rows += len(training)
+        del raw, features, labels, training
+        gc.collect()
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "feature_rows": feature_rows,
+            "training_rows": training_rows, "shards": shards}
 
 
-def child(engine: str, folder: Path) -> dict | None:
+def child(engine: str, folder: Path, *options: str) -> dict | None:
     """Run one engine in a fresh process; its own wall time and peak RSS come back
     (None when it fails)."""
     process = subprocess.Popen(
-        [sys.executable, __file__, "--engine", engine, "--folder", str(folder)],
+        [sys.executable, __file__, "--engine", engine, "--folder", str(folder), *options],
         stdout=subprocess.PIPE, cwd=ROOT,
     )
     output = process.stdout.read()
@@ -292,23 +385,70 @@ def child(engine: str, folder: Path) -> dict | None:
     return result
 
 
-def compare(folder: Path) -> str:
-    import numpy as np
-    import pandas as pd
+NUMERIC = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+           "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE"}
 
-    ours = pd.read_parquet(folder / "duckdb_features.parquet").sort_values(["customer_id", "snapshot_month"]).reset_index(drop=True)
-    theirs = pd.read_parquet(folder / "pandas_features.parquet").sort_values(["customer_id", "snapshot_month"]).reset_index(drop=True)
-    if len(ours) != len(theirs):
-        return f"row counts differ ({len(ours)} vs {len(theirs)})"
+
+def compare(folder: Path) -> str:
+    """DuckDB's features against pandas' (all parts), joined on (customer_id,
+    snapshot_month) in DuckDB, so neither table has to fit in memory as a DataFrame.
+    Each column is compared as the type DuckDB wrote, generalised: numbers as DOUBLE
+    within rtol = atol = 1e-9 (NULL and NaN alike), dates and timestamps as TIMESTAMP (so a
+    time of day in a pandas timestamp would show), everything else exactly as BOOLEAN or
+    VARCHAR, NULL equal to NULL."""
+    import duckdb
+
+    con = duckdb.connect(config={"temp_directory": str(folder / "compare_tmp")})
+    try:
+        return _compare(con, folder)
+    finally:
+        con.close()
+
+
+def _compare(con, folder: Path) -> str:
+    con.execute(f"CREATE VIEW ours AS SELECT * FROM read_parquet('{folder / 'duckdb_features.parquet'}')")
+    # union_by_name: a part may type a column differently (e.g. all NULL in that shard).
+    con.execute(f"CREATE VIEW theirs AS SELECT * FROM read_parquet('{folder / 'pandas_features' / '*.parquet'}', union_by_name = true)")
+    types = {row[0]: row[1] for row in con.execute("DESCRIBE ours").fetchall()}
+    theirs = [row[0] for row in con.execute("DESCRIBE theirs").fetchall()]
+    missing, extra = [c for c in types if c not in theirs], [c for c in theirs if c not in types]
+    if missing or extra:
+        return f"columns differ (missing in pandas: {missing}, only in pandas: {extra})"
+    counts = [con.execute(f"SELECT count(*) FROM {side}").fetchone()[0] for side in ("ours", "theirs")]
+    if counts[0] != counts[1]:
+        return f"row counts differ ({counts[0]} vs {counts[1]})"
+
+    def as_type(dtype: str) -> str:
+        if dtype in NUMERIC or dtype.startswith("DECIMAL"):
+            return "DOUBLE"
+        if dtype == "DATE" or dtype.startswith("TIMESTAMP"):
+            return "TIMESTAMP"
+        return "BOOLEAN" if dtype == "BOOLEAN" else "VARCHAR"
+
+    keys = ("customer_id", "snapshot_month")
+    columns = [c for c in types if c not in keys]
+    casts = ", ".join(f'CAST("{c}" AS {as_type(types[c])}) AS "{c}"' for c in types)
+
+    def same(column: str) -> str:
+        a, b = f'o."{column}"', f't."{column}"'
+        if as_type(types[column]) == "DOUBLE":  # np.isclose(a, b, rtol=1e-9, atol=1e-9, equal_nan=True)
+            return (f"((({a} IS NULL OR isnan({a})) AND ({b} IS NULL OR isnan({b}))) "
+                    f"OR coalesce({a} = {b} OR abs({a} - {b}) <= 1e-9 + 1e-9 * abs({b}), false))")
+        return f"({a} IS NOT DISTINCT FROM {b})"
+
+    diffs = ", ".join(f'count(*) FILTER (WHERE o.present AND t.present AND NOT {same(c)})' for c in columns)
+    row = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE o.present IS NULL OR t.present IS NULL), {diffs} "
+        f"FROM (SELECT {casts}, true AS present FROM ours) AS o "
+        f"FULL OUTER JOIN (SELECT {casts}, true AS present FROM theirs) AS t "
+        f"ON o.customer_id = t.customer_id AND o.snapshot_month = t.snapshot_month"
+    ).fetchone()
+    joined, unmatched, per_column = row[0], row[1], row[2:]
     differing = []
-    for column in ours.columns:
-        a, b = ours[column], theirs[column]
-        if pd.api.types.is_numeric_dtype(a) and not pd.api.types.is_bool_dtype(a):
-            same = np.isclose(a.astype("float64"), b.astype("float64"), rtol=1e-9, atol=1e-9, equal_nan=True)
-        else:
-            same = (a.astype("string").fillna("<NA>") == b.astype("string").fillna("<NA>")).to_numpy()
-        if not same.all():
-            differing.append(f"{column} ({(~same).sum()} rows)")
+    if unmatched or joined != counts[0]:
+        # Equal counts, no unmatched row and as many joined rows as rows: a 1:1 match.
+        differing.append(f"keys ({unmatched} rows unmatched, {joined} joined for {counts[0]})")
+    differing += [f"{column} ({n} rows)" for column, n in zip(columns, per_column) if n]
     return "identical" if not differing else "differ: " + ", ".join(differing)
 
 
@@ -319,11 +459,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--engines", default="duckdb,pandas", help="engines to run, comma-separated")
     parser.add_argument("--duckdb-memory-limit", help="DuckDB memory_limit, e.g. 8GB (it spills beyond it)")
+    parser.add_argument("--pandas-shards", default="auto",
+                        help="customer shards for pandas: an integer (1 = all data at once), or auto "
+                             "(1 up to 200k customers, else one shard per 100k customers)")
     parser.add_argument("--engine", choices=["duckdb", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.pandas_shards != "auto" and not (args.pandas_shards.isdigit() and int(args.pandas_shards) >= 1):
+        parser.error(f"--pandas-shards must be auto or a positive integer, not {args.pandas_shards!r}")
     if args.engine:
-        print(json.dumps((run_duckdb if args.engine == "duckdb" else run_pandas)(args.folder)))
+        result = run_duckdb(args.folder) if args.engine == "duckdb" else run_pandas(args.folder, int(args.pandas_shards))
+        print(json.dumps(result))
         return
     if args.duckdb_memory_limit:
         os.environ["BENCH_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory_limit
@@ -338,27 +484,30 @@ def main() -> None:
             engines = args.engines.split(",")
             duck = child("duckdb", folder) if "duckdb" in engines else None
             print(f"  duckdb {duck}", flush=True)
-            pand = child("pandas", folder) if "pandas" in engines else None
+            shards = (int(args.pandas_shards) if args.pandas_shards != "auto"
+                      else 1 if size <= 200_000 else math.ceil(size / 100_000))
+            pand = child("pandas", folder, "--pandas-shards", str(shards)) if "pandas" in engines else None
             print(f"  pandas {pand}", flush=True)
             verdict = compare(folder) if duck and pand else "not compared"
-            rows.append((size, counts, duck, pand, verdict))
+            rows.append((size, counts, duck, pand, verdict, shards))
     print()
     # CPU seconds are shown next to wall time because on a shared machine wall time also
     # measures the neighbours; DuckDB's CPU time sums all its threads.
     print("| customers x months | snapshot rows | raw events | engine | wall s | CPU s | feature rows/s (wall) | peak RSS MB | pandas/duckdb wall | results |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for size, counts, duck, pand, verdict in rows:
+    for size, counts, duck, pand, verdict, shards in rows:
         ratio = f"{pand['seconds'] / duck['seconds']:.1f}x" if duck and pand else "-"
-        for name, result in (("duckdb", duck), ("pandas", pand)):
+        pandas_label = "pandas" if shards == 1 else f"pandas ({shards} customer shards)"
+        for engine, name, result in (("duckdb", "duckdb", duck), ("pandas", pandas_label, pand)):
             if result is None:
                 print(f"| {size:,} x {args.months} | {counts['subscriptions']:,} | {counts['events']:,} | {name} | "
-                      f"{'failed' if name in args.engines else 'not run'} | - | - | - | - | - |")
+                      f"{'failed' if engine in args.engines.split(',') else 'not run'} | - | - | - | - | - |")
                 continue
             print(f"| {size:,} x {args.months} | {counts['subscriptions']:,} | {counts['events']:,} | {name} | "
                   f"{result['seconds']:.1f} | {result.get('cpu_seconds', float('nan')):.1f} | "
                   f"{result['feature_rows'] / result['seconds']:,.0f} | "
                   f"{result['peak_rss_mb']:,.0f} | {ratio} | {verdict} |")
-    for size, _, duck, _, _ in rows:
+    for size, _, duck, _, _, _ in rows:
         if duck:
             print(f"\n{size:,} customers: point-in-time check {duck['leakage_check_seconds']:.1f}s "
                   f"({duck['leakage_check']})")
