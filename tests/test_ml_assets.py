@@ -77,7 +77,7 @@ def test_ml_group_registers_candidates_promotes_and_is_reproducible(home):
     assert gate.metadata["reference_version"].value.startswith(("logistic_regression-", "random_forest-"))
     assert {"ci_low", "ci_high", "auc_difference"} <= set(gate.metadata)
     tuned = result.asset_materializations_for_node("ml__tuned_xgboost")[0].metadata
-    assert {"best_params", "tuning_history", "trials", "split", "xgboost/test_auc"} <= set(tuned)
+    assert {"chosen_params", "trial_selection", "tuning_history", "trials", "split", "xgboost/test_auc"} <= set(tuned)
 
     warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
     champion = load_champion(home / "artifacts", warehouse)

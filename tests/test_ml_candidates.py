@@ -42,12 +42,16 @@ def test_roles_come_from_the_schema():
         infer_roles(duckdb_types_of_frame(frame), RoleSettings(label_column="target"))
 
 
-def test_features_without_any_value_are_left_out_of_the_spec():
-    frame = synthetic_training_frame(n_customers=20, n_months=2).assign(charge_change_1m=np.nan)
+def test_features_with_a_single_value_are_left_out_of_the_spec():
+    frame = synthetic_training_frame(n_customers=20, n_months=2).assign(charge_change_1m=np.nan, outages=0.0)
+    frame["late_payments"] = np.where(np.arange(len(frame)) % 2, 0.0, np.nan)
     roles = infer_roles(duckdb_types_of_frame(frame))
-    assert "charge_change_1m" in roles.numeric
+    assert {"charge_change_1m", "outages", "late_payments"} <= set(roles.numeric)
     spec = build_feature_spec(frame, roles)
     assert "charge_change_1m" not in spec.roles.features and "charge_change_1m" in spec.roles.excluded
+    assert "outages" not in spec.roles.features and "outages" in spec.roles.excluded
+    # One value plus missing ones: whether it is missing may carry information.
+    assert "late_payments" in spec.roles.features
 
 
 @pytest.mark.parametrize("algorithm", list(TRAINERS))

@@ -35,7 +35,7 @@ def test_pruning_prunes_and_the_same_seed_gives_the_same_model(prepared):
     # Pruned trials stop before the round budget that completed ones may use.
     pruned_rounds = [t["last_round"] for t in first.trials if t["state"] == "PRUNED"]
     assert max(pruned_rounds) < FAST.max_rounds - 1
-    assert first.best_params == second.best_params
+    assert first.chosen_params == second.chosen_params
     assert np.array_equal(first.model.predict_proba(split.test), second.model.predict_proba(split.test))
     assert evaluate(first.model, split)["test_auc"] > 0.7
 
@@ -79,3 +79,43 @@ def test_a_small_random_split_is_tuned_by_cross_validation_and_refitted_on_train
     assert not np.allclose(model.predict_raw(split.valid), held_out)
     assert metrics["test_auc"] > 0.7
     assert abs(metrics["valid_mean_prediction"] - metrics["valid_positive_rate"]) < 0.05
+
+
+def _finished_trial(number: int, value: float, max_depth: int, rounds: int, auc_std: float = 0.01):
+    params = {"categorical_splits": "one_hot", "eta": 0.05, "max_depth": max_depth, "min_child_weight": 1.0,
+              "subsample": 0.8, "colsample_bytree": 0.8, "lambda": 1.0, "alpha": 0.01, "gamma": 0.0}
+    distributions = {
+        "categorical_splits": optuna.distributions.CategoricalDistribution(["one_hot", "partition"]),
+        "eta": optuna.distributions.FloatDistribution(0.01, 0.2, log=True),
+        "max_depth": optuna.distributions.IntDistribution(2, 4),
+        "min_child_weight": optuna.distributions.FloatDistribution(1.0, 50.0, log=True),
+        "subsample": optuna.distributions.FloatDistribution(0.5, 1.0),
+        "colsample_bytree": optuna.distributions.FloatDistribution(0.3, 1.0),
+        "lambda": optuna.distributions.FloatDistribution(1e-2, 50.0, log=True),
+        "alpha": optuna.distributions.FloatDistribution(1e-3, 10.0, log=True),
+        "gamma": optuna.distributions.FloatDistribution(0.0, 5.0),
+    }
+    trial = optuna.trial.create_trial(params=params, distributions=distributions, value=value,
+                                      user_attrs={"num_boost_round": rounds, "auc_std": auc_std})
+    trial.number = number
+    return trial
+
+
+def test_one_standard_error_rule_refits_the_simplest_trial_that_ties_with_the_best():
+    from churn_assets.ml.tuning import BEST, CROSS_VALIDATION, HOLDOUT, select_trial
+
+    # 5 folds, fold std 0.0112 -> standard error 0.005 around the best (0.850).
+    trials = [
+        _finished_trial(0, 0.850, max_depth=4, rounds=300, auc_std=0.0112),
+        _finished_trial(1, 0.846, max_depth=2, rounds=900),   # within one SE, shallower
+        _finished_trial(2, 0.847, max_depth=2, rounds=400),   # within, as shallow, fewer rounds
+        _finished_trial(3, 0.840, max_depth=2, rounds=100),   # outside one SE
+        _finished_trial(4, 0.849, max_depth=3, rounds=200),
+    ]
+    settings = TuningSettings(cv_folds=5)
+    assert select_trial(trials, CROSS_VALIDATION, settings).number == 2
+    assert select_trial(trials, CROSS_VALIDATION, TuningSettings(cv_folds=5, selection=BEST)).number == 0
+    # A holdout study has no fold spread: the best trial.
+    assert select_trial(trials, HOLDOUT, settings).number == 0
+    with pytest.raises(ValueError, match="Unknown trial selection"):
+        select_trial(trials, CROSS_VALIDATION, TuningSettings(selection="luckiest"))

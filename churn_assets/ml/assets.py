@@ -114,6 +114,11 @@ class TunedXGBoostConfig(dg.Config):
     early_stopping_rounds: int = 50
     tuning_rows: int | None = Field(default=100_000, description="Training rows each trial sees at most.")
     nthread: int = 2
+    cv_folds: int = Field(default=3, description="Folds per trial when a small random split is tuned by CV.")
+    selection: str = Field(
+        default="one_standard_error",
+        description="Trial to refit after a CV study: 'one_standard_error' (simplest within one SE of the best) or 'best'.",
+    )
     persist_study: bool = Field(default=True, description="Keep the study in $CHURN_HOME/artifacts/optuna.")
 
     def settings(self) -> "TuningSettings":
@@ -122,7 +127,7 @@ class TunedXGBoostConfig(dg.Config):
         return TuningSettings(
             n_trials=self.n_trials, timeout_s=self.timeout_s, max_rounds=self.max_rounds,
             early_stopping_rounds=self.early_stopping_rounds, tuning_rows=self.tuning_rows,
-            nthread=self.nthread, seed=self.split.seed,
+            nthread=self.nthread, seed=self.split.seed, cv_folds=self.cv_folds, selection=self.selection,
         )
 
 
@@ -213,8 +218,10 @@ def train_tuned_xgboost(frame: "pd.DataFrame", column_types: dict[str, str], con
     storage = storage_url_for(Path(artifacts_root) / "optuna") if config.persist_study else None
     result = tune_xgboost(data_split, spec, config.settings(), training_data_version=data_version,
                           storage_url=storage)
-    extra = {"study_name": result.study_name, "best_params": result.best_params,
-             "best_valid_auc": result.best_value, "trials": result.trials}
+    extra = {"study_name": result.study_name, "chosen_params": result.chosen_params,
+             "chosen_trial": result.chosen_trial, "chosen_value": result.chosen_value,
+             "best_trial": result.best_trial, "best_value": result.best_value,
+             "trial_selection": result.selection, "trials": result.trials}
     return save_candidate(result.model, data_split, artifacts_root, data_version, "challenger", extra), result
 
 
@@ -376,8 +383,12 @@ def tuned_xgboost(context: dg.AssetExecutionContext, config: TunedXGBoostConfig,
     trial_columns = ["number", "state", "value", "last_round", "duration_s", "params"]
     metadata: dict[str, Any] = {
         **_candidate_metadata(record),
-        "best_params": dg.MetadataValue.json(result.best_params),
-        "best_valid_auc_in_study": dg.MetadataValue.float(result.best_value),
+        "chosen_params": dg.MetadataValue.json(result.chosen_params),
+        "chosen_trial": dg.MetadataValue.int(result.chosen_trial),
+        "chosen_trial_auc": dg.MetadataValue.float(result.chosen_value),
+        "best_trial_auc_in_study": dg.MetadataValue.float(result.best_value),
+        "trial_selection": dg.MetadataValue.text(
+            f"{result.selection}: trial {result.chosen_trial} refitted (study best: trial {result.best_trial})"),
         "trials": dg.MetadataValue.json(result.counts),
         "tuning_history": dg.MetadataValue.md(_markdown_table(result.trials, trial_columns)),
         "study_name": result.study_name,

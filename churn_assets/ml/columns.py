@@ -223,12 +223,15 @@ def categorical_text(values: pd.Series) -> pd.Series:
 def build_feature_spec(frame: pd.DataFrame, roles: ColumnRoles) -> FeatureSpec:
     """Record the sorted category levels of every categorical column in ``frame``.
 
-    Features with no value at all in ``frame`` (e.g. month-over-month changes when only one
-    month exists) carry no information and are moved to ``excluded``.
+    Features with a single value in ``frame`` (all missing, like month-over-month changes when
+    only one month exists, or one constant, like event counts in a file without events) carry
+    no information and are moved to ``excluded``: they would only dilute XGBoost's column
+    sampling and clutter explanations. A constant with some missing values is kept, since
+    missingness can be informative.
     """
     from dataclasses import replace
 
-    empty = tuple(name for name in roles.features if frame[name].isna().all())
+    empty = tuple(name for name in roles.features if frame[name].nunique(dropna=False) <= 1)
     if empty:
         roles = replace(
             roles,
@@ -237,7 +240,7 @@ def build_feature_spec(frame: pd.DataFrame, roles: ColumnRoles) -> FeatureSpec:
             excluded=roles.excluded + empty,
         )
     if not roles.features:
-        raise RolesError("Every feature column is empty in the training rows")
+        raise RolesError("Every feature column has a single value in the training rows")
     categories = {}
     for name in roles.categorical:
         levels = categorical_text(frame[name]).dropna().unique()

@@ -10,9 +10,12 @@ Two ways to score a trial, both on train + valid only (the test split is never l
 - ``cross_validation`` for small random splits (e.g. the one-month Telco file): each trial is
   a stratified K-fold ``xgb.cv`` over train + valid with early stopping on the mean held-out
   AUC. One 15% validation split of a few thousand rows is too noisy to pick among 25 trials
-  (the winner is partly the luckiest); the K-fold mean is not. The best parameters are then
-  refitted on all of train + valid for the cross-validated number of rounds, and calibrated
-  on cross-fitted out-of-fold predictions (``refit_xgboost_cross_fitted``).
+  (the winner is partly the luckiest); the K-fold mean is not. Of the trials whose mean is
+  within one standard error of the best (``selection="one_standard_error"``), the simplest
+  (shallowest trees, then fewest rounds) is refitted on all of train + valid for its
+  cross-validated number of rounds, and calibrated on cross-fitted out-of-fold predictions
+  (``refit_xgboost_cross_fitted``). Differences smaller than the fold-to-fold spread are
+  noise, and among models that tie, the simpler one generalises more reliably.
 - ``holdout`` for out-of-time splits and large tables: each trial trains on (a sample of) the
   older months with early stopping on the validation month, the best parameters are refitted
   on the whole training split and calibrated on the validation month. Folds would mix months
@@ -51,6 +54,8 @@ if TYPE_CHECKING:
 STUDY_PREFIX = "tuned_xgboost"
 CROSS_VALIDATION = "cross_validation"
 HOLDOUT = "holdout"
+ONE_STANDARD_ERROR = "one_standard_error"
+BEST = "best"
 # Categoricals with fewer levels than this get one-vs-rest splits ("one_hot"); the
 # alternative is XGBoost's native partition splits, which overfit easily on small data.
 ONE_HOT_MAX_LEVELS = 64
@@ -72,12 +77,17 @@ class TuningSettings:
     pruner_percentile: float = 75.0
     # Small learning rates start slower; judging trials this early would prune them unfairly.
     pruner_warmup_rounds: int = 30
-    cv_folds: int = 5
+    # Three folds, not five: a trial costs 60% as much, and under the one-standard-error rule
+    # the choice among near-tied trials rests on simplicity more than on the exact means.
+    cv_folds: int = 3
     # Random splits with at most this many train + valid rows are tuned by K-fold CV.
     cv_max_rows: int = 20_000
     # Below this many rows a second thread costs more in synchronisation than it saves,
     # and on a shared machine it makes timings erratic.
     single_thread_below_rows: int = 20_000
+    # Which finished trial to refit: the simplest within one standard error of the best
+    # cross-validated AUC, or simply the best. Holdout studies have no fold spread: best.
+    selection: str = ONE_STANDARD_ERROR
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,15 +95,22 @@ class TuningSettings:
     def fingerprint(self) -> str:
         # The budgets say how far to take the study, not what a trial means: raising them
         # resumes the same study instead of starting over.
-        stable = {k: v for k, v in self.to_dict().items() if k not in ("timeout_s", "n_trials")}
+        # Likewise the selection rule only reads finished trials.
+        stable = {k: v for k, v in self.to_dict().items() if k not in ("timeout_s", "n_trials", "selection")}
         return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:10]
 
 
 @dataclass
 class TuningResult:
     model: ChurnModel
-    best_params: dict
+    # The refitted trial's parameters and objective value; with the one-standard-error rule
+    # it may be a simpler trial than the study's best.
+    chosen_params: dict
+    chosen_value: float
+    chosen_trial: int
     best_value: float
+    best_trial: int
+    selection: str
     study_name: str
     storage_url: str | None
     trials: list[dict] = field(default_factory=list)
@@ -112,7 +129,7 @@ def search_space(trial: optuna.Trial) -> dict[str, Any]:
     categorical_splits = trial.suggest_categorical("categorical_splits", ["one_hot", "partition"])
     return {
         "eta": trial.suggest_float("eta", 0.01, 0.2, log=True),
-        "max_depth": trial.suggest_int("max_depth", 2, 4),
+        "max_depth": trial.suggest_int("max_depth", 1, 4),
         "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 50.0, log=True),
         "subsample": trial.suggest_float("subsample", 0.5, 1.0),
         "colsample_bytree": trial.suggest_float("colsample_bytree", 0.3, 1.0),
@@ -218,7 +235,7 @@ def tune_xgboost(
             f"Optuna study {study_name} finished no trial within {settings.timeout_s}s; "
             "raise timeout_s or lower max_rounds"
         )
-    best = study.best_trial
+    best = select_trial(completed, strategy, settings)  # the trial to refit
     if strategy == CROSS_VALIDATION:
         model = refit_xgboost_cross_fitted(
             split, spec, params_of(best.params),
@@ -235,16 +252,44 @@ def tune_xgboost(
         )
     model.params["tuning_strategy"] = strategy
     model.params["optuna_study"] = study_name
-    model.params["optuna_best_trial"] = best.number
+    selection = settings.selection if strategy == CROSS_VALIDATION else BEST
+    model.params["optuna_best_trial"] = study.best_trial.number
+    model.params["optuna_chosen_trial"] = best.number
+    model.params["trial_selection"] = selection
     return TuningResult(
         model=model,
-        best_params=dict(best.params),
-        best_value=float(best.value),
+        chosen_params=dict(best.params),
+        chosen_value=float(best.value),
+        chosen_trial=best.number,
+        best_value=float(study.best_value),
+        best_trial=study.best_trial.number,
+        selection=selection,
         study_name=study_name,
         storage_url=storage_url,
         trials=_trial_rows(study),
         strategy=strategy,
     )
+
+
+def trial_complexity(trial: optuna.trial.FrozenTrial) -> tuple[float, float]:
+    """Shallower trees first (fewer feature interactions), then fewer boosting rounds."""
+    return (params_of(trial.params)["max_depth"], trial.user_attrs.get("num_boost_round", 0))
+
+
+def select_trial(completed: list[optuna.trial.FrozenTrial], strategy: str,
+                 settings: TuningSettings) -> optuna.trial.FrozenTrial:
+    """The trial to refit: the best, or under the one-standard-error rule the simplest trial
+    whose mean CV AUC is within one standard error (fold std / sqrt(folds)) of the best."""
+    import math
+
+    best = max(completed, key=lambda t: (t.value, -t.number))
+    if strategy != CROSS_VALIDATION or settings.selection == BEST:
+        return best
+    if settings.selection != ONE_STANDARD_ERROR:
+        raise ValueError(f"Unknown trial selection {settings.selection!r}: use {ONE_STANDARD_ERROR!r} or {BEST!r}")
+    standard_error = best.user_attrs.get("auc_std", 0.0) / math.sqrt(settings.cv_folds)
+    tied = [t for t in completed if t.value >= best.value - standard_error]
+    return min(tied, key=lambda t: (*trial_complexity(t), -t.value, t.number))
 
 
 def _holdout_objective(split: Split, spec: FeatureSpec, settings: TuningSettings, nthread: int, pruning):
@@ -290,6 +335,7 @@ def _cross_validation_objective(split: Split, spec: FeatureSpec, settings: Tunin
         # Early stopping cuts the history at the best round.
         mean_auc = history["test-auc-mean"]
         trial.set_user_attr("num_boost_round", len(mean_auc))
+        trial.set_user_attr("auc_std", float(history["test-auc-std"][-1]))
         return float(mean_auc[-1])
 
     return objective
