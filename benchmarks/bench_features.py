@@ -141,12 +141,14 @@ def run_duckdb(folder: Path) -> dict:
             "leakage_check_seconds": leakage_seconds, "leakage_check": leakage.summary()}
 
 
-def pandas_layer(raw: dict, observed=None) -> tuple:
+def pandas_layer(raw: dict, observed=None, first_full_month=None) -> tuple:
     """The same staging, features, labels and training set as sql/, in pandas.
 
     ``observed`` (a monthly pd.Period) is the latest month with any raw row, which the
-    labels need; it is computed from ``raw`` when not given. A customer shard must be
-    given the value over all raw data (see ``observed_month``)."""
+    labels need; ``first_full_month`` is the first month the training set keeps (after the
+    warm-up months; pd.Timestamp.min keeps all). Both are computed from ``raw`` when not given. A
+    customer shard must be given the values over all raw data (see ``observed_month`` and
+    ``training_start``)."""
     import numpy as np
     import pandas as pd
 
@@ -279,7 +281,21 @@ def pandas_layer(raw: dict, observed=None) -> tuple:
     labels["churned"] = labels["churned"].fillna(0).astype("Int32")
     labels.loc[labels["snapshot_month"].dt.to_period("M") + 1 > observed, "churned"] = pd.NA
     training = out.merge(labels.dropna(subset=["churned"]), on=["customer_id", "snapshot_month"])
+    if first_full_month is None:
+        first_full_month = training_start(subs["snapshot_month"].drop_duplicates(), observed)
+    training = training[training["snapshot_month"] >= first_full_month]
     return out, labels, training
+
+
+def training_start(snapshot_months, observed):
+    """The first month features.training_set keeps: three months after the first snapshot
+    month when a labelled month exists from then on, else None (keep every month)."""
+    import pandas as pd
+
+    months = pd.to_datetime(pd.Series(snapshot_months)).dt.to_period("M").dt.to_timestamp()
+    first_full = months.min() + pd.DateOffset(months=3)
+    labelled_later = ((months >= first_full) & (months.dt.to_period("M") + 1 <= observed)).any()
+    return first_full if labelled_later else pd.Timestamp.min
 
 
 def as_frames(raw: dict) -> dict:
@@ -350,13 +366,15 @@ def run_pandas(folder: Path, shards: int = 1) -> dict:
     tables = {name: pq.read_table(folder / f"{name}.parquet") for name in RAW}
     started, cpu_started = time.perf_counter(), time.process_time()
     observed = observed_month(tables)
+    first_full_month = training_start(
+        pc.unique(tables["subscriptions"]["snapshot_month"]).drop_null().to_pandas(), observed)
     numbers = shard_numbers(tables, shards)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     feature_rows = training_rows = 0
     for shard in range(shards):
         started, cpu_started = time.perf_counter(), time.process_time()
         raw = as_frames({name: table.filter(pc.equal(numbers[name], shard)).to_pandas() for name, table in tables.items()})
-        features, labels, training = pandas_layer(raw, observed)
+        features, labels, training = pandas_layer(raw, observed, first_full_month)
         seconds += time.perf_counter() - started
         cpu_seconds += time.process_time() - cpu_started
         features.to_parquet(out / f"part-{shard:03d}.parquet", index=False)
@@ -489,6 +507,8 @@ def main() -> None:
             pand = child("pandas", folder, "--pandas-shards", str(shards)) if "pandas" in engines else None
             print(f"  pandas {pand}", flush=True)
             verdict = compare(folder) if duck and pand else "not compared"
+            if duck and pand and duck["training_rows"] != pand["training_rows"]:
+                verdict += f"; training rows differ ({duck['training_rows']:,} vs {pand['training_rows']:,})"
             rows.append((size, counts, duck, pand, verdict, shards))
     print()
     # CPU seconds are shown next to wall time because on a shared machine wall time also
