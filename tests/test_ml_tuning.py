@@ -101,14 +101,14 @@ def _finished_trial(number: int, value: float, max_depth: int, rounds: int, auc_
     return trial
 
 
-def test_one_standard_error_rule_refits_the_simplest_trial_that_ties_with_the_best():
+def test_one_standard_error_rule_refits_the_best_of_the_shallowest_trials_that_tie_with_the_best():
     from churn_assets.ml.tuning import BEST, CROSS_VALIDATION, HOLDOUT, select_trial
 
     # 5 folds, fold std 0.0112 -> standard error 0.005 around the best (0.850).
     trials = [
         _finished_trial(0, 0.850, max_depth=4, rounds=300, auc_std=0.0112),
-        _finished_trial(1, 0.846, max_depth=2, rounds=900),   # within one SE, shallower
-        _finished_trial(2, 0.847, max_depth=2, rounds=400),   # within, as shallow, fewer rounds
+        _finished_trial(1, 0.846, max_depth=2, rounds=300),   # within one SE, shallower
+        _finished_trial(2, 0.847, max_depth=2, rounds=900),   # within, as shallow, better
         _finished_trial(3, 0.840, max_depth=2, rounds=100),   # outside one SE
         _finished_trial(4, 0.849, max_depth=3, rounds=200),
     ]

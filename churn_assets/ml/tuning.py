@@ -11,10 +11,9 @@ Two ways to score a trial, both on train + valid only (the test split is never l
   a stratified K-fold ``xgb.cv`` over train + valid with early stopping on the mean held-out
   AUC. One 15% validation split of a few thousand rows is too noisy to pick among 25 trials
   (the winner is partly the luckiest); the K-fold mean is not. Of the trials whose mean is
-  within one standard error of the best (``selection="one_standard_error"``), the simplest
-  (shallowest trees, then fewest rounds) is refitted on all of train + valid for its
-  cross-validated number of rounds, and calibrated on cross-fitted out-of-fold predictions
-  (``refit_xgboost_cross_fitted``). Differences smaller than the fold-to-fold spread are
+  within one standard error of the best (``selection="one_standard_error"``), the best of the
+  shallowest is refitted on all of train + valid for its cross-validated number of rounds,
+  and calibrated on cross-fitted out-of-fold predictions (``refit_xgboost_cross_fitted``). Differences smaller than the fold-to-fold spread are
   noise, and among models that tie, the simpler one generalises more reliably.
 - ``holdout`` for out-of-time splits and large tables: each trial trains on (a sample of) the
   older months with early stopping on the validation month, the best parameters are refitted
@@ -271,15 +270,12 @@ def tune_xgboost(
     )
 
 
-def trial_complexity(trial: optuna.trial.FrozenTrial) -> tuple[float, float]:
-    """Shallower trees first (fewer feature interactions), then fewer boosting rounds."""
-    return (params_of(trial.params)["max_depth"], trial.user_attrs.get("num_boost_round", 0))
-
-
 def select_trial(completed: list[optuna.trial.FrozenTrial], strategy: str,
                  settings: TuningSettings) -> optuna.trial.FrozenTrial:
-    """The trial to refit: the best, or under the one-standard-error rule the simplest trial
-    whose mean CV AUC is within one standard error (fold std / sqrt(folds)) of the best."""
+    """The trial to refit: the best, or under the one-standard-error rule the best of the
+    shallowest trials whose mean CV AUC is within one standard error (fold std / sqrt(folds))
+    of the best. Depth is the complexity that matters: it bounds the order of feature
+    interactions; fewer rounds at a higher learning rate are not simpler."""
     import math
 
     best = max(completed, key=lambda t: (t.value, -t.number))
@@ -289,7 +285,7 @@ def select_trial(completed: list[optuna.trial.FrozenTrial], strategy: str,
         raise ValueError(f"Unknown trial selection {settings.selection!r}: use {ONE_STANDARD_ERROR!r} or {BEST!r}")
     standard_error = best.user_attrs.get("auc_std", 0.0) / math.sqrt(settings.cv_folds)
     tied = [t for t in completed if t.value >= best.value - standard_error]
-    return min(tied, key=lambda t: (*trial_complexity(t), -t.value, t.number))
+    return min(tied, key=lambda t: (params_of(t.params)["max_depth"], -t.value, t.number))
 
 
 def _holdout_objective(split: Split, spec: FeatureSpec, settings: TuningSettings, nthread: int, pruning):
