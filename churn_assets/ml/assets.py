@@ -117,7 +117,7 @@ class TunedXGBoostConfig(dg.Config):
     cv_folds: int = Field(default=3, description="Folds per trial when a small random split is tuned by CV.")
     selection: str = Field(
         default="one_standard_error",
-        description="Trial to refit after a CV study: 'one_standard_error' (simplest within one SE of the best) or 'best'.",
+        description="Trial to refit after a CV study: 'one_standard_error' (the best of the shallowest trials within one SE of the best) or 'best'.",
     )
     persist_study: bool = Field(default=True, description="Keep the study in $CHURN_HOME/artifacts/optuna.")
 

@@ -13,8 +13,9 @@ Two ways to score a trial, both on train + valid only (the test split is never l
   (the winner is partly the luckiest); the K-fold mean is not. Of the trials whose mean is
   within one standard error of the best (``selection="one_standard_error"``), the best of the
   shallowest is refitted on all of train + valid for its cross-validated number of rounds,
-  and calibrated on cross-fitted out-of-fold predictions (``refit_xgboost_cross_fitted``). Differences smaller than the fold-to-fold spread are
-  noise, and among models that tie, the simpler one generalises more reliably.
+  and calibrated on cross-fitted out-of-fold predictions (``refit_xgboost_cross_fitted``).
+  Differences smaller than the fold-to-fold spread are noise, and among models that tie,
+  the simpler one generalises more reliably.
 - ``holdout`` for out-of-time splits and large tables: each trial trains on (a sample of) the
   older months with early stopping on the validation month, the best parameters are refitted
   on the whole training split and calibrated on the validation month. Folds would mix months
@@ -84,9 +85,13 @@ class TuningSettings:
     # Below this many rows a second thread costs more in synchronisation than it saves,
     # and on a shared machine it makes timings erratic.
     single_thread_below_rows: int = 20_000
-    # Which finished trial to refit: the simplest within one standard error of the best
-    # cross-validated AUC, or simply the best. Holdout studies have no fold spread: best.
+    # Which finished trial to refit: the best of the shallowest within one standard error of
+    # the best cross-validated AUC, or simply the best. Holdout studies have no fold spread: best.
     selection: str = ONE_STANDARD_ERROR
+
+    def __post_init__(self):
+        if self.selection not in (ONE_STANDARD_ERROR, BEST):
+            raise ValueError(f"Unknown trial selection {self.selection!r}: use {ONE_STANDARD_ERROR!r} or {BEST!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -190,7 +195,7 @@ def tune_xgboost(
     training_data_version: str,
     storage_url: str | None = None,
 ) -> TuningResult:
-    """Run (or resume) the study, then refit the best parameters (see the module docstring).
+    """Run (or resume) the study, then refit the chosen trial (see the module docstring).
 
     ``storage_url=None`` keeps the study in memory (tests, benchmarks).
     """
@@ -234,16 +239,16 @@ def tune_xgboost(
             f"Optuna study {study_name} finished no trial within {settings.timeout_s}s; "
             "raise timeout_s or lower max_rounds"
         )
-    best = select_trial(completed, strategy, settings)  # the trial to refit
+    chosen = select_trial(completed, strategy, settings)
     if strategy == CROSS_VALIDATION:
         model = refit_xgboost_cross_fitted(
-            split, spec, params_of(best.params),
-            num_boost_round=int(best.user_attrs["num_boost_round"]),
+            split, spec, params_of(chosen.params),
+            num_boost_round=int(chosen.user_attrs["num_boost_round"]),
             folds=settings.cv_folds, nthread=nthread, seed=settings.seed,
         )
     else:
         model = train_xgboost(
-            split, spec, params_of(best.params),
+            split, spec, params_of(chosen.params),
             max_rounds=settings.max_rounds,
             early_stopping_rounds=settings.early_stopping_rounds,
             nthread=nthread,
@@ -253,13 +258,13 @@ def tune_xgboost(
     model.params["optuna_study"] = study_name
     selection = settings.selection if strategy == CROSS_VALIDATION else BEST
     model.params["optuna_best_trial"] = study.best_trial.number
-    model.params["optuna_chosen_trial"] = best.number
+    model.params["optuna_chosen_trial"] = chosen.number
     model.params["trial_selection"] = selection
     return TuningResult(
         model=model,
-        chosen_params=dict(best.params),
-        chosen_value=float(best.value),
-        chosen_trial=best.number,
+        chosen_params=dict(chosen.params),
+        chosen_value=float(chosen.value),
+        chosen_trial=chosen.number,
         best_value=float(study.best_value),
         best_trial=study.best_trial.number,
         selection=selection,
@@ -281,8 +286,6 @@ def select_trial(completed: list[optuna.trial.FrozenTrial], strategy: str,
     best = max(completed, key=lambda t: (t.value, -t.number))
     if strategy != CROSS_VALIDATION or settings.selection == BEST:
         return best
-    if settings.selection != ONE_STANDARD_ERROR:
-        raise ValueError(f"Unknown trial selection {settings.selection!r}: use {ONE_STANDARD_ERROR!r} or {BEST!r}")
     standard_error = best.user_attrs.get("auc_std", 0.0) / math.sqrt(settings.cv_folds)
     tied = [t for t in completed if t.value >= best.value - standard_error]
     return min(tied, key=lambda t: (params_of(t.params)["max_depth"], -t.value, t.number))
