@@ -20,6 +20,7 @@ import pytest
 from churn_assets.resources import Warehouse
 from churn_assets.sql_models import (
     SqlProjectError,
+    TRANSPILE_DIALECTS,
     load_sql_project,
     transpile_model,
     transpile_report,
@@ -642,6 +643,26 @@ def test_transpile_to_other_engines_keeps_window_parameters(tmp_path):
         transpile_model(sql_dir, "monthly", "cobol")
     with pytest.raises(SqlProjectError, match="no model 'nope'"):
         transpile_model(sql_dir, "nope", "spark")
+
+
+def test_transpile_writes_out_named_windows(tmp_path):
+    # sqlglot 30's BigQuery generator crashes on a WINDOW clause; written out, it transpiles.
+    sql_dir = write_sql_dir(
+        tmp_path,
+        {
+            "features/lagged.sql": """
+                SELECT customer_id, lag(charges, 1) OVER by_month AS previous_charges,
+                       sum(charges) OVER (by_month ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) AS charges_3m
+                FROM raw.subscriptions
+                WINDOW by_month AS (PARTITION BY customer_id ORDER BY snapshot_month NULLS FIRST)
+            """,
+        },
+    )
+    for dialect in TRANSPILE_DIALECTS:
+        text = " ".join(transpile_model(sql_dir, "features.lagged", dialect, strict=True).split())
+        assert "WINDOW" not in text.upper() and "by_month" not in text
+        assert text.count("PARTITION BY customer_id ORDER BY snapshot_month") == 2
+        assert "ROWS BETWEEN 2 PRECEDING AND CURRENT ROW" in text
 
 
 # --- parse cache ($CHURN_HOME/.cache/sql_manifest.json) ------------------------------------

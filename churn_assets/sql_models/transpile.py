@@ -54,16 +54,18 @@ def transpile_sql(sql: str, dialect: str, *, strict: bool = False, source: str =
     """
     import sqlglot
     from sqlglot.errors import ErrorLevel, ParseError, UnsupportedError
+    from sqlglot.transforms import eliminate_window_clause
 
     target = _check_dialect(dialect)
+    level = ErrorLevel.RAISE if strict else ErrorLevel.WARN
     try:
-        statements = sqlglot.transpile(
-            sql,
-            read="duckdb",
-            write=target,
-            pretty=True,
-            unsupported_level=ErrorLevel.RAISE if strict else ErrorLevel.WARN,
-        )
+        # Named windows (``WINDOW w AS (...)``) are written out at each ``OVER w``: not
+        # every engine has the clause, and sqlglot 30's BigQuery generator fails on it.
+        statements = [
+            statement.transform(eliminate_window_clause).sql(target, pretty=True, unsupported_level=level)
+            for statement in sqlglot.parse(sql, read="duckdb")
+            if statement is not None
+        ]
     except (ParseError, UnsupportedError) as error:
         raise SqlProjectError(f"{source}: cannot transpile to {target}: {error}") from error
     except Exception as error:  # an internal sqlglot failure on an unusual construct
