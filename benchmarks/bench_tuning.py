@@ -5,8 +5,10 @@ XGBClassifier) searched by GridSearchCV over 3 x 3 x 3 x 3 = 81 combinations wit
 CV on the training rows, refitted on them. This project's approach: the Optuna study of
 ``ml/tuned_xgboost`` with its default trial budget (seeded TPE, pruning, early stopping;
 on a small random split each trial is a 3-fold CV over train + valid, and the simplest trial
-within one standard error of the best is refitted there with cross-fitted calibration). Both see only train + valid, use the same
-XGBoost thread count, and are scored once on the same test rows. Wall time and CPU time
+within one standard error of the best is refitted there with cross-fitted calibration). Both
+see only train + valid, use the same XGBoost thread count, and are scored once on the same
+test rows. One split's test AUC is noisy (on Telco's 1,056 test rows its standard error is
+~0.016), so ``--split-seeds`` repeats the whole comparison on several seeded splits. Wall time and CPU time
 (``resource.getrusage``, less sensitive to other load on a shared machine) are reported for
 both. The script also reports the baselines and 5-fold cross-validated ROC-AUC of logistic
 regression and of the tuned XGBoost parameters over all labelled rows.
@@ -14,6 +16,8 @@ regression and of the tuned XGBoost parameters over all labelled rows.
     uv run python benchmarks/bench_tuning.py                       # Telco CSV, built here
     uv run python benchmarks/bench_tuning.py --churn-home /tmp/t   # an ingested warehouse
     uv run python benchmarks/bench_tuning.py --quick               # small grid smoke run
+    uv run python benchmarks/bench_tuning.py --churn-home /tmp/t --split-seeds 42,0,1,2,3
+        # the whole comparison on several seeded splits, with means and paired differences
 
 Writes the figures as JSON to ``--output`` (default benchmarks/results/bench_tuning.json).
 """
@@ -132,38 +136,17 @@ def cross_validated_auc(frame, spec, tuned_params, seed):
                    "folds": [round(x, 4) for x in v]} for name, v in scores.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    parser.add_argument("--churn-home", type=Path, default=None)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--n-jobs", type=int, default=1,
-                        help="GridSearchCV workers; 1 keeps the comparison like for like (and its CPU time countable)")
-    parser.add_argument("--nthread", type=int, default=1, help="XGBoost threads, the same for both approaches")
-    parser.add_argument("--quick", action="store_true", help="tiny grid, to check the script runs")
-    parser.add_argument("--skip-cv", action="store_true")
-    parser.add_argument("--n-trials", type=int, default=None, help="Optuna trial budget (default: the asset's)")
-    parser.add_argument("--timeout-s", type=float, default=None,
-                        help="Optuna time budget; default none, so a busy machine cannot cut trials short")
-    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "bench_tuning.json")
-    args = parser.parse_args()
-
-    from churn_assets.ml.candidates import evaluate, train_logistic_regression, train_random_forest
-    from churn_assets.ml.registry import training_data_version
-    from churn_assets.ml.split import SplitSettings
+def compare_on_split(frame, types, split_seed: int, args) -> dict:
+    """Baselines, the Optuna study and the grid on one seeded split; scored on its test rows."""
     from churn_assets.ml.assets import prepare
+    from churn_assets.ml.candidates import evaluate, train_logistic_regression, train_random_forest
     from churn_assets.ml.columns import RoleSettings
-    from churn_assets.ml.tuning import TuningSettings, params_of, tune_xgboost
+    from churn_assets.ml.split import SplitSettings
+    from churn_assets.ml.tuning import TuningSettings, tune_xgboost
 
-    # Idle OpenMP threads spin by default, which on a shared 2-core machine steals CPU from
-    # the other approach's (or another user's) work.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-    frame, types, source = load_frame(args)
-    spec, split, data_version = prepare(frame, types, RoleSettings(), SplitSettings(seed=args.seed))
-    print(f"data: {source}: {len(frame)} rows, split {split.strategy} "
-          f"{len(split.train)}/{len(split.valid)}/{len(split.test)}", flush=True)
-
+    spec, split, data_version = prepare(frame, types, RoleSettings(), SplitSettings(seed=split_seed))
+    print(f"split seed {split_seed}: {split.strategy} {len(split.train)}/{len(split.valid)}/{len(split.test)}",
+          flush=True)
     baselines = {}
     for name, train in (("logistic_regression", train_logistic_regression), ("random_forest", train_random_forest)):
         started = time.perf_counter()
@@ -199,30 +182,135 @@ def main() -> None:
 
     grid = grid_search(split, spec, QUICK_GRID if args.quick else GRID, args.n_jobs, args.nthread, args.seed)
     print(f"grid: {grid}", flush=True)
-
-    results = {
-        "data": source,
+    return {
+        "split_seed": split_seed,
         "training_data_version": data_version,
         "split": split.description,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg()},
         "baselines": baselines,
         "optuna": optuna_result,
         "grid_search": grid,
-        "nthread": args.nthread,
-        "grid_n_jobs": args.n_jobs,
         "time_ratio_optuna_over_grid": round(tuned_wall / grid["wall_s"], 3),
         "cpu_ratio_optuna_over_grid": round(tuned_cpu / grid["cpu_s"], 3) if grid["cpu_s"] else None,
         "optuna_reaches_grid_auc": optuna_result["test_auc"] >= grid["test_auc"],
+        "spec": spec,
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
+    parser.add_argument("--churn-home", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=42, help="split seed (unless --split-seeds) and model seed")
+    parser.add_argument("--split-seeds", default=None,
+                        help="comma-separated split seeds, e.g. 42,0,1,2: the whole comparison on each seeded "
+                             "split, then a summary (one split's test AUC has a standard error of ~0.016 on Telco)")
+    parser.add_argument("--n-jobs", type=int, default=1,
+                        help="GridSearchCV workers; 1 keeps the comparison like for like (and its CPU time countable)")
+    parser.add_argument("--nthread", type=int, default=1, help="XGBoost threads, the same for both approaches")
+    parser.add_argument("--quick", action="store_true", help="tiny grid, to check the script runs")
+    parser.add_argument("--skip-cv", action="store_true")
+    parser.add_argument("--n-trials", type=int, default=None, help="Optuna trial budget (default: the asset's)")
+    parser.add_argument("--timeout-s", type=float, default=None,
+                        help="Optuna time budget; default none, so a busy machine cannot cut trials short")
+    parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "bench_tuning.json")
+    args = parser.parse_args()
+
+    from churn_assets.ml.tuning import params_of
+
+    # Idle OpenMP threads spin by default, which on a shared 2-core machine steals CPU from
+    # the other approach's (or another user's) work.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    frame, types, source = load_frame(args)
+    print(f"data: {source}: {len(frame)} rows", flush=True)
+    seeds = [int(s) for s in args.split_seeds.split(",")] if args.split_seeds else [args.seed]
+    splits = [compare_on_split(frame, types, seed, args) for seed in seeds]
+    first = splits[0]
+    spec = first.pop("spec")
+    for other in splits[1:]:
+        other.pop("spec")
+    results = {
+        "data": source,
+        **first,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_average_at_end": os.getloadavg()},
+        "nthread": args.nthread,
+        "grid_n_jobs": args.n_jobs,
+    }
+    if len(splits) > 1:
+        results["splits"] = splits
+        results["summary_over_splits"] = summarise(splits)
     if not args.skip_cv:
-        results["cv_5fold_auc"] = cross_validated_auc(frame, spec, params_of(tuned.chosen_params), args.seed)
+        results["cv_5fold_auc"] = cross_validated_auc(frame, spec, params_of(first["optuna"]["chosen_params"]),
+                                                      args.seed)
         print(f"5-fold CV: {results['cv_5fold_auc']}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print()
     print(markdown_table(results))
+    if len(splits) > 1:
+        print()
+        print(splits_table(results))
     print(f"\nwrote {args.output}")
+
+
+def summarise(splits: list[dict]) -> dict:
+    """Means over the seeded splits and the paired Optuna - grid / Optuna - LR differences."""
+    import numpy as np
+
+    def column(get):
+        return np.array([get(s) for s in splits], dtype=float)
+
+    optuna = column(lambda s: s["optuna"]["test_auc"])
+    grid = column(lambda s: s["grid_search"]["test_auc"])
+    logistic = column(lambda s: s["baselines"]["logistic_regression"]["test_auc"])
+    forest = column(lambda s: s["baselines"]["random_forest"]["test_auc"])
+
+    def paired(difference):
+        return {"mean": round(float(difference.mean()), 4),
+                "standard_error": round(float(difference.std(ddof=1) / np.sqrt(len(difference))), 4),
+                "wins": int((difference > 0).sum()), "ties": int((difference == 0).sum()),
+                "losses": int((difference < 0).sum())}
+
+    return {
+        "splits": len(splits),
+        "mean_test_auc": {"optuna": round(float(optuna.mean()), 4), "grid": round(float(grid.mean()), 4),
+                          "logistic_regression": round(float(logistic.mean()), 4),
+                          "random_forest": round(float(forest.mean()), 4)},
+        "optuna_at_least_0_84": int((optuna >= 0.84).sum()),
+        "logistic_regression_at_least_0_83": int((logistic >= 0.83).sum()),
+        "optuna_minus_grid": paired(optuna - grid),
+        "optuna_minus_logistic_regression": paired(optuna - logistic),
+        "mean_time_ratio": round(float(column(lambda s: s["time_ratio_optuna_over_grid"]).mean()), 3),
+        "max_time_ratio": round(float(column(lambda s: s["time_ratio_optuna_over_grid"]).max()), 3),
+    }
+
+
+def splits_table(results: dict) -> str:
+    rows = [
+        "| split seed | LR | RF | Optuna | grid | Optuna - grid | Optuna wall s | grid wall s | wall ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in results["splits"]:
+        optuna, grid = s["optuna"], s["grid_search"]
+        rows.append(
+            f"| {s['split_seed']} | {s['baselines']['logistic_regression']['test_auc']} | "
+            f"{s['baselines']['random_forest']['test_auc']} | {optuna['test_auc']} | {grid['test_auc']} | "
+            f"{optuna['test_auc'] - grid['test_auc']:+.4f} | {optuna['wall_s']} | {grid['wall_s']} | "
+            f"{s['time_ratio_optuna_over_grid']} |"
+        )
+    summary = results["summary_over_splits"]
+    means = summary["mean_test_auc"]
+    rows.append(f"| mean | {means['logistic_regression']} | {means['random_forest']} | {means['optuna']} | "
+                f"{means['grid']} | {summary['optuna_minus_grid']['mean']:+.4f} | | | {summary['mean_time_ratio']} |")
+    rows.append("")
+    for name in ("optuna_minus_grid", "optuna_minus_logistic_regression"):
+        d = summary[name]
+        rows.append(f"{name}: mean {d['mean']:+.4f} (standard error {d['standard_error']}), "
+                    f"{d['wins']} wins / {d['ties']} ties / {d['losses']} losses")
+    rows.append(f"Optuna test AUC >= 0.84 on {summary['optuna_at_least_0_84']} of {summary['splits']} splits; "
+                f"LR >= 0.83 on {summary['logistic_regression_at_least_0_83']}")
+    return "\n".join(rows)
 
 
 def markdown_table(results: dict) -> str:
