@@ -91,7 +91,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"(seed {config.seed}) into {source}"
         )
         started = time.monotonic()
-        written = write_source(source, config, replace=args.regenerate, progress=_say)
+        try:
+            written = write_source(source, config, replace=args.regenerate, progress=_say)
+        except FileExistsError as error:
+            _say(str(error))
+            return 2
         _say(f"Generated {len(written)} monthly deliveries in {time.monotonic() - started:.0f}s.")
     return cmd_run(args)
 

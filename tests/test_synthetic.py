@@ -117,6 +117,11 @@ def test_write_source_writes_readable_deliveries_and_refuses_to_overwrite(tmp_pa
     original = generated["2024-02-01"]["subscriptions"]["monthly_charges"].to_numpy()
     assert len(replaced) != len(original) or not np.array_equal(replaced, original)
 
+    # A shorter regeneration would leave 2024-03 from the earlier generation behind.
+    with pytest.raises(FileExistsError, match="2024-03, which a regenerated 2024-01..2024-02"):
+        write_source(source, GeneratorConfig(customers=300, months=2, seed=7), replace=True)
+    assert read_delivery(source, "2024-02-01")["subscriptions"]["monthly_charges"].to_numpy().tolist() == replaced.tolist()
+
 
 @pytest.mark.parametrize(
     ("overrides", "message"),

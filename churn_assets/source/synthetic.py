@@ -224,13 +224,24 @@ def write_source(
 
     Each month is written atomically by ``deliveries.write_delivery``. If a month's
     delivery already exists and ``replace`` is false, its FileExistsError propagates
-    (months written before it stay; nothing is skipped silently). The generator's output
+    (months written before it stay; nothing is skipped silently). With ``replace``, months
+    already delivered that the new configuration does not generate are refused up front:
+    they would stay and mix two generations in the warehouse. The generator's output
     is contract-conformant by construction and the raw layer validates every delivery
     when it loads it, so ``validate`` (re-check before writing) is off by default.
     """
-    from churn_assets.source.deliveries import delivery_dir, write_delivery
+    from churn_assets.source.deliveries import available_months, delivery_dir, write_delivery
 
     keys = partition_keys(config)
+    if replace:
+        stale = [month[:7] for month in available_months(source) if month not in keys]
+        if stale:
+            raise FileExistsError(
+                f"{source} holds deliveries for {', '.join(stale)}, which a regenerated "
+                f"{keys[0][:7]}..{keys[-1][:7]} source would not replace: they would mix with "
+                "the new data. Remove those month folders (and use a fresh CHURN_HOME, since "
+                "the warehouse holds them too), or generate a range that covers them."
+            )
     if not replace:
         # Fail before hours of generation, not after: the first clash is the one reported.
         for key in keys:
