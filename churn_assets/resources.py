@@ -186,10 +186,12 @@ class ArtifactStore(dg.ConfigurableResource):
 
 def default_resources() -> dict:
     from churn_assets.automation import RetrainingPolicy
+    from churn_assets.ml.assets import PromotionPolicy
 
     return {
         "warehouse": Warehouse(),
         "artifacts": ArtifactStore(),
+        "promotion_policy": PromotionPolicy(),
         "retraining_policy": RetrainingPolicy(),
     }
 

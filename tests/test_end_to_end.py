@@ -51,7 +51,8 @@ def _requests(result) -> list[dg.RunRequest]:
     return [result] if isinstance(result, dg.RunRequest) else list(result)
 
 
-def _launch(defs, instance, request: dg.RunRequest, run_config=None) -> dg.ExecuteInProcessResult | None:
+def _launch(defs, instance, request: dg.RunRequest, run_config=None,
+            resources_config=None) -> dg.ExecuteInProcessResult | None:
     """What the daemon does with a run request: nothing if its run key already ran."""
     if instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": request.run_key})):
         return None
@@ -60,7 +61,7 @@ def _launch(defs, instance, request: dg.RunRequest, run_config=None) -> dg.Execu
         instance=instance,
         partition_key=request.partition_key,
         tags={**request.tags, "dagster/run_key": request.run_key},
-        run_config={"ops": run_config or {}},
+        run_config={"ops": run_config or {}, "resources": resources_config or {}},
         raise_on_error=False,
     )
 
@@ -103,15 +104,10 @@ def test_landing_drift_and_retraining(churn_home):
         assert bootstrap.run_key == "new_data-none-2024-05"
         # The first model only has to exist for monitoring to have a champion; the gate's
         # decision itself is covered in tests/test_ml_promotion.py.
-        accept = {"config": {"margin": -1.0}}
         first = _launch(
             defs, instance, bootstrap,
-            {
-                **SMALL_TRAINING,
-                "ml__model_versions_promotion_gate": accept,
-                "ml__champion": accept,
-                "ml__evaluation_report_beats_baselines": {"config": {"baseline_margin": -1.0}},
-            },
+            {**SMALL_TRAINING, "ml__evaluation_report_beats_baselines": {"config": {"baseline_margin": -1.0}}},
+            resources_config={"promotion_policy": {"config": {"margin": -1.0}}},
         )
         assert first.success
         first_champion = _champion(warehouse)

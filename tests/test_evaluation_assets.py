@@ -8,7 +8,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from churn_assets.ml.assets import ml_asset_checks, ml_assets
+from churn_assets.ml.assets import PromotionPolicy, ml_asset_checks, ml_assets
 from churn_assets.ml.evaluation_assets import (
     EVALUATION_REPORT_KEY,
     SHAP_SUMMARY_KEY,
@@ -45,9 +45,8 @@ def home(tmp_path_factory):
         resources=_resources(home),
         # This module tests evaluation, not the gate: any challenger is accepted.
         run_config={"ops": {"ml__tuned_xgboost": {"config": FAST_TUNING},
-                            "ml__baseline_models": {"config": FAST_BASELINES},
-                            "ml__model_versions_promotion_gate": {"config": {"margin": -1.0}},
-                            "ml__champion": {"config": {"margin": -1.0}}}},
+                            "ml__baseline_models": {"config": FAST_BASELINES}},
+                    "resources": {"promotion_policy": {"config": {"margin": -1.0}}}},
     )
     assert result.success
     return home
@@ -55,7 +54,8 @@ def home(tmp_path_factory):
 
 def _resources(home):
     return {"warehouse": Warehouse(path=str(home / "warehouse.duckdb")),
-            "artifacts": ArtifactStore(root=str(home / "artifacts"))}
+            "artifacts": ArtifactStore(root=str(home / "artifacts")),
+            "promotion_policy": PromotionPolicy()}
 
 
 def _checks(result):

@@ -7,7 +7,7 @@ import duckdb
 import pytest
 
 from churn_assets.ml.assets import (
-    CHAMPION_KEY, MODEL_VERSIONS_KEY, PROMOTION_GATE, ml_asset_checks, ml_assets,
+    CHAMPION_KEY, MODEL_VERSIONS_KEY, PROMOTION_GATE, PromotionPolicy, ml_asset_checks, ml_assets,
 )
 from churn_assets.ml.registry import load_champion
 from churn_assets.ml.sample_data import synthetic_training_frame
@@ -35,13 +35,11 @@ def _materialize(home, tuning=None, baselines=None, promotion=PASSING, raise_on_
         "ml__tuned_xgboost": {"config": {**FAST_TUNING, **(tuning or {})}},
         "ml__baseline_models": {"config": {**FAST_BASELINES, **(baselines or {})}},
     }}
-    if promotion:
-        run_config["ops"]["ml__champion"] = {"config": promotion}
-        run_config["ops"][f"ml__model_versions_{PROMOTION_GATE}"] = {"config": promotion}
     return dg.materialize(
         [*ml_assets, *ml_asset_checks],
         resources={"warehouse": Warehouse(path=str(home / "warehouse.duckdb")),
-                   "artifacts": ArtifactStore(root=str(home / "artifacts"))},
+                   "artifacts": ArtifactStore(root=str(home / "artifacts")),
+                   "promotion_policy": PromotionPolicy(**(promotion or {}))},
         run_config=run_config,
         raise_on_error=raise_on_error,
     )

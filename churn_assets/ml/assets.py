@@ -131,7 +131,12 @@ class TunedXGBoostConfig(dg.Config):
         )
 
 
-class PromotionConfig(dg.Config):
+class PromotionPolicy(dg.ConfigurableResource):
+    """When a challenger may replace the champion. One resource, read by both the blocking
+    ``promotion_gate`` check and the ``ml/champion`` asset that re-decides before it moves
+    the pointer, so the two can never be configured apart (run config:
+    ``resources: {promotion_policy: {config: {margin: ...}}}``)."""
+
     margin: float = Field(default=0.0, description="AUC the challenger must gain over the reference.")
     bootstrap_samples: int = 1000
     confidence: float = 0.95
@@ -450,10 +455,10 @@ def _gate_metadata(decision: "GateDecision", context: dict) -> dict[str, Any]:
 @dg.asset_check(asset=MODEL_VERSIONS_KEY, name=PROMOTION_GATE, blocking=True,
                 description="The latest challenger beats the champion (or the best baseline) on the same "
                             "test rows by the margin; reports a bootstrap CI of the AUC difference.")
-def promotion_gate(config: PromotionConfig, warehouse: Warehouse,
+def promotion_gate(promotion_policy: PromotionPolicy, warehouse: Warehouse,
                    artifacts: ArtifactStore) -> dg.AssetCheckResult:
     with warehouse.read() as con:
-        decision, context = gate_decision(con, artifacts.root_path, config.settings())
+        decision, context = gate_decision(con, artifacts.root_path, promotion_policy.settings())
     return dg.AssetCheckResult(passed=decision.passed, metadata=_gate_metadata(decision, context))
 
 
@@ -465,14 +470,14 @@ def promotion_gate(config: PromotionConfig, warehouse: Warehouse,
     pool=WAREHOUSE_POOL,
     description="ml.champion: history of promotions; the current champion is flagged in ml.model_versions.",
 )
-def champion(context: dg.AssetExecutionContext, config: PromotionConfig, warehouse: Warehouse,
+def champion(context: dg.AssetExecutionContext, promotion_policy: PromotionPolicy, warehouse: Warehouse,
              artifacts: ArtifactStore) -> dg.MaterializeResult:
     from churn_assets.metadata import table_metadata
     from churn_assets.ml.registry import CHAMPION_TABLE, promote
 
     with warehouse.write() as con:
         # Decided inside the write transaction so nothing can slip in between gate and pointer.
-        decision, gate_context = gate_decision(con, artifacts.root_path, config.settings())
+        decision, gate_context = gate_decision(con, artifacts.root_path, promotion_policy.settings())
         if not decision.passed:
             raise dg.Failure(
                 f"Promotion refused: {decision.reason}", metadata=_gate_metadata(decision, gate_context)
