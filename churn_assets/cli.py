@@ -70,7 +70,7 @@ def _print_summary() -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from churn_assets.settings import source_dir
     from churn_assets.source.deliveries import available_months
-    from churn_assets.source.synthetic import GeneratorConfig, write_source
+    from churn_assets.source.synthetic import GeneratorConfig, refuse_partial_replacement, write_source
 
     source = source_dir()
     existing = available_months(source)
@@ -86,16 +86,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             **({"drift_month": None} if args.no_drift else {}),
         )
+        if args.regenerate:
+            try:
+                refuse_partial_replacement(source, config)
+            except FileExistsError as error:
+                _say(str(error))
+                return 2
         _say(
             f"Generating {config.customers:,} customers x {config.months} months "
             f"(seed {config.seed}) into {source}"
         )
         started = time.monotonic()
-        try:
-            written = write_source(source, config, replace=args.regenerate, progress=_say)
-        except FileExistsError as error:
-            _say(str(error))
-            return 2
+        written = write_source(source, config, replace=args.regenerate, progress=_say)
         _say(f"Generated {len(written)} monthly deliveries in {time.monotonic() - started:.0f}s.")
     return cmd_run(args)
 

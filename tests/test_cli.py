@@ -53,3 +53,16 @@ def test_sql_without_a_warehouse(churn_home, capsys):
 def test_run_without_deliveries(churn_home, capsys):
     assert main(["run"]) == 1
     assert "No deliveries" in capsys.readouterr().err
+
+
+def test_demo_regenerate_refuses_to_leave_earlier_months_behind(churn_home, capsys):
+    from churn_assets.settings import source_dir
+    from churn_assets.source.deliveries import available_months
+    from churn_assets.source.synthetic import GeneratorConfig, write_source
+
+    write_source(source_dir(), GeneratorConfig(customers=200, months=3, seed=1))
+    before = {p: p.read_bytes() for p in sorted(source_dir().rglob("*.parquet"))}
+    assert main(["demo", "--regenerate", "--months", "2", "--customers", "200"]) == 2
+    assert "2024-03" in capsys.readouterr().err
+    assert available_months(source_dir()) == ["2024-01-01", "2024-02-01", "2024-03-01"]
+    assert {p: p.read_bytes() for p in sorted(source_dir().rglob("*.parquet"))} == before

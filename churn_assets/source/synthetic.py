@@ -212,6 +212,21 @@ def generate_months(config: GeneratorConfig) -> Iterator[tuple[str, dict[str, pd
         yield partition_keys(config)[m], simulation.step(m)
 
 
+def refuse_partial_replacement(source: Path, config: GeneratorConfig) -> None:
+    """Raise FileExistsError if ``source`` holds months that regenerating would not replace."""
+    from churn_assets.source.deliveries import available_months
+
+    keys = partition_keys(config)
+    stale = [month[:7] for month in available_months(source) if month not in keys]
+    if stale:
+        raise FileExistsError(
+            f"{source} holds deliveries for {', '.join(stale)}, which a regenerated "
+            f"{keys[0][:7]}..{keys[-1][:7]} source would not replace: they would mix with "
+            "the new data. Remove those month folders (and use a fresh CHURN_HOME, since "
+            "the warehouse holds them too), or generate a range that covers them."
+        )
+
+
 def write_source(
     source: Path,
     config: GeneratorConfig,
@@ -230,19 +245,12 @@ def write_source(
     is contract-conformant by construction and the raw layer validates every delivery
     when it loads it, so ``validate`` (re-check before writing) is off by default.
     """
-    from churn_assets.source.deliveries import available_months, delivery_dir, write_delivery
+    from churn_assets.source.deliveries import delivery_dir, write_delivery
 
     keys = partition_keys(config)
     if replace:
-        stale = [month[:7] for month in available_months(source) if month not in keys]
-        if stale:
-            raise FileExistsError(
-                f"{source} holds deliveries for {', '.join(stale)}, which a regenerated "
-                f"{keys[0][:7]}..{keys[-1][:7]} source would not replace: they would mix with "
-                "the new data. Remove those month folders (and use a fresh CHURN_HOME, since "
-                "the warehouse holds them too), or generate a range that covers them."
-            )
-    if not replace:
+        refuse_partial_replacement(source, config)
+    else:
         # Fail before hours of generation, not after: the first clash is the one reported.
         for key in keys:
             if delivery_dir(source, key).exists():
