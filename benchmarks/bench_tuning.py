@@ -223,7 +223,9 @@ def main() -> None:
 
     frame, types, source = load_frame(args)
     print(f"data: {source}: {len(frame)} rows", flush=True)
-    seeds = [int(s) for s in args.split_seeds.split(",")] if args.split_seeds else [args.seed]
+    seeds = [int(s) for s in args.split_seeds.split(",") if s.strip()] if args.split_seeds else [args.seed]
+    if len(set(seeds)) != len(seeds):
+        parser.error(f"--split-seeds repeats a seed: {args.split_seeds}")
     splits = [compare_on_split(frame, types, seed, args) for seed in seeds]
     first = splits[0]
     spec = first.pop("spec")
