@@ -29,6 +29,7 @@ from churn_assets.keys import (
     TRAINING_SET_KEY,
     TUNED_XGBOOST_KEY,
 )
+from churn_assets.ml.tuning import BEST, ONE_STANDARD_ERROR, TuningSettings
 from churn_assets.resources import WAREHOUSE_POOL, ArtifactStore, Warehouse
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from churn_assets.ml.columns import RoleSettings
     from churn_assets.ml.promotion import GateDecision
     from churn_assets.ml.split import Split, SplitSettings
-    from churn_assets.ml.tuning import TuningSettings
 
 TRAINING_SET_TABLE = "features.training_set"
 PROMOTION_GATE = "promotion_gate"
@@ -108,22 +108,25 @@ class BaselineConfig(dg.Config):
 class TunedXGBoostConfig(dg.Config):
     roles: RolesConfig = Field(default_factory=RolesConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    n_trials: int = Field(default=25, description="Trial budget of the Optuna study.")
+    # Defaults come from TuningSettings (one place); only the time budget is the asset's own,
+    # shorter so the demo stays within its few minutes.
+    n_trials: int = Field(default=TuningSettings.n_trials, description="Trial budget of the Optuna study.")
     timeout_s: float | None = Field(default=25.0, description="Time budget of one tuning run, seconds.")
-    max_rounds: int = 1500
-    early_stopping_rounds: int = 50
-    tuning_rows: int | None = Field(default=100_000, description="Training rows each trial sees at most.")
-    nthread: int = 2
-    cv_folds: int = Field(default=3, description="Folds per trial when a small random split is tuned by CV.")
+    max_rounds: int = TuningSettings.max_rounds
+    early_stopping_rounds: int = TuningSettings.early_stopping_rounds
+    tuning_rows: int | None = Field(default=TuningSettings.tuning_rows,
+                                    description="Training rows each trial sees at most.")
+    nthread: int = TuningSettings.nthread
+    cv_folds: int = Field(default=TuningSettings.cv_folds,
+                          description="Folds per trial when a small random split is tuned by CV.")
     selection: str = Field(
-        default="one_standard_error",
-        description="Trial to refit after a CV study: 'one_standard_error' (the best of the shallowest trials within one SE of the best) or 'best'.",
+        default=TuningSettings.selection,
+        description=f"Trial to refit after a CV study: {ONE_STANDARD_ERROR!r} (the best of the shallowest "
+                    f"trials within one SE of the best) or {BEST!r}.",
     )
     persist_study: bool = Field(default=True, description="Keep the study in $CHURN_HOME/artifacts/optuna.")
 
-    def settings(self) -> "TuningSettings":
-        from churn_assets.ml.tuning import TuningSettings
-
+    def settings(self) -> TuningSettings:
         return TuningSettings(
             n_trials=self.n_trials, timeout_s=self.timeout_s, max_rounds=self.max_rounds,
             early_stopping_rounds=self.early_stopping_rounds, tuning_rows=self.tuning_rows,
