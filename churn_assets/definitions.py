@@ -9,11 +9,11 @@ import dagster as dg
 # warning would be printed by every process that loads the code location.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
-from churn_assets import automation
-from churn_assets.ml.assets import ml_asset_checks, ml_assets
-from churn_assets.ml.evaluation_assets import evaluation_asset_checks, evaluation_assets
+from churn_assets.automation import jobs as automation
+from churn_assets.training.assets import ml_asset_checks, ml_assets
+from churn_assets.evaluation.assets import evaluation_asset_checks, evaluation_assets
 from churn_assets.monitoring.assets import monitoring_assets, monitoring_checks
-from churn_assets.resources import default_resources
+from churn_assets.core.warehouse import default_resources
 from churn_assets.source.raw_assets import RAW_ASSET_KEYS, raw_deliveries
 from churn_assets.sql_models import load_sql_project
 from churn_assets.sql_models.point_in_time_check import build_point_in_time_check

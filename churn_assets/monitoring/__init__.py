@@ -1,1 +1,1 @@
-"""Batch scoring, drift monitoring and realised performance of the champion model."""
+"""Drift, realised performance and the retraining policy of the champion model."""

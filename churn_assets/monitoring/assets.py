@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from churn_assets.keys import (
+from churn_assets.core.keys import (
     CHAMPION_KEY,
     CUSTOMER_FEATURES_KEY,
     DRIFT_KEY,
@@ -32,7 +32,7 @@ from churn_assets.keys import (
     REALISED_PERFORMANCE_KEY,
     TRAINING_SET_KEY,
 )
-from churn_assets.metadata import table_metadata
+from churn_assets.core.metadata import table_metadata
 from churn_assets.monitoring.drift import (
     DRIFT_COLUMNS,
     DRIFT_SUMMARY_TABLE,
@@ -50,14 +50,14 @@ from churn_assets.monitoring.performance import (
     DecaySettings,
     check_decay,
 )
-from churn_assets.monitoring.scoring import (
+from churn_assets.scoring.batch import (
     DEFAULT_BATCH_ROWS,
     PREDICTION_COLUMNS,
     PREDICTION_DESCRIPTIONS,
     PREDICTIONS_TABLE,
 )
-from churn_assets.partitions import monthly_partitions
-from churn_assets.resources import WAREHOUSE_POOL, ArtifactStore, Warehouse
+from churn_assets.core.partitions import monthly_partitions
+from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 
 HTML_REPORT_POLICIES = ("latest", "all", "none")
 
@@ -129,8 +129,8 @@ def _predictions_asset():
     def predictions(
         context: dg.AssetExecutionContext, config: ScoringConfig, warehouse: Warehouse, artifacts: ArtifactStore
     ) -> dg.MaterializeResult:
-        from churn_assets.ml.registry import load_champion
-        from churn_assets.monitoring.scoring import RiskBands, write_predictions
+        from churn_assets.training.registry import load_champion
+        from churn_assets.scoring.batch import RiskBands, write_predictions
 
         bands = RiskBands(medium=config.medium_risk, high=config.high_risk)
         model = load_champion(artifacts.root_path, warehouse)
@@ -200,7 +200,7 @@ def drift_for_months(
     from writing), the Evidently work between them, and all months are written in one
     transaction at the end.
     """
-    from churn_assets.ml.registry import load_champion
+    from churn_assets.training.registry import load_champion
     from churn_assets.monitoring.champion import model_record
     from churn_assets.monitoring.drift import (
         DriftError,

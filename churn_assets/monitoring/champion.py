@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.resources import table_exists
+from churn_assets.core.warehouse import table_exists
 
 if TYPE_CHECKING:
     import duckdb

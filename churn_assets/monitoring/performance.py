@@ -15,7 +15,7 @@ from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from churn_assets.monitoring.champion import MODEL_VERSIONS_TABLE, table_exists
-from churn_assets.monitoring.scoring import PREDICTIONS_TABLE
+from churn_assets.scoring.batch import PREDICTIONS_TABLE
 
 if TYPE_CHECKING:
     import duckdb
@@ -55,7 +55,7 @@ def realised_metrics(labels: Any, probabilities: Any, n_bins: int = 10) -> dict[
     import numpy as np
     from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-    from churn_assets.ml.evaluation import expected_calibration_error, validate_predictions
+    from churn_assets.evaluation.metrics import expected_calibration_error, validate_predictions
 
     y, p = validate_predictions(labels, probabilities)
     both_classes = 0 < y.sum() < y.size

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from churn_assets.resources import Warehouse
+    from churn_assets.core.warehouse import Warehouse
 
 
 class IngestError(ContractError):
@@ -454,7 +454,7 @@ def partition_month(month: str) -> str:
     The month must be one of the monthly partitions: from CHURN_FIRST_MONTH up to the
     last complete month, or the raw layer could never load it.
     """
-    from churn_assets.partitions import FIRST_MONTH, month_key, monthly_partitions
+    from churn_assets.core.partitions import FIRST_MONTH, month_key, monthly_partitions
 
     text = str(month).strip()
     if not MONTH_ARGUMENT.fullmatch(text):

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.metadata import table_metadata
-from churn_assets.partitions import monthly_partitions
-from churn_assets.resources import WAREHOUSE_POOL, Warehouse
-from churn_assets.settings import source_dir
+from churn_assets.core.metadata import table_metadata
+from churn_assets.core.partitions import monthly_partitions
+from churn_assets.core.warehouse import WAREHOUSE_POOL, Warehouse
+from churn_assets.core.paths import source_dir
 from churn_assets.source.contract import DELIVERY_MONTH, RAW_TABLES, Table
 
 RAW_SCHEMA = "raw"

@@ -49,7 +49,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from churn_assets.partitions import month_key
+from churn_assets.core.partitions import month_key
 from churn_assets.source.contract import (
     CANCEL_REASONS,
     CONTRACTS,

@@ -16,9 +16,9 @@ from typing import Any
 
 import dagster as dg
 
-from churn_assets.metadata import table_metadata
-from churn_assets.partitions import monthly_partitions
-from churn_assets.resources import WAREHOUSE_POOL, table_exists
+from churn_assets.core.metadata import table_metadata
+from churn_assets.core.partitions import monthly_partitions
+from churn_assets.core.warehouse import WAREHOUSE_POOL, table_exists
 from churn_assets.sql_models.checks import quote_identifier, quote_relation
 from churn_assets.sql_models.loader import SqlModel, SqlProjectError
 

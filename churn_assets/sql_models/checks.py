@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from churn_assets.resources import WAREHOUSE_POOL
+from churn_assets.core.warehouse import WAREHOUSE_POOL
 from churn_assets.sql_models.loader import DataTest, SingularTest, SqlModel
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def evaluate_check(con: duckdb.DuckDBPyConnection, plan: CheckPlan) -> dg.AssetC
 
 
 def evaluate_checks(warehouse, plans: Sequence[CheckPlan]) -> list[dg.AssetCheckResult]:
-    from churn_assets.resources import WarehouseMissingError
+    from churn_assets.core.warehouse import WarehouseMissingError
 
     try:
         with warehouse.read() as con:

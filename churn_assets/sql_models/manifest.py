@@ -26,7 +26,7 @@ from typing import Any
 
 import dagster as dg
 
-from churn_assets.settings import churn_home
+from churn_assets.core.paths import churn_home
 from churn_assets.sql_models.loader import (
     YAML_SUFFIXES,
     ColumnDoc,

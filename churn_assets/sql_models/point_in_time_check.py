@@ -4,8 +4,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.keys import CUSTOMER_FEATURES_KEY
-from churn_assets.resources import Warehouse
+from churn_assets.core.keys import CUSTOMER_FEATURES_KEY
+from churn_assets.core.warehouse import Warehouse
 
 
 class PointInTimeConfig(dg.Config):

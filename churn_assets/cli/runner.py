@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from churn_assets.settings import churn_home
+from churn_assets.core.paths import churn_home
 
 if TYPE_CHECKING:
     import dagster as dg

@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 def summary_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
-    from churn_assets.resources import table_exists
+    from churn_assets.core.warehouse import table_exists
 
     lines = ["", "Summary"]
     rows = con.execute(

@@ -14,13 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.ml.columns import FeatureSpec, categorical_text, feature_frame
+from churn_assets.training.columns import FeatureSpec, categorical_text, feature_frame
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from churn_assets.ml.split import Split
+    from churn_assets.training.split import Split
 
 LOGISTIC_REGRESSION = "logistic_regression"
 RANDOM_FOREST = "random_forest"

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from churn_assets.ml.candidates import ChurnModel
+    from churn_assets.training.candidates import ChurnModel
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
-from churn_assets.partitions import month_key
+from churn_assets.core.partitions import month_key
 
 if TYPE_CHECKING:
     import duckdb

@@ -52,7 +52,7 @@ def run_all_checks(
     """Execute every asset check in ``defs``; returns the outcomes and the wall time."""
     import dagster as dg
 
-    from churn_assets.runner import _progress_logger, get_instance
+    from churn_assets.cli.runner import _progress_logger, get_instance
 
     declared = sorted(
         defs.resolve_asset_graph().asset_check_keys,

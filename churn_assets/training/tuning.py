@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.ml.candidates import (
+from churn_assets.training.candidates import (
     ChurnModel,
     base_xgboost_params,
     refit_xgboost_cross_fitted,
@@ -48,8 +48,8 @@ from churn_assets.ml.candidates import (
 if TYPE_CHECKING:
     import optuna
 
-    from churn_assets.ml.columns import FeatureSpec
-    from churn_assets.ml.split import Split
+    from churn_assets.training.columns import FeatureSpec
+    from churn_assets.training.split import Split
 
 STUDY_PREFIX = "tuned_xgboost"
 CROSS_VALIDATION = "cross_validation"

@@ -25,15 +25,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.ml.candidates import XGBOOST, ChurnModel
-from churn_assets.ml.columns import FeatureSpec
-from churn_assets.ml.split import Split, SplitSettings, split_training_set
+from churn_assets.training.candidates import XGBOOST, ChurnModel
+from churn_assets.training.columns import FeatureSpec
+from churn_assets.training.split import Split, SplitSettings, split_training_set
 
 if TYPE_CHECKING:
     import duckdb
     import pandas as pd
 
-    from churn_assets.resources import Warehouse
+    from churn_assets.core.warehouse import Warehouse
 
 MODELS_DIR = "models"
 MANIFEST = "manifest.json"

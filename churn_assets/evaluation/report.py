@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-    from churn_assets.ml.evaluation import EvaluationReport
-    from churn_assets.ml.explain import Contributions
+    from churn_assets.evaluation.metrics import EvaluationReport
+    from churn_assets.training.explain import Contributions
 
 MAX_PNG_BYTES = 150_000
 DPI_STEPS = (110, 90, 72, 56)

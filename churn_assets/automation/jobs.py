@@ -16,8 +16,8 @@ import os
 import dagster as dg
 from pydantic import Field
 
-from churn_assets import keys
-from churn_assets.resources import Warehouse, WarehouseBusyError, WarehouseMissingError
+from churn_assets.core import keys
+from churn_assets.core.warehouse import Warehouse, WarehouseBusyError, WarehouseMissingError
 
 TRAINING_KEYS = [
     keys.BASELINE_MODELS_KEY, keys.TUNED_XGBOOST_KEY, keys.MODEL_VERSIONS_KEY, keys.CHAMPION_KEY,
@@ -79,7 +79,7 @@ def _champion_exists(warehouse: Warehouse) -> bool:
     ),
 )
 def landing_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
-    from churn_assets.settings import landing_dir, source_dir
+    from churn_assets.core.paths import landing_dir, source_dir
     from churn_assets.source.deliveries import available_months, delivery_dir
     from churn_assets.source.landing import pending_items, process_item
 

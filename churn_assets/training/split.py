@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.ml.columns import ColumnRoles
+from churn_assets.training.columns import ColumnRoles
 
 if TYPE_CHECKING:
     import pandas as pd

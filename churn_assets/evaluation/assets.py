@@ -23,20 +23,20 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from churn_assets.keys import (
+from churn_assets.core.keys import (
     CHAMPION_KEY,
     EVALUATION_REPORT_KEY,
     EXPLANATIONS_KEY,
     PREDICTIONS_KEY,
     SHAP_SUMMARY_KEY,
 )
-from churn_assets.partitions import monthly_partitions
-from churn_assets.resources import WAREHOUSE_POOL, ArtifactStore, Warehouse
+from churn_assets.core.partitions import monthly_partitions
+from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from churn_assets.ml.candidates import ChurnModel
+    from churn_assets.training.candidates import ChurnModel
 
 GROUP = "ml"
 EXPLANATIONS_TABLE = "ml.explanations"
@@ -117,7 +117,7 @@ class CheckThresholds(dg.Config):
 
 
 def load_evaluated_model(con: Any, artifacts_root: Path, version: str | None) -> "ChurnModel":
-    from churn_assets.ml.registry import load_champion, load_model
+    from churn_assets.training.registry import load_champion, load_model
 
     if version:
         return load_model(version, artifacts_root, con)
@@ -133,7 +133,7 @@ def _report_dir(artifacts: ArtifactStore, version: str) -> Path:
 
 
 def _update_latest(artifacts: ArtifactStore, **entries: str) -> None:
-    from churn_assets.ml.report import write_files
+    from churn_assets.evaluation.report import write_files
 
     pointer = artifacts.root_path / REPORTS_DIR / LATEST_POINTER
     current = json.loads(pointer.read_text()) if pointer.exists() else {}
@@ -151,7 +151,7 @@ def _read_latest(artifacts: ArtifactStore, kind: str) -> dict | None:
 
 
 def _plots_metadata(plots: dict[str, bytes]) -> dict[str, dg.MetadataValue]:
-    from churn_assets.ml.report import markdown_image
+    from churn_assets.evaluation.report import markdown_image
 
     return {
         f"plot_{name.removesuffix('.png')}": dg.MetadataValue.md(
@@ -166,9 +166,9 @@ def _plots_metadata(plots: dict[str, bytes]) -> dict[str, dg.MetadataValue]:
 
 def evaluate_model(con: Any, artifacts_root: Path, config: EvaluationConfig):
     """Score the model's recorded test split; threshold from the validation split."""
-    from churn_assets.ml.assets import read_training_set
-    from churn_assets.ml.evaluation import BusinessAssumptions, evaluate, optimal_threshold
-    from churn_assets.ml.registry import load_model, rebuild_split, versions_trained_with
+    from churn_assets.training.assets import read_training_set
+    from churn_assets.evaluation.metrics import BusinessAssumptions, evaluate, optimal_threshold
+    from churn_assets.training.registry import load_model, rebuild_split, versions_trained_with
 
     model = load_evaluated_model(con, artifacts_root, config.model_version)
     frame, _ = read_training_set(con)
@@ -215,7 +215,7 @@ def describe_window(description: Any) -> str:
 
 
 def model_card_info(model: "ChurnModel", split: Any, created_at: Any = None) -> Any:
-    from churn_assets.ml.report import ModelCardInfo
+    from churn_assets.evaluation.report import ModelCardInfo
 
     manifest = model.manifest
     calibration = model.calibration.get("method", "none")
@@ -244,7 +244,7 @@ def model_card_info(model: "ChurnModel", split: Any, created_at: Any = None) -> 
 )
 def evaluation_report(context: dg.AssetExecutionContext, config: EvaluationConfig,
                       warehouse: Warehouse, artifacts: ArtifactStore) -> dg.MaterializeResult:
-    from churn_assets.ml.report import evaluation_plots, render_model_card, write_files
+    from churn_assets.evaluation.report import evaluation_plots, render_model_card, write_files
 
     with warehouse.read() as con:
         model, split, report = evaluate_model(con, artifacts.root_path, config)
@@ -297,7 +297,7 @@ def _no_report(kind: str) -> dg.AssetCheckResult:
 @dg.asset_check(asset=EVALUATION_REPORT_KEY, name="auc_floor", blocking=True,
                 description="Test ROC-AUC at or above the floor.")
 def auc_floor(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
-    from churn_assets.ml.evaluation import check_auc_floor
+    from churn_assets.evaluation.metrics import check_auc_floor
 
     summary = _read_latest(artifacts, "evaluation")
     if summary is None:
@@ -310,7 +310,7 @@ def auc_floor(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetChec
 @dg.asset_check(asset=EVALUATION_REPORT_KEY, name="beats_baselines", blocking=True,
                 description="Test ROC-AUC at least the best baseline's (plus margin).")
 def beats_baselines(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
-    from churn_assets.ml.evaluation import check_beats_baselines
+    from churn_assets.evaluation.metrics import check_beats_baselines
 
     summary = _read_latest(artifacts, "evaluation")
     if summary is None:
@@ -326,7 +326,7 @@ def beats_baselines(artifacts: ArtifactStore, config: CheckThresholds) -> dg.Ass
 @dg.asset_check(asset=EVALUATION_REPORT_KEY, name="calibration",
                 description="Expected calibration error within the bound (warning).")
 def calibration(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
-    from churn_assets.ml.evaluation import check_calibration
+    from churn_assets.evaluation.metrics import check_calibration
 
     summary = _read_latest(artifacts, "evaluation")
     if summary is None:
@@ -338,7 +338,7 @@ def calibration(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCh
 @dg.asset_check(asset=EVALUATION_REPORT_KEY, name="slice_gap",
                 description="Largest ROC-AUC gap between slices of a segment (warning).")
 def slice_gap(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
-    from churn_assets.ml.evaluation import SliceGap, check_slice_gap
+    from churn_assets.evaluation.metrics import SliceGap, check_slice_gap
 
     summary = _read_latest(artifacts, "evaluation")
     if summary is None:
@@ -360,8 +360,8 @@ def explain_model(model: "ChurnModel", frame: "pd.DataFrame", *, background: "pd
     """
     import numpy as np
 
-    from churn_assets.ml.columns import feature_frame
-    from churn_assets.ml.explain import (
+    from churn_assets.training.columns import feature_frame
+    from churn_assets.training.explain import (
         booster_margin,
         permutation_contributions,
         xgboost_contributions,
@@ -393,10 +393,10 @@ def explain_model(model: "ChurnModel", frame: "pd.DataFrame", *, background: "pd
 )
 def shap_summary(context: dg.AssetExecutionContext, config: ShapConfig, warehouse: Warehouse,
                  artifacts: ArtifactStore) -> dg.MaterializeResult:
-    from churn_assets.ml.assets import read_training_set
-    from churn_assets.ml.explain import check_additivity, global_importance
-    from churn_assets.ml.registry import rebuild_split
-    from churn_assets.ml.report import shap_plots, write_files
+    from churn_assets.training.assets import read_training_set
+    from churn_assets.training.explain import check_additivity, global_importance
+    from churn_assets.training.registry import rebuild_split
+    from churn_assets.evaluation.report import shap_plots, write_files
 
     with warehouse.read() as con:
         model = load_evaluated_model(con, artifacts.root_path, config.model_version)
@@ -460,7 +460,7 @@ def shap_additivity(artifacts: ArtifactStore) -> dg.AssetCheckResult:
 def leakage_smell(artifacts: ArtifactStore, config: CheckThresholds) -> dg.AssetCheckResult:
     import pandas as pd
 
-    from churn_assets.ml.evaluation import check_leakage_smell
+    from churn_assets.evaluation.metrics import check_leakage_smell
 
     shap_summary_data = _read_latest(artifacts, "shap")
     if shap_summary_data is None:
@@ -484,7 +484,7 @@ def explanation_rows(model: "ChurnModel", frame: "pd.DataFrame", top_k: int,
                      background: "pd.DataFrame | None" = None,
                      approximate: bool = False) -> "pd.DataFrame":
     """``ml.explanations`` rows for the customer-months in ``frame``."""
-    from churn_assets.ml.explain import top_reasons
+    from churn_assets.training.explain import top_reasons
 
     contributions, _ = explain_model(model, frame, background=background, approximate=approximate)
     keys = frame[["customer_id", "snapshot_month"]].reset_index(drop=True)
@@ -508,8 +508,8 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
                  warehouse: Warehouse, artifacts: ArtifactStore) -> dg.MaterializeResult:
     import pandas as pd
 
-    from churn_assets.metadata import table_metadata
-    from churn_assets.ml.registry import load_champion
+    from churn_assets.core.metadata import table_metadata
+    from churn_assets.training.registry import load_champion
 
     months = sorted(context.partition_keys)
     exact_from = len(months) - max(config.exact_latest_months, 0)

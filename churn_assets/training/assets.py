@@ -22,23 +22,23 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from churn_assets.keys import (
+from churn_assets.core.keys import (
     BASELINE_MODELS_KEY,
     CHAMPION_KEY,
     MODEL_VERSIONS_KEY,
     TRAINING_SET_KEY,
     TUNED_XGBOOST_KEY,
 )
-from churn_assets.ml.tuning import BEST, ONE_STANDARD_ERROR, TuningSettings
-from churn_assets.resources import WAREHOUSE_POOL, ArtifactStore, Warehouse
+from churn_assets.training.tuning import BEST, ONE_STANDARD_ERROR, TuningSettings
+from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from churn_assets.ml.candidates import ChurnModel
-    from churn_assets.ml.columns import RoleSettings
-    from churn_assets.ml.promotion import GateDecision
-    from churn_assets.ml.split import Split, SplitSettings
+    from churn_assets.training.candidates import ChurnModel
+    from churn_assets.training.columns import RoleSettings
+    from churn_assets.training.promotion import GateDecision
+    from churn_assets.training.split import Split, SplitSettings
 
 TRAINING_SET_TABLE = "features.training_set"
 PROMOTION_GATE = "promotion_gate"
@@ -65,7 +65,7 @@ class RolesConfig(dg.Config):
     )
 
     def settings(self) -> "RoleSettings":
-        from churn_assets.ml.columns import RoleSettings
+        from churn_assets.training.columns import RoleSettings
 
         explicit = {
             name: getattr(self, name) for name in self.model_fields_set if name != "roles_file"
@@ -84,7 +84,7 @@ class SplitConfig(dg.Config):
     test_fraction: float = Field(default=0.15, description="Random split: test share.")
 
     def settings(self) -> "SplitSettings":
-        from churn_assets.ml.split import SplitSettings
+        from churn_assets.training.split import SplitSettings
 
         return SplitSettings(
             seed=self.seed, min_time_split_months=self.min_time_split_months,
@@ -149,7 +149,7 @@ class PromotionPolicy(dg.ConfigurableResource):
     seed: int = 42
 
     def settings(self):
-        from churn_assets.ml.promotion import GateSettings
+        from churn_assets.training.promotion import GateSettings
 
         return GateSettings(
             margin=self.margin, bootstrap_samples=self.bootstrap_samples,
@@ -177,9 +177,9 @@ def read_training_set(con, table: str = TRAINING_SET_TABLE) -> tuple["pd.DataFra
 
 
 def prepare(frame: "pd.DataFrame", column_types: dict[str, str], roles: "RoleSettings", split: "SplitSettings"):
-    from churn_assets.ml.columns import build_feature_spec, infer_roles
-    from churn_assets.ml.registry import training_data_version
-    from churn_assets.ml.split import split_training_set
+    from churn_assets.training.columns import build_feature_spec, infer_roles
+    from churn_assets.training.registry import training_data_version
+    from churn_assets.training.split import split_training_set
 
     resolved = infer_roles(column_types, roles)
     data_version = training_data_version(frame, resolved.key_columns)
@@ -190,8 +190,8 @@ def prepare(frame: "pd.DataFrame", column_types: dict[str, str], roles: "RoleSet
 
 def save_candidate(model: "ChurnModel", data_split: "Split", artifacts_root: Path, data_version: str,
                    role: str, extra: dict | None = None) -> dict:
-    from churn_assets.ml.candidates import evaluate
-    from churn_assets.ml.registry import code_version, save_model, version_record
+    from churn_assets.training.candidates import evaluate
+    from churn_assets.training.registry import code_version, save_model, version_record
 
     metrics = evaluate(model, data_split)
     saved = save_model(model, artifacts_root, split=data_split, metrics=metrics,
@@ -202,7 +202,7 @@ def save_candidate(model: "ChurnModel", data_split: "Split", artifacts_root: Pat
 def train_baselines(frame: "pd.DataFrame", column_types: dict[str, str], config: BaselineConfig,
                     artifacts_root: Path) -> list[dict]:
     """Train, save and describe the logistic regression and random forest baselines."""
-    from churn_assets.ml.candidates import train_logistic_regression, train_random_forest
+    from churn_assets.training.candidates import train_logistic_regression, train_random_forest
 
     spec, data_split, data_version = prepare(frame, column_types, config.roles.settings(), config.split.settings())
     seed = config.split.seed
@@ -220,7 +220,7 @@ def train_baselines(frame: "pd.DataFrame", column_types: dict[str, str], config:
 def train_tuned_xgboost(frame: "pd.DataFrame", column_types: dict[str, str], config: TunedXGBoostConfig,
                         artifacts_root: Path) -> tuple[dict, Any]:
     """Tune, refit, save and describe the XGBoost challenger; also returns the TuningResult."""
-    from churn_assets.ml.tuning import storage_url_for, tune_xgboost
+    from churn_assets.training.tuning import storage_url_for, tune_xgboost
 
     spec, data_split, data_version = prepare(frame, column_types, config.roles.settings(), config.split.settings())
     storage = storage_url_for(Path(artifacts_root) / "optuna") if config.persist_study else None
@@ -234,7 +234,7 @@ def train_tuned_xgboost(frame: "pd.DataFrame", column_types: dict[str, str], con
 
 
 def _write_pointer(artifacts_root: Path, asset_name: str, records: list[dict]) -> Path:
-    from churn_assets.ml.registry import models_root
+    from churn_assets.training.registry import models_root
 
     folder = models_root(artifacts_root) / CANDIDATES_DIR
     folder.mkdir(parents=True, exist_ok=True)
@@ -246,7 +246,7 @@ def _write_pointer(artifacts_root: Path, asset_name: str, records: list[dict]) -
 
 
 def read_pointer(artifacts_root: Path, asset_name: str) -> list[dict]:
-    from churn_assets.ml.registry import models_root
+    from churn_assets.training.registry import models_root
 
     target = models_root(artifacts_root) / CANDIDATES_DIR / f"{asset_name}.json"
     if not target.exists():
@@ -256,9 +256,9 @@ def read_pointer(artifacts_root: Path, asset_name: str) -> list[dict]:
 
 def gate_decision(con, artifacts_root: Path, settings) -> tuple["GateDecision", dict]:
     """Evaluate the promotion gate for the latest challenger against the warehouse's state."""
-    from churn_assets.ml.columns import RolesError
-    from churn_assets.ml.promotion import evaluate_gate
-    from churn_assets.ml.registry import (
+    from churn_assets.training.columns import RolesError
+    from churn_assets.training.promotion import evaluate_gate
+    from churn_assets.training.registry import (
         champion_version, latest_version, load_model_folder, models_root, read_artifact,
         rebuild_split, registered_manifest_sha, training_data_version, versions_trained_with,
     )
@@ -421,8 +421,8 @@ def tuned_xgboost(context: dg.AssetExecutionContext, config: TunedXGBoostConfig,
 )
 def model_versions(context: dg.AssetExecutionContext, warehouse: Warehouse,
                    artifacts: ArtifactStore) -> dg.MaterializeResult:
-    from churn_assets.metadata import table_metadata
-    from churn_assets.ml.registry import VERSIONS_TABLE, models_root, register_versions, verify_model_folder
+    from churn_assets.core.metadata import table_metadata
+    from churn_assets.training.registry import VERSIONS_TABLE, models_root, register_versions, verify_model_folder
 
     records = read_pointer(artifacts.root_path, "baseline_models") + read_pointer(artifacts.root_path, "tuned_xgboost")
     for record in records:
@@ -475,8 +475,8 @@ def promotion_gate(promotion_policy: PromotionPolicy, warehouse: Warehouse,
 )
 def champion(context: dg.AssetExecutionContext, promotion_policy: PromotionPolicy, warehouse: Warehouse,
              artifacts: ArtifactStore) -> dg.MaterializeResult:
-    from churn_assets.metadata import table_metadata
-    from churn_assets.ml.registry import CHAMPION_TABLE, promote
+    from churn_assets.core.metadata import table_metadata
+    from churn_assets.training.registry import CHAMPION_TABLE, promote
 
     with warehouse.write() as con:
         # Decided inside the write transaction so nothing can slip in between gate and pointer.

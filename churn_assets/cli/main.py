@@ -19,8 +19,8 @@ def _load_defs():
 
 
 def _months_to_run() -> list[str]:
-    from churn_assets.partitions import monthly_partitions
-    from churn_assets.settings import source_dir
+    from churn_assets.core.partitions import monthly_partitions
+    from churn_assets.core.paths import source_dir
     from churn_assets.source.deliveries import available_months
 
     valid = set(monthly_partitions.get_partition_keys())
@@ -35,7 +35,7 @@ def _months_to_run() -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from churn_assets.runner import materialize
+    from churn_assets.cli.runner import materialize
 
     months = _months_to_run()
     if not months:
@@ -59,8 +59,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_summary() -> None:
     """A few numbers from the warehouse, read-only."""
-    from churn_assets.resources import Warehouse
-    from churn_assets.summary import summary_lines
+    from churn_assets.core.warehouse import Warehouse
+    from churn_assets.cli.summary import summary_lines
 
     with Warehouse().read() as con:
         for line in summary_lines(con):
@@ -68,7 +68,7 @@ def _print_summary() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from churn_assets.settings import source_dir
+    from churn_assets.core.paths import source_dir
     from churn_assets.source.deliveries import available_months
     from churn_assets.source.synthetic import GeneratorConfig, refuse_partial_replacement, write_source
 
@@ -103,8 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from churn_assets.resources import Warehouse, WarehouseBusyError
-    from churn_assets.settings import source_dir
+    from churn_assets.core.warehouse import Warehouse, WarehouseBusyError
+    from churn_assets.core.paths import source_dir
     from churn_assets.source import ingest
     from churn_assets.source.deliveries import ContractError
 
@@ -126,7 +126,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(report)
     if args.no_load:
         return 0
-    from churn_assets.runner import materialize
+    from churn_assets.cli.runner import materialize
     from churn_assets.source.raw_assets import RAW_ASSET_KEYS
 
     result = materialize(
@@ -143,8 +143,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from churn_assets.resources import Warehouse, WarehouseBusyError, WarehouseMissingError
-    from churn_assets.sql_console import print_relation
+    from churn_assets.core.warehouse import Warehouse, WarehouseBusyError, WarehouseMissingError
+    from churn_assets.cli.sql_console import print_relation
 
     if args.dialect:
         from churn_assets.definitions import SQL_DIR
@@ -171,7 +171,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from churn_assets.check_runner import exit_code, format_table, run_all_checks, write_junit
+    from churn_assets.cli.check_runner import exit_code, format_table, run_all_checks, write_junit
 
     outcomes, elapsed = run_all_checks(_load_defs(), progress=_say if args.verbose else None)
     if not outcomes:
@@ -188,7 +188,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
-    from churn_assets.runner import dagster_home
+    from churn_assets.cli.runner import dagster_home
 
     home = dagster_home()
     _say(f"Starting `dagster dev` with DAGSTER_HOME={home}")

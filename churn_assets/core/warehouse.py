@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from churn_assets.settings import artifacts_dir, churn_home, warehouse_path
+from churn_assets.core.paths import artifacts_dir, churn_home, warehouse_path
 
 if TYPE_CHECKING:
     import duckdb
@@ -185,8 +185,8 @@ class ArtifactStore(dg.ConfigurableResource):
 
 
 def default_resources() -> dict:
-    from churn_assets.automation import RetrainingPolicy
-    from churn_assets.ml.assets import PromotionPolicy
+    from churn_assets.automation.jobs import RetrainingPolicy
+    from churn_assets.training.assets import PromotionPolicy
 
     return {
         "warehouse": Warehouse(),

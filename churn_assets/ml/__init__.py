@@ -1,1 +1,0 @@
-"""Machine learning: training set split, candidate models, tuning, registry, evaluation, SHAP."""

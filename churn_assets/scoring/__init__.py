@@ -1,0 +1,1 @@
+"""Scoring: batch scoring with risk bands and per-customer explanations of the champion."""

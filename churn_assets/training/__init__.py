@@ -1,0 +1,1 @@
+"""Training: split, column roles, candidates behind one protocol, tuning, registry, promotion."""
