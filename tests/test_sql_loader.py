@@ -17,7 +17,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from churn_assets.resources import Warehouse
+from churn_assets.core.warehouse import Warehouse
 from churn_assets.sql_models import (
     SqlProjectError,
     TRANSPILE_DIALECTS,

@@ -1,13 +1,16 @@
 """The project's SQL models (sql/) run directly in DuckDB, and the point-in-time leakage check.
 
-The models are run by a deliberately small helper that mimics the agreed execution
-(view/table = CREATE OR REPLACE, incremental = DELETE window + INSERT with $partition_start /
-$partition_end bound as parameters), so these tests do not depend on the Dagster loader.
+The files are read only through the loader's project object (``load_sql_project``): its
+models, in dependency order, with their YAML config. They are run by a deliberately small
+helper that mimics the agreed execution (view/table = CREATE OR REPLACE, incremental = DELETE
+window + INSERT with $partition_start / $partition_end bound as parameters), so these tests
+do not depend on Dagster's asset execution.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import shutil
 from pathlib import Path
@@ -27,18 +30,11 @@ from churn_assets.source.contract import (
     PAYMENT_METHODS,
     RAW_TABLES,
 )
+from churn_assets.source.raw_assets import RAW_ASSET_KEYS
+from churn_assets.sql_models import SqlProject, load_sql_project
 from churn_assets.sql_models.leakage import check_point_in_time
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-MODEL_ORDER = [
-    "staging.customers",
-    "staging.subscriptions",
-    "staging.events",
-    "staging.cancellations",
-    "features.customer_features",
-    "features.labels",
-    "features.training_set",
-]
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -61,12 +57,10 @@ def insert_raw(con, table: str, rows, delivery_month: str) -> None:
     con.unregister("raw_rows")
 
 
-def model_configs(sql_dir: Path) -> dict[str, dict]:
-    configs = {}
-    for yml in sql_dir.glob("*/*.yml"):
-        for model in yaml.safe_load(yml.read_text())["models"]:
-            configs[f"{yml.parent.name}.{model['name']}"] = model
-    return configs
+@functools.cache
+def sql_project(sql_dir: Path = SQL_DIR) -> SqlProject:
+    """The loader's view of ``sql_dir`` (read once per folder: write the files first)."""
+    return load_sql_project(sql_dir, RAW_ASSET_KEYS, use_cache=False)
 
 
 def month_starts(first: dt.date, last: dt.date) -> list[dt.date]:
@@ -77,16 +71,18 @@ def month_starts(first: dt.date, last: dt.date) -> list[dt.date]:
     return months
 
 
-def build_models(con, sql_dir: Path = SQL_DIR, *, windows=None, models=MODEL_ORDER) -> None:
-    """Run the models in order. Incremental ones run once over all snapshot months, or
-    once per (start, end) window in ``windows``."""
-    configs = model_configs(sql_dir)
-    for name in models:
-        schema, table = name.split(".")
-        sql = (sql_dir / schema / f"{table}.sql").read_text()
-        config = configs[name].get("config", {})
+def build_models(con, sql_dir: Path = SQL_DIR, *, windows=None, models=None) -> None:
+    """Run the project's models (or only those named in ``models``) in its dependency order.
+    Incremental ones run once over all snapshot months, or once per (start, end) window in
+    ``windows``."""
+    project = sql_project(sql_dir)
+    selected = None if models is None else {project.model(name).key for name in models}
+    for model in project.models:
+        if selected is not None and model.key not in selected:
+            continue
+        schema, table, name, sql = model.schema, model.name, model.relation, model.sql
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        kind = config.get("materialized", "view")
+        kind = model.config.materialized
         if kind != "incremental":
             con.execute(f"CREATE OR REPLACE {kind.upper()} {name} AS {sql}")
             continue
@@ -97,7 +93,7 @@ def build_models(con, sql_dir: Path = SQL_DIR, *, windows=None, models=MODEL_ORD
             run_windows = [(first, month_starts(last, last + dt.timedelta(days=31))[1])]
         else:
             run_windows = windows
-        column = config["partition_by"]
+        column = model.config.partition_by
         for start, end in run_windows:
             params = {"partition_start": start, "partition_end": end}
             exists = con.execute(
@@ -455,23 +451,30 @@ def test_point_in_time_check_passes_on_the_project_model(random_warehouse):
     assert direct.passed and direct.truncated_relations["staging.events"] == "event_time"
 
 
+LEAKY_SQL = (
+    "-- Counts support calls with no upper time bound: sees the future.\n"
+    "SELECT s.customer_id, s.snapshot_month, count(e.event_id) AS support_calls_ever\n"
+    "FROM staging.subscriptions AS s\n"
+    "LEFT JOIN staging.events AS e\n"
+    "  ON e.customer_id = s.customer_id AND e.event_type = 'support_call'\n"
+    "WHERE s.snapshot_month >= $partition_start AND s.snapshot_month < $partition_end\n"
+    "GROUP BY s.customer_id, s.snapshot_month\n"
+)
+
+
+def leaky_yaml(name: str) -> str:
+    return yaml.safe_dump({"models": [{
+        "name": name,
+        "config": {"materialized": "incremental", "partition_by": "snapshot_month"},
+        "tests": [{"unique": {"columns": ["customer_id", "snapshot_month"]}}],
+    }]})
+
+
 def test_point_in_time_check_catches_a_leaky_model(random_warehouse, tmp_path):
     sql_dir = tmp_path / "sql"
     shutil.copytree(SQL_DIR, sql_dir)
-    (sql_dir / "features" / "leaky_features.sql").write_text(
-        "-- Counts support calls with no upper time bound: sees the future.\n"
-        "SELECT s.customer_id, s.snapshot_month, count(e.event_id) AS support_calls_ever\n"
-        "FROM staging.subscriptions AS s\n"
-        "LEFT JOIN staging.events AS e\n"
-        "  ON e.customer_id = s.customer_id AND e.event_type = 'support_call'\n"
-        "WHERE s.snapshot_month >= $partition_start AND s.snapshot_month < $partition_end\n"
-        "GROUP BY s.customer_id, s.snapshot_month\n"
-    )
-    (sql_dir / "features" / "leaky_features.yml").write_text(yaml.safe_dump({"models": [{
-        "name": "leaky_features",
-        "config": {"materialized": "incremental", "partition_by": "snapshot_month"},
-        "tests": [{"unique": {"columns": ["customer_id", "snapshot_month"]}}],
-    }]}))
+    (sql_dir / "features" / "leaky_features.sql").write_text(LEAKY_SQL)
+    (sql_dir / "features" / "leaky_features.yml").write_text(leaky_yaml("leaky_features"))
     build_models(random_warehouse, sql_dir, models=["features.leaky_features"])
     result = check_point_in_time(random_warehouse, sql_dir, "features.leaky_features", months=["2024-03"], sample=None)
     assert not result.passed
@@ -482,6 +485,38 @@ def test_point_in_time_check_catches_a_leaky_model(random_warehouse, tmp_path):
     assert json.loads(json.dumps(result.as_metadata()))["mismatches"] == result.mismatches
     # The last stored month has no future to leak, so there it cannot be caught.
     assert check_point_in_time(random_warehouse, sql_dir, "features.leaky_features", months=["2024-07"]).passed
+
+
+def test_point_in_time_check_sees_every_model_the_loader_sees(random_warehouse, tmp_path):
+    """A model in a nested subfolder, described by a ``.yaml`` file, is an asset; the check
+    reads the same project, so it finds the model, its config and its unique key."""
+    from churn_assets.sql_models.leakage import point_in_time_sql, unique_columns
+
+    sql_dir = tmp_path / "sql"
+    shutil.copytree(SQL_DIR, sql_dir)
+    nested = sql_dir / "features" / "experimental" / "support"
+    nested.mkdir(parents=True)
+    (nested / "leaky_nested.sql").write_text(LEAKY_SQL)
+    (nested / "leaky_nested.yaml").write_text(leaky_yaml("leaky_nested"))
+
+    project = load_sql_project(sql_dir, RAW_ASSET_KEYS, use_cache=False)
+    model = project.model("features.leaky_nested")
+    assert model.key in project.asset_keys
+    assert (model.path, model.yaml_path) == (nested / "leaky_nested.sql", nested / "leaky_nested.yaml")
+    assert model.config.partition_by == "snapshot_month"
+    assert unique_columns(model) == ["customer_id", "snapshot_month"]
+
+    build_models(random_warehouse, sql_dir, models=["features.leaky_nested"])
+    # The project object and the folder (read by the loader) give the same verdict.
+    for source in (project, sql_dir):
+        result = check_point_in_time(
+            random_warehouse, source, "features.leaky_nested", months=["2024-03"], sample=None
+        )
+        assert not result.passed and result.mismatches > 0, source
+    sampled = check_point_in_time(random_warehouse, project, "features.leaky_nested", months=["2024-03"], sample=20)
+    assert not sampled.passed and sampled.rows_compared == 20
+    sql, truncated, _ = point_in_time_sql(project, "features.leaky_nested")
+    assert "$pit_cutoff" in sql and truncated["raw.events"] == "event_time"
 
 
 def test_point_in_time_check_reports_what_is_wrong(random_warehouse, tmp_path):
@@ -497,11 +532,11 @@ def test_point_in_time_check_reports_what_is_wrong(random_warehouse, tmp_path):
 
 
 def test_yaml_documents_every_output_column(random_warehouse):
-    configs = model_configs(SQL_DIR)
-    for name in MODEL_ORDER:
-        documented = {c["name"] for c in configs[name].get("columns", [])}
+    for model in sql_project().models:
+        name = model.relation
+        documented = {c.name for c in model.columns}
         produced = {r[0] for r in random_warehouse.execute(f"DESCRIBE {name}").fetchall()}
-        assert configs[name].get("description"), name
+        assert model.description, name
         if name == "features.training_set":  # its feature columns are customer_features'
             assert documented <= produced
         else:
@@ -509,18 +544,19 @@ def test_yaml_documents_every_output_column(random_warehouse):
 
 
 def test_singular_tests_find_no_failing_rows(random_warehouse):
-    for path in sorted(SQL_DIR.glob("*/tests/*.sql")):
-        failing = random_warehouse.execute(path.read_text()).fetchall()
-        assert failing == [], (path.name, failing[:3])
+    tests = sql_project().singular_tests
+    assert tests
+    for test in tests:
+        failing = random_warehouse.execute(test.sql).fetchall()
+        assert failing == [], (test.path.name, failing[:3])
 
 
 def test_materializes_through_the_sql_loader(tmp_path, monkeypatch):
     """The same files, run by the project's loader as Dagster assets with their checks."""
     import dagster as dg
 
-    from churn_assets.resources import Warehouse
-    from churn_assets.source.raw_assets import RAW_ASSET_KEYS
-    from churn_assets.sql_models import load_sql_project
+    from churn_assets.core.warehouse import Warehouse
+    from churn_assets.sql_models.point_in_time_check import build_point_in_time_check
 
     monkeypatch.setenv("CHURN_HOME", str(tmp_path))
     database = tmp_path / "warehouse.duckdb"
@@ -533,7 +569,8 @@ def test_materializes_through_the_sql_loader(tmp_path, monkeypatch):
     con.close()
 
     project = load_sql_project(SQL_DIR, RAW_ASSET_KEYS)
-    definitions = [*project.assets, *project.asset_checks]
+    point_in_time = build_point_in_time_check(project)
+    definitions = [*project.assets, *project.asset_checks, point_in_time]
     resources = {"warehouse": Warehouse(path=str(database))}
     # One run over both months: the loader's incremental asset backfills a partition range
     # in a single set-based step.
@@ -547,12 +584,14 @@ def test_materializes_through_the_sql_loader(tmp_path, monkeypatch):
     )
     assert run.success
     evaluations = run.get_asset_check_evaluations()
-    assert {dg.AssetCheckKey(e.asset_key, e.check_name) for e in evaluations} == set(project.check_keys)
+    assert {dg.AssetCheckKey(e.asset_key, e.check_name) for e in evaluations} == {
+        *project.check_keys, *point_in_time.check_keys
+    }
     failed = [e.check_name for e in evaluations if not e.passed and e.severity == dg.AssetCheckSeverity.ERROR]
     assert failed == []
 
     with duckdb.connect(str(database), read_only=True) as con:
-        assert check_point_in_time(con, SQL_DIR, sample=None).passed
+        assert check_point_in_time(con, project, sample=None).passed
         assert con.execute("SELECT count(*) FROM features.customer_features").fetchall()[0][0] == sum(
             len(frames["subscriptions"]) for _, frames in deliveries
         )

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     import pandas as pd
     from sqlglot import exp
 
+    from churn_assets.sql_models.loader import SqlModel
+    from churn_assets.sql_models.project import SqlProject
+
 CUTOFF_PARAMETER = "pit_cutoff"
 DEFAULT_MONTHS = 4
 MAX_REPORTED_MISMATCHES = 20
@@ -69,48 +72,32 @@ class LeakageResult:
         }
 
 
-@dataclass(frozen=True)
-class _Model:
-    name: str
-    sql: str
-    config: dict
-    unique_columns: list[str] | None
+def project_models(project: SqlProject | Path | str) -> tuple[dict[str, SqlModel], Path]:
+    """The loader's models keyed by lower-case ``schema.table``, and the project's sql dir.
+
+    ``project`` is what ``load_sql_project`` returns, or a sql folder, which is then read by
+    ``load_sql_project`` (the raw tables as external assets, no parse cache). The check has
+    no reader of its own: every model the loader turns into an asset (subfolders, ``.yml``
+    or ``.yaml`` properties) is a model here.
+    """
+    if isinstance(project, (str, Path)):
+        from churn_assets.source.raw_assets import RAW_ASSET_KEYS
+        from churn_assets.sql_models.project import load_sql_project
+
+        project = load_sql_project(Path(project), RAW_ASSET_KEYS, use_cache=False)
+    return {m.relation.lower(): m for m in project.models}, project.sql_dir
 
 
-def load_models(sql_dir: Path | str) -> dict[str, _Model]:
-    """Every ``sql/<schema>/<table>.sql`` with its YAML entry, keyed ``schema.table``."""
-    import yaml
-
-    sql_dir = Path(sql_dir)
-    entries: dict[str, dict] = {}
-    for schema_dir in sorted(p for p in sql_dir.iterdir() if p.is_dir()):
-        for yml in sorted(schema_dir.glob("*.yml")):
-            document = yaml.load(yml.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-            for entry in document.get("models") or []:
-                entries[f"{schema_dir.name}.{entry['name']}"] = entry
-    models = {}
-    for path in sorted(sql_dir.glob("*/*.sql")):
-        name = f"{path.parent.name}.{path.stem}"
-        entry = entries.get(name, {})
-        models[name] = _Model(
-            name=name,
-            sql=path.read_text(),
-            config=entry.get("config") or {},
-            unique_columns=_unique_columns(entry),
-        )
-    return models
-
-
-def _unique_columns(entry: dict) -> list[str] | None:
-    for test in entry.get("tests") or []:
-        if isinstance(test, dict) and "unique" in test:
-            columns = (test["unique"] or {}).get("columns")
-            if columns:
-                return list(columns)
-    for column in entry.get("columns") or []:
-        for test in column.get("tests") or []:
-            if test == "unique" or (isinstance(test, dict) and "unique" in test):
-                return [column["name"]]
+def unique_columns(model: SqlModel) -> list[str] | None:
+    """The columns that identify a row: a model-level ``unique: {columns: [...]}`` test,
+    else the first column with a ``unique`` test; None when there is neither."""
+    column_tests = sum(len(column.tests) for column in model.columns)
+    for test in model.tests[column_tests:]:  # model-level tests follow the column-level ones
+        if test.kind == "unique" and test.args.get("columns"):
+            return list(test.args["columns"])
+    for column in model.columns:
+        if any(test.kind == "unique" for test in column.tests):
+            return [column.name]
     return None
 
 
@@ -123,7 +110,7 @@ def _source_time_columns() -> dict[str, str]:
 class _Rewriter:
     """Rewrites model SQL so every source it reaches is truncated at ``$pit_cutoff``."""
 
-    def __init__(self, models: dict[str, _Model], time_columns: dict[str, str], inline: bool):
+    def __init__(self, models: dict[str, SqlModel], time_columns: dict[str, str], inline: bool):
         self.models = models
         self.time_columns = time_columns
         self.inline = inline
@@ -165,13 +152,13 @@ class _Rewriter:
         if relation in stack:
             raise LeakageCheckError(f"circular model references: {' -> '.join(stack + (relation,))}")
         upstream = self.models.get(relation)
-        kind = (upstream.config.get("materialized") or "view") if upstream else None
+        kind = upstream.config.materialized if upstream else None
         if self.inline and upstream is not None and kind in INLINED_KINDS:
             self.ctes[relation] = self.rewrite(upstream.sql, relation, stack)
             return
         time_column = self.time_columns.get(relation)
         if time_column is None and upstream is not None:
-            time_column = upstream.config.get("time_column") or upstream.config.get("partition_by")
+            time_column = upstream.config.time_column or upstream.config.partition_by
         schema, table = relation.split(".")
         body = exp.select("*").from_(exp.table_(table, db=schema))
         if time_column:
@@ -197,7 +184,7 @@ class _Rewriter:
 
 
 def point_in_time_sql(
-    sql_dir: Path | str,
+    project: SqlProject | Path | str,
     model: str = "features.customer_features",
     *,
     time_columns: dict[str, str] | None = None,
@@ -208,16 +195,23 @@ def point_in_time_sql(
     Returns (sql, truncated relation -> time column, relations read untruncated).
     ``time_columns`` overrides or adds the time column of a relation; by default raw
     tables use the contract's time column and models their YAML ``time_column``.
+    ``project``: see ``project_models``.
     """
-    return _point_in_time_sql(load_models(sql_dir), sql_dir, model, time_columns, inline_upstream_models)
+    models, sql_dir = project_models(project)
+    return _point_in_time_sql(models, sql_dir, model, time_columns, inline_upstream_models)
+
+
+def _target(models: dict[str, SqlModel], sql_dir: Path, model: str) -> SqlModel:
+    if model.lower() not in models:
+        raise LeakageCheckError(f"no model {model!r} in {sql_dir} (have: {', '.join(sorted(models))})")
+    return models[model.lower()]
 
 
 def _point_in_time_sql(models, sql_dir, model, time_columns, inline_upstream_models):
-    if model not in models:
-        raise LeakageCheckError(f"no model {model!r} in {sql_dir} (have: {', '.join(sorted(models))})")
+    target = _target(models, sql_dir, model)
     columns = {**_source_time_columns(), **(time_columns or {})}
     rewriter = _Rewriter(models, columns, inline_upstream_models)
-    tree = rewriter.rewrite(models[model].sql, model)
+    tree = rewriter.rewrite(target.sql, target.relation.lower())
     sql = rewriter.with_truncated_sources(tree).sql(dialect="duckdb")
     return sql, rewriter.truncated, rewriter.untruncated
 
@@ -246,7 +240,7 @@ def _spread(items: list, count: int) -> list:
 
 def check_point_in_time(
     con: duckdb.DuckDBPyConnection,
-    sql_dir: Path | str,
+    project: SqlProject | Path | str,
     model: str = "features.customer_features",
     months: list[str] | None = None,
     sample: int | None = 500,
@@ -264,13 +258,14 @@ def check_point_in_time(
     matched on its model-level ``unique`` columns, else compared as whole rows.
     Floating-point values match within ``tolerance`` (relative and absolute), because
     parallel sums in DuckDB may differ in the last bits between runs.
+    ``project``: the loader's project object or a sql folder (see ``project_models``).
     """
-    models = load_models(sql_dir)
+    models, sql_dir = project_models(project)
     sql, truncated, untruncated = _point_in_time_sql(
         models, sql_dir, model, time_columns, inline_upstream_models
     )
-    target = models[model]
-    month_column = target.config.get("partition_by") or target.config.get("time_column")
+    target = _target(models, sql_dir, model)
+    month_column = target.config.partition_by or target.config.time_column
     if not month_column:
         raise LeakageCheckError(
             f"{model}: needs config partition_by or time_column in its YAML to know which "
@@ -285,7 +280,7 @@ def check_point_in_time(
         if missing:
             raise LeakageCheckError(f"{model} holds no rows for month(s) {', '.join(missing)}")
 
-    keys = target.unique_columns
+    keys = unique_columns(target)
     compared = mismatching = 0
     examples: list[dict[str, Any]] = []
     for month in chosen:
@@ -442,6 +437,7 @@ __all__ = [
     "LeakageCheckError",
     "LeakageResult",
     "check_point_in_time",
-    "load_models",
     "point_in_time_sql",
+    "project_models",
+    "unique_columns",
 ]

@@ -172,13 +172,6 @@ class _ParsedSql:
     parameters: frozenset[str]
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
 def discover_model_files(sql_dir: Path) -> list[_ModelFile]:
     """Every model file under ``sql_dir``: ``<schema>/<table>.sql`` (subfolders allowed)."""
     sql_dir = Path(sql_dir)

@@ -1,11 +1,15 @@
 """The point-in-time (leakage) check on features.customer_features as a Dagster asset check."""
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from churn_assets.core.keys import CUSTOMER_FEATURES_KEY
 from churn_assets.core.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from churn_assets.sql_models.project import SqlProject
 
 
 class PointInTimeConfig(dg.Config):
@@ -13,7 +17,10 @@ class PointInTimeConfig(dg.Config):
     months: list[str] | None = None
 
 
-def build_point_in_time_check(sql_dir: Path) -> dg.AssetChecksDefinition:
+def build_point_in_time_check(project: "SqlProject | Path") -> dg.AssetChecksDefinition:
+    """The check over the loader's project: ``load_sql_project``'s result, or a sql folder
+    that the check reads with ``load_sql_project`` each time it runs."""
+
     @dg.asset_check(
         asset=CUSTOMER_FEATURES_KEY,
         name="point_in_time_correct",
@@ -31,7 +38,7 @@ def build_point_in_time_check(sql_dir: Path) -> dg.AssetChecksDefinition:
         with warehouse.read() as con:
             result = check_point_in_time(
                 con,
-                sql_dir,
+                project,
                 model=CUSTOMER_FEATURES_KEY.to_user_string().replace("/", "."),
                 months=config.months,
                 sample=config.sample_rows_per_month,

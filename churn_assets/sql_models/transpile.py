@@ -22,7 +22,6 @@ from churn_assets.sql_models.loader import (
 )
 
 TRANSPILE_DIALECTS = ("spark", "snowflake", "bigquery")
-PARAMETER_STYLES = {"spark": ":name", "snowflake": ":name", "bigquery": "@name", "duckdb": "$name"}
 
 
 @dataclass(frozen=True)
