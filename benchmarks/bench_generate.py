@@ -32,7 +32,7 @@ def measure(customers: int, months: int, seed: int) -> dict:
     import pyarrow.parquet as pq
 
     sys.path.insert(0, str(ROOT))
-    from churn_assets.resources import Warehouse
+    from churn_assets.core.warehouse import Warehouse
     from churn_assets.source.raw_assets import load_months_into_warehouse
     from churn_assets.source.synthetic import GeneratorConfig, write_source
 

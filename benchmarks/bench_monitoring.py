@@ -130,9 +130,9 @@ def peak_memory(result: dict):
 
 
 def train_model(con):
-    from churn_assets.ml.candidates import train_xgboost
-    from churn_assets.ml.columns import RoleSettings, build_feature_spec, infer_roles
-    from churn_assets.ml.split import SplitSettings, split_training_set
+    from churn_assets.training.candidates import train_xgboost
+    from churn_assets.training.columns import RoleSettings, build_feature_spec, infer_roles
+    from churn_assets.training.split import SplitSettings, split_training_set
 
     sample = con.execute("SELECT * FROM features.customer_features USING SAMPLE 20000 ROWS (reservoir, 7)").df()
     types = dict(con.execute(
@@ -149,7 +149,7 @@ def train_model(con):
 def bench_scoring(customers: int, batch_sizes: list[int]) -> list[dict]:
     import duckdb
 
-    from churn_assets.monitoring.scoring import write_predictions
+    from churn_assets.scoring.batch import write_predictions
 
     rows = []
     with tempfile.TemporaryDirectory() as folder:

@@ -1,7 +1,7 @@
 """Time SHAP for an XGBoost churn model: the booster's native contributions vs shap.
 
 For each size, on the same model and rows, in one run:
-- native: ``booster.predict(DMatrix, pred_contribs=True)`` (what churn_assets.ml.explain uses),
+- native: ``booster.predict(DMatrix, pred_contribs=True)`` (what churn_assets.training.explain uses),
 - shap.TreeExplainer(booster).shap_values(X) (the shap package's public route),
 - the reasons table (top-k up and down per row) built from the native contributions.
 Optionally (``--interventional``) shap's own TreeSHAP with a background set, which does
@@ -99,7 +99,7 @@ def main() -> None:
     import shap
     import xgboost as xgb
 
-    from churn_assets.ml import explain
+    from churn_assets.training import explain
 
     train_frame, train_labels = churn_like_frame(50_000, args.seed)
     start = time.perf_counter()

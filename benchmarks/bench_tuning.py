@@ -46,14 +46,14 @@ QUICK_GRID = {"model__max_depth": [3, 5], "model__learning_rate": [0.1], "model_
 def load_frame(args):
     if args.churn_home:
         os.environ["CHURN_HOME"] = str(args.churn_home)
-        from churn_assets.ml.assets import read_training_set
-        from churn_assets.resources import Warehouse
+        from churn_assets.training.assets import read_training_set
+        from churn_assets.core.warehouse import Warehouse
 
         with Warehouse().read() as con:
             frame, types = read_training_set(con)
         return frame, types, f"features.training_set in {args.churn_home}"
-    from churn_assets.ml.columns import duckdb_types_of_frame
-    from churn_assets.ml.sample_data import telco_training_frame
+    from churn_assets.training.columns import duckdb_types_of_frame
+    from churn_assets.training.sample_data import telco_training_frame
 
     frame = telco_training_frame(args.csv)
     return frame, duckdb_types_of_frame(frame), str(args.csv)
@@ -75,8 +75,8 @@ def grid_search(split, spec, grid, n_jobs, nthread, seed):
     from sklearn.preprocessing import OneHotEncoder
     from xgboost import XGBClassifier
 
-    from churn_assets.ml.candidates import sklearn_input, train_and_valid
-    from churn_assets.ml.columns import feature_frame
+    from churn_assets.training.candidates import sklearn_input, train_and_valid
+    from churn_assets.training.columns import feature_frame
 
     label = spec.roles.label_column
     pipeline = Pipeline([
@@ -112,8 +112,8 @@ def cross_validated_auc(frame, spec, tuned_params, seed):
     """5-fold stratified CV ROC-AUC over all labelled rows: LR and the tuned XGBoost settings."""
     import numpy as np
 
-    from churn_assets.ml.candidates import evaluate, train_logistic_regression, train_xgboost
-    from churn_assets.ml.split import Split, SplitSettings, labelled_rows
+    from churn_assets.training.candidates import evaluate, train_logistic_regression, train_xgboost
+    from churn_assets.training.split import Split, SplitSettings, labelled_rows
     from sklearn.model_selection import StratifiedKFold
 
     labelled = labelled_rows(frame, spec.roles)
@@ -138,11 +138,11 @@ def cross_validated_auc(frame, spec, tuned_params, seed):
 
 def compare_on_split(frame, types, split_seed: int, args) -> dict:
     """Baselines, the Optuna study and the grid on one seeded split; scored on its test rows."""
-    from churn_assets.ml.assets import prepare
-    from churn_assets.ml.candidates import evaluate, train_logistic_regression, train_random_forest
-    from churn_assets.ml.columns import RoleSettings
-    from churn_assets.ml.split import SplitSettings
-    from churn_assets.ml.tuning import TuningSettings, tune_xgboost
+    from churn_assets.training.assets import prepare
+    from churn_assets.training.candidates import evaluate, train_logistic_regression, train_random_forest
+    from churn_assets.training.columns import RoleSettings
+    from churn_assets.training.split import SplitSettings
+    from churn_assets.training.tuning import TuningSettings, tune_xgboost
 
     spec, split, data_version = prepare(frame, types, RoleSettings(), SplitSettings(seed=split_seed))
     print(f"split seed {split_seed}: {split.strategy} {len(split.train)}/{len(split.valid)}/{len(split.test)}",
@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "bench_tuning.json")
     args = parser.parse_args()
 
-    from churn_assets.ml.tuning import params_of
+    from churn_assets.training.tuning import params_of
 
     # Idle OpenMP threads spin by default, which on a shared 2-core machine steals CPU from
     # the other approach's (or another user's) work.

@@ -1,7 +1,7 @@
-"""The code location: one Definitions object with every asset, check, sensor and resource."""
+"""The code location: each layer's Definitions merged into one ``defs``, with the policies
+(``$CHURN_POLICIES``, else every default) as its resources."""
 
 import warnings
-from pathlib import Path
 
 import dagster as dg
 
@@ -9,36 +9,32 @@ import dagster as dg
 # warning would be printed by every process that loads the code location.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
-from churn_assets.automation import jobs as automation
-from churn_assets.training.assets import ml_asset_checks, ml_assets
-from churn_assets.evaluation.assets import evaluation_asset_checks, evaluation_assets
-from churn_assets.monitoring.assets import monitoring_assets, monitoring_checks
-from churn_assets.core.warehouse import default_resources
-from churn_assets.source.raw_assets import RAW_ASSET_KEYS, raw_deliveries
-from churn_assets.sql_models import load_sql_project
-from churn_assets.sql_models.point_in_time_check import build_point_in_time_check
+from churn_assets.automation.definitions import defs as automation_defs  # noqa: E402
+from churn_assets.core.definitions import defs as core_defs  # noqa: E402
+from churn_assets.evaluation.definitions import defs as evaluation_defs  # noqa: E402
+from churn_assets.monitoring.definitions import defs as monitoring_defs  # noqa: E402
+from churn_assets.policies import load_policies  # noqa: E402
+from churn_assets.scoring.definitions import defs as scoring_defs  # noqa: E402
+from churn_assets.source.definitions import defs as source_defs  # noqa: E402
+from churn_assets.sql_models.definitions import defs as sql_defs  # noqa: E402
+from churn_assets.training.definitions import defs as training_defs  # noqa: E402
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+LAYERS = [core_defs, source_defs, sql_defs, training_defs, evaluation_defs, scoring_defs, monitoring_defs,
+          automation_defs]
 
-sql_project = load_sql_project(SQL_DIR, RAW_ASSET_KEYS)
 
-defs = dg.Definitions(
-    assets=[
-        raw_deliveries,
-        *sql_project.assets,
-        *ml_assets,
-        *evaluation_assets,
-        *monitoring_assets,
-    ],
-    asset_checks=[
-        *sql_project.asset_checks,
-        build_point_in_time_check(SQL_DIR),
-        *ml_asset_checks,
-        *evaluation_asset_checks,
-        *monitoring_checks,
-    ],
-    jobs=automation.jobs,
-    schedules=automation.schedules,
-    sensors=automation.sensors,
-    resources=default_resources(),
-)
+def build_defs(policies=None) -> dg.Definitions:
+    """Every layer's Definitions; the layers' default policies replaced by ``policies``."""
+    merged = dg.Definitions.merge(*LAYERS)
+    policies = policies or load_policies()
+    return dg.Definitions(
+        assets=merged.assets,
+        asset_checks=merged.asset_checks,
+        jobs=merged.jobs,
+        schedules=merged.schedules,
+        sensors=merged.sensors,
+        resources={**merged.resources, **policies.resources()},
+    )
+
+
+defs = build_defs()

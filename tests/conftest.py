@@ -79,3 +79,26 @@ def tiny_delivery(month: str, customers: int = 20, seed: int = 0) -> dict[str, p
 @pytest.fixture
 def make_delivery():
     return tiny_delivery
+
+
+# Budgets that keep every candidate to a second or two on a few hundred rows.
+FAST_TUNING = {"n_trials": 5, "timeout_s": None, "max_rounds": 80, "early_stopping_rounds": 10, "nthread": 1}
+FAST_CANDIDATE_PARAMS = {"random_forest": {"n_estimators": 20, "n_jobs": 1},
+                         "lightgbm": {"max_rounds": 200, "num_threads": 1}}
+
+
+def fast_resources(home, *, promotion: dict | None = None, tuning: dict | None = None,
+                   training: dict | None = None, **sections: dict) -> dict:
+    """Warehouse and artifacts under ``home`` plus every policy resource, with fast training
+    budgets; keyword arguments replace policy sections as a churn.yaml would."""
+    from churn_assets.core.warehouse import ArtifactStore, Warehouse
+    from churn_assets.policies import Policies
+
+    policies = Policies.from_mapping({
+        "tuning": {**FAST_TUNING, **(tuning or {})},
+        "training": {"candidate_params": FAST_CANDIDATE_PARAMS, **(training or {})},
+        "promotion": promotion or {},
+        **sections,
+    })
+    return {"warehouse": Warehouse(path=str(home / "warehouse.duckdb")),
+            "artifacts": ArtifactStore(root=str(home / "artifacts")), **policies.resources()}

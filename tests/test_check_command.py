@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import dagster as dg
 import pytest
 
-from churn_assets import cli
+from churn_assets.cli import main as cli
 
 
 def _defs(*, warn_fails: bool = False, error_fails: bool = False, crash: bool = False):

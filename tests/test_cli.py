@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from churn_assets.cli import main
-from churn_assets.resources import Warehouse
+from churn_assets.cli.main import main
+from churn_assets.core.warehouse import Warehouse
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_run_without_deliveries(churn_home, capsys):
 
 
 def test_demo_regenerate_refuses_to_leave_earlier_months_behind(churn_home, capsys):
-    from churn_assets.settings import source_dir
+    from churn_assets.core.paths import source_dir
     from churn_assets.source.deliveries import available_months
     from churn_assets.source.synthetic import GeneratorConfig, write_source
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from churn_assets.automation import (
-    RetrainingPolicy,
+from churn_assets.automation.jobs import (
     landing_sensor,
     monthly_refresh_job,
     retraining_sensor,
     training_job,
 )
-from churn_assets.resources import ArtifactStore, Warehouse
-from churn_assets.settings import landing_dir
+from churn_assets.core.warehouse import ArtifactStore, Warehouse
+from churn_assets.core.paths import landing_dir
+from churn_assets.monitoring.drift import DriftPolicy
+from churn_assets.monitoring.retraining import RetrainingPolicy
 from churn_assets.source.synthetic import GeneratorConfig, generate_months
 
 pytestmark = pytest.mark.slow
@@ -26,14 +27,13 @@ pytestmark = pytest.mark.slow
 GENERATOR = GeneratorConfig(
     customers=3_000, months=8, start_month="2024-01", drift_month="2024-08", seed=11
 )
+# Resource config of a training run, as a deployment's churn.yaml would set it.
 SMALL_TRAINING = {
-    "ml__baseline_models": {"config": {"forest_trees": 30, "split": {"min_time_split_months": 4}}},
-    "ml__tuned_xgboost": {
-        "config": {
-            "n_trials": 6, "timeout_s": 30, "persist_study": False,
-            "split": {"min_time_split_months": 4},
-        }
-    },
+    "training_policy": {"config": {
+        "split": {"min_time_split_months": 4},
+        "candidate_params": {"random_forest": {"n_estimators": 30}, "lightgbm": {"max_rounds": 300}},
+    }},
+    "tuning_policy": {"config": {"n_trials": 6, "timeout_s": 30, "persist_study": False}},
 }
 
 
@@ -42,6 +42,7 @@ def _resources():
         "warehouse": Warehouse(),
         "artifacts": ArtifactStore(),
         "retraining_policy": RetrainingPolicy(first_model_labelled_months=3, new_labelled_months=3),
+        "drift_policy": DriftPolicy(),
     }
 
 
@@ -106,8 +107,7 @@ def test_landing_drift_and_retraining(churn_home):
         # decision itself is covered in tests/test_ml_promotion.py.
         first = _launch(
             defs, instance, bootstrap,
-            {**SMALL_TRAINING, "ml__evaluation_report_beats_baselines": {"config": {"baseline_margin": -1.0}}},
-            resources_config={"promotion_policy": {"config": {"margin": -1.0}}},
+            resources_config={**SMALL_TRAINING, "promotion_policy": {"config": {"margin": -1.0}}},
         )
         assert first.success
         first_champion = _champion(warehouse)
@@ -137,12 +137,12 @@ def test_landing_drift_and_retraining(churn_home):
         [retrain] = _tick(retraining_sensor, instance)
         assert retrain.run_key == f"drift-{first_champion}-2024-08"
         assert retrain.tags["churn/retrain_reasons"] == "drift"
-        result = _launch(defs, instance, retrain, SMALL_TRAINING)
+        result = _launch(defs, instance, retrain, resources_config=SMALL_TRAINING)
         # Ticking again requests nothing new: a promoted model answers the drift, and a
         # refused one leaves the same cause, whose run key has already run.
         for again in _tick(retraining_sensor, instance):
             assert again.run_key == retrain.run_key
-            assert _launch(defs, instance, again, SMALL_TRAINING) is None
+            assert _launch(defs, instance, again, resources_config=SMALL_TRAINING) is None
 
         # The gate alone decides whether the new model takes over.
         gate = next(
@@ -159,7 +159,7 @@ def test_landing_drift_and_retraining(churn_home):
 
         with warehouse.read() as con:
             versions = con.execute("SELECT count(*) FROM ml.model_versions").fetchone()[0]
-        assert versions == 6  # two training runs, three candidates each
+        assert versions == 10  # two training runs, five candidates each
         training_runs = instance.get_runs(
             filters=dg.RunsFilter(job_name=training_job.name, tags={"churn/trigger": "retraining"})
         )

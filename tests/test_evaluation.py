@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from churn_assets.ml import evaluation as ev
-from churn_assets.ml import report as rp
+from churn_assets.evaluation import metrics as ev
+from churn_assets.evaluation import report as rp
 
 
 @pytest.fixture(scope="module")

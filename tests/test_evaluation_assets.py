@@ -8,25 +8,22 @@ import dagster as dg
 import duckdb
 import pytest
 
-from churn_assets.ml.assets import PromotionPolicy, ml_asset_checks, ml_assets
-from churn_assets.ml.evaluation_assets import (
+from conftest import fast_resources
+
+from churn_assets.evaluation.assets import (
     EVALUATION_REPORT_KEY,
     SHAP_SUMMARY_KEY,
     evaluation_asset_checks,
     evaluation_assets,
     evaluation_report,
-    explanations,
     shap_summary,
 )
-from churn_assets.ml.sample_data import synthetic_training_frame
-from churn_assets.resources import ArtifactStore, Warehouse
+from churn_assets.scoring.assets import explanations
+from churn_assets.training.assets import ml_asset_checks, ml_assets
+from churn_assets.training.sample_data import synthetic_training_frame
 
 # Trains a small champion through the ml group first: an integration test, not a unit test.
 pytestmark = pytest.mark.slow
-
-FAST_TUNING = {"n_trials": 3, "timeout_s": None, "max_rounds": 40, "early_stopping_rounds": 10,
-               "nthread": 1}
-FAST_BASELINES = {"forest_trees": 20, "n_jobs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +39,15 @@ def home(tmp_path_factory):
     con.close()
     result = dg.materialize(
         [*ml_assets, *ml_asset_checks],
-        resources=_resources(home),
         # This module tests evaluation, not the gate: any challenger is accepted.
-        run_config={"ops": {"ml__tuned_xgboost": {"config": FAST_TUNING},
-                            "ml__baseline_models": {"config": FAST_BASELINES}},
-                    "resources": {"promotion_policy": {"config": {"margin": -1.0}}}},
+        resources=fast_resources(home, promotion={"margin": -1.0}),
     )
     assert result.success
     return home
 
 
-def _resources(home):
-    return {"warehouse": Warehouse(path=str(home / "warehouse.duckdb")),
-            "artifacts": ArtifactStore(root=str(home / "artifacts")),
-            "promotion_policy": PromotionPolicy()}
+def _resources(home, **policies):
+    return fast_resources(home, **policies)
 
 
 def _checks(result):
@@ -65,13 +57,10 @@ def _checks(result):
 def test_report_shap_and_checks_on_the_champion(home):
     result = dg.materialize(
         [evaluation_report, shap_summary, *evaluation_asset_checks],
-        resources=_resources(home),
+        # The tiny champion was accepted without beating the baselines (see `home`).
+        resources=_resources(home, promotion={"margin": -1.0}),
         selection=[EVALUATION_REPORT_KEY, SHAP_SUMMARY_KEY],
-        run_config={"ops": {
-            "ml__shap_summary": {"config": {"sample_rows": 300}},
-            # The tiny champion was accepted without beating the baselines (see `home`).
-            "ml__evaluation_report_beats_baselines": {"config": {"baseline_margin": -1.0}},
-        }},
+        run_config={"ops": {"ml__shap_summary": {"config": {"sample_rows": 300}}}},
     )
     assert result.success
     metadata = {
@@ -131,4 +120,4 @@ def test_explanations_table_for_a_scored_month(home):
 
 def test_assets_are_exported_for_wiring():
     keys = {key for asset in evaluation_assets for key in asset.keys}
-    assert keys == {EVALUATION_REPORT_KEY, SHAP_SUMMARY_KEY, dg.AssetKey(["ml", "explanations"])}
+    assert keys == {EVALUATION_REPORT_KEY, SHAP_SUMMARY_KEY}

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from churn_assets.ml import explain
+from churn_assets.training import explain
 
 CATEGORIES = {
     "contract": ["Month-to-month", "One year", "Two year"],
@@ -211,7 +211,7 @@ def test_top_reasons_shape_order_and_values():
 
 
 def test_shap_plots_are_written(tmp_path, booster_and_input, customers):
-    from churn_assets.ml import report
+    from churn_assets.evaluation import report
 
     booster, model_input = booster_and_input
     frame, _ = customers

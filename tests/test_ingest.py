@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from churn_assets.resources import Warehouse
+from churn_assets.core.warehouse import Warehouse
 from churn_assets.source.contract import RAW_TABLES
 from churn_assets.source.deliveries import ContractError, read_delivery
 from churn_assets.source.ingest import (

@@ -8,9 +8,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from churn_assets.automation import data_refresh_job, landing_sensor
-from churn_assets.resources import Warehouse
-from churn_assets.settings import landing_dir, source_dir
+from churn_assets.automation.jobs import data_refresh_job, landing_sensor
+from churn_assets.core.warehouse import Warehouse
+from churn_assets.core.paths import landing_dir, source_dir
 from churn_assets.source.deliveries import available_months
 from churn_assets.source.landing import pending_items, process_item
 

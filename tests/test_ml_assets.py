@@ -6,15 +6,12 @@ import dagster as dg
 import duckdb
 import pytest
 
-from churn_assets.ml.assets import (
-    CHAMPION_KEY, MODEL_VERSIONS_KEY, PROMOTION_GATE, PromotionPolicy, ml_asset_checks, ml_assets,
-)
-from churn_assets.ml.registry import load_champion
-from churn_assets.ml.sample_data import synthetic_training_frame
-from churn_assets.resources import ArtifactStore, Warehouse
-
-FAST_TUNING = {"n_trials": 5, "timeout_s": None, "max_rounds": 80, "early_stopping_rounds": 10, "nthread": 1}
-FAST_BASELINES = {"forest_trees": 20, "n_jobs": 1}
+from churn_assets.core.keys import CHAMPION_KEY, MODEL_VERSIONS_KEY
+from churn_assets.core.warehouse import Warehouse
+from churn_assets.training.assets import PROMOTION_GATE, ml_asset_checks, ml_assets
+from churn_assets.training.registry import load_champion
+from churn_assets.training.sample_data import synthetic_training_frame
+from conftest import fast_resources
 
 
 def _write_training_set(db_path, frame):
@@ -30,17 +27,10 @@ def _write_training_set(db_path, frame):
 PASSING = {"margin": -1.0, "bootstrap_samples": 100}
 
 
-def _materialize(home, tuning=None, baselines=None, promotion=PASSING, raise_on_error=True):
-    run_config = {"ops": {
-        "ml__tuned_xgboost": {"config": {**FAST_TUNING, **(tuning or {})}},
-        "ml__baseline_models": {"config": {**FAST_BASELINES, **(baselines or {})}},
-    }}
+def _materialize(home, tuning=None, training=None, promotion=PASSING, raise_on_error=True):
     return dg.materialize(
         [*ml_assets, *ml_asset_checks],
-        resources={"warehouse": Warehouse(path=str(home / "warehouse.duckdb")),
-                   "artifacts": ArtifactStore(root=str(home / "artifacts")),
-                   "promotion_policy": PromotionPolicy(**(promotion or {}))},
-        run_config=run_config,
+        resources=fast_resources(home, promotion=promotion, tuning=tuning, training=training),
         raise_on_error=raise_on_error,
     )
 
@@ -56,7 +46,7 @@ def _versions(home):
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     try:
         return con.execute(
-            "SELECT version, algorithm, role, is_champion, test_auc FROM ml.model_versions ORDER BY version"
+            "SELECT version, algorithm, role, is_champion, test_auc, valid_auc FROM ml.model_versions ORDER BY version"
         ).fetchall()
     finally:
         con.close()
@@ -66,14 +56,18 @@ def test_ml_group_registers_candidates_promotes_and_is_reproducible(home):
     result = _materialize(home)
     assert result.success
     rows = _versions(home)
-    assert sorted(r[1] for r in rows) == ["logistic_regression", "random_forest", "xgboost"]
+    assert sorted(r[1] for r in rows) == ["ensemble", "lightgbm", "logistic_regression", "random_forest", "xgboost"]
+    # The selection rule: the best validation AUC of the run (ties: the first version).
+    best = min(rows, key=lambda r: (-r[5], r[0]))
     champion_rows = [r for r in rows if r[3]]
-    assert len(champion_rows) == 1 and champion_rows[0][1] == "xgboost"
+    assert len(champion_rows) == 1 and champion_rows[0][0] == best[0]
 
     gate = [e for e in result.get_asset_check_evaluations() if e.check_name == PROMOTION_GATE][0]
-    assert gate.passed and gate.metadata["reference_kind"].value == "best_baseline"
-    assert gate.metadata["reference_version"].value.startswith(("logistic_regression-", "random_forest-"))
-    assert {"ci_low", "ci_high", "auc_difference"} <= set(gate.metadata)
+    assert gate.passed and gate.metadata["challenger_version"].value == best[0]
+    if best[2] == "challenger":
+        assert gate.metadata["reference_kind"].value == "best_baseline"
+        assert gate.metadata["reference_version"].value.startswith(("logistic_regression-", "random_forest-"))
+        assert {"ci_low", "ci_high", "auc_difference"} <= set(gate.metadata)
     tuned = result.asset_materializations_for_node("ml__tuned_xgboost")[0].metadata
     assert {"chosen_params", "trial_selection", "tuning_history", "trials", "split", "xgboost/test_auc"} <= set(tuned)
 
@@ -101,5 +95,5 @@ def test_failed_gate_blocks_the_champion_and_leaves_the_pointer(home):
     assert not gate.passed
     assert result.asset_materializations_for_node("ml__champion") == []
     after = _versions(home)
-    assert len(after) == 6
+    assert len(after) == 10
     assert [r for r in after if r[3]] == before

@@ -1,19 +1,27 @@
-"""Each candidate trains on small seeded data; roles follow the schema, not column names."""
+"""Each candidate trains on small seeded data through the same path; roles follow the schema,
+not column names."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from churn_assets.ml.candidates import (
-    LOGISTIC_REGRESSION, RANDOM_FOREST, XGBOOST, apply_calibration, evaluate,
-    train_logistic_regression, train_random_forest, train_xgboost,
-)
-from churn_assets.ml.columns import (
+from churn_assets.policies import load_policies
+from churn_assets.training.candidates import candidate, registered
+from churn_assets.training.candidates.base import FitContext
+from churn_assets.training.candidates.logistic_regression import LOGISTIC_REGRESSION, train_logistic_regression
+from churn_assets.training.candidates.random_forest import RANDOM_FOREST, train_random_forest
+from churn_assets.training.candidates.tuned_xgboost import XGBOOST, train_xgboost
+from churn_assets.training.model import apply_calibration, evaluate
+from churn_assets.training.columns import (
     RoleSettings, RolesError, build_feature_spec, duckdb_types_of_frame, infer_roles,
 )
-from churn_assets.ml.sample_data import synthetic_training_frame
-from churn_assets.ml.split import split_training_set
+from churn_assets.training.explain import check_additivity, explain
+from churn_assets.training.registry import load_model_folder, models_root
+from churn_assets.training.sample_data import synthetic_training_frame
+from churn_assets.training.split import split_training_set
+from churn_assets.training.train import save_candidate
+from churn_assets.training.tuning import TuningSettings
 
 TRAINERS = {
     LOGISTIC_REGRESSION: lambda split, spec: train_logistic_regression(split, spec),
@@ -54,6 +62,55 @@ def test_features_with_a_single_value_are_left_out_of_the_spec():
     assert "late_payments" in spec.roles.features
 
 
+# Small budgets so every registered candidate trains in seconds.
+SMALL_PARAMS = {"random_forest": {"n_estimators": 40}, "lightgbm": {"max_rounds": 200}}
+SMALL_TUNING = TuningSettings(n_trials=4, timeout_s=None, max_rounds=60, early_stopping_rounds=10, nthread=1)
+
+
+@pytest.fixture(scope="module")
+def every_candidate(prepared, tmp_path_factory):
+    """Every registered candidate fitted, saved and loaded back through the protocol, in
+    registration order (stacking candidates last, on the others)."""
+    split, spec = prepared
+    root = tmp_path_factory.mktemp("artifacts")
+    context = FitContext(seed=42, tuning=SMALL_TUNING, training_data_version="test")
+    fitted, loaded = {}, {}
+    for entry in registered().values():
+        if entry.stacks:
+            context.members = list(loaded.values())
+        model = entry.fit(split, spec, entry.params(SMALL_PARAMS.get(entry.algorithm)), context)
+        record = save_candidate(model, split, root, "test", entry.role)
+        fitted[entry.algorithm] = (model, record)
+        loaded[entry.algorithm] = load_model_folder(models_root(root) / record["version"], record["version"])
+    return split, fitted, loaded
+
+
+def test_every_registered_candidate_trains_saves_loads_and_explains(every_candidate):
+    split, fitted, loaded = every_candidate
+    assert set(fitted) == set(registered()) >= {"logistic_regression", "random_forest", "xgboost", "lightgbm",
+                                                  "ensemble"}
+    for algorithm, (model, record) in fitted.items():
+        assert record["algorithm"] == algorithm and record["test_auc"] > 0.7, algorithm
+        reloaded = loaded[algorithm]
+        assert reloaded.candidate is candidate(algorithm)
+        assert np.allclose(reloaded.predict_proba(split.test), model.predict_proba(split.test)), algorithm
+        rows = split.test.head(30)
+        contributions, margin = explain(reloaded, rows, background=split.train.head(10))
+        assert contributions.values.shape == (len(rows), len(reloaded.feature_spec.roles.features))
+        if reloaded.candidate.exact_explanations:
+            assert check_additivity(contributions, margin)[0], algorithm
+
+
+def test_the_ensemble_stacks_the_other_candidates(every_candidate):
+    split, fitted, _ = every_candidate
+    ensemble, record = fitted["ensemble"]
+    members = {m.algorithm for m in ensemble.estimator.members}
+    assert members == set(fitted) - {"ensemble"}
+    assert set(ensemble.params["weights"]) == members
+    # Its validation score is cross-fitted on the validation rows, not in-sample.
+    assert "valid" in ensemble.held_out_raw and record["valid_auc"] < 1.0
+
+
 @pytest.mark.parametrize("algorithm", list(TRAINERS))
 def test_each_candidate_learns_and_is_calibrated(prepared, algorithm):
     split, spec = prepared
@@ -69,7 +126,7 @@ def test_each_candidate_learns_and_is_calibrated(prepared, algorithm):
     # Balanced weighting inflates raw probabilities; the chosen calibration brings the mean
     # prediction back near the observed churn rate.
     assert abs(metrics["valid_mean_prediction"] - metrics["valid_positive_rate"]) < 0.05
-    assert (model.booster is not None) == (algorithm == XGBOOST)
+    assert model.candidate.exact_explanations == (algorithm == XGBOOST)
 
 
 def test_unseen_categories_and_missing_values_still_score(prepared):
@@ -95,9 +152,10 @@ def test_a_dataset_with_other_column_names_trains_unchanged(tmp_path):
     names = {"customer_id": "account", "snapshot_month": "period", "churned": "left",
              "contract": "plan_term", "tenure_months": "age_in_months", "support_calls": "tickets"}
     frame = synthetic_training_frame(n_customers=400, n_months=5, seed=12, names=names)
-    roles_file = tmp_path / "roles.yaml"
-    roles_file.write_text("roles:\n  id_columns: [account]\n  time_column: period\n  label_column: left\n")
-    roles = infer_roles(duckdb_types_of_frame(frame), RoleSettings.from_yaml(roles_file))
+    policy_file = tmp_path / "churn.yaml"
+    policy_file.write_text("training:\n  roles:\n    id_columns: [account]\n    time_column: period\n"
+                           "    label_column: left\n")
+    roles = infer_roles(duckdb_types_of_frame(frame), load_policies(policy_file).training.roles.settings())
     assert "plan_term" in roles.categorical and "tickets" in roles.numeric
     split = split_training_set(frame, roles)
     spec = build_feature_spec(split.train, roles)

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from churn_assets.ml.candidates import train_logistic_regression, train_xgboost
-from churn_assets.ml.columns import RoleSettings, build_feature_spec, duckdb_types_of_frame, infer_roles
-from churn_assets.ml.promotion import GateSettings, _weighted_auc, evaluate_gate, paired_bootstrap_auc_difference
-from churn_assets.ml.sample_data import synthetic_training_frame
-from churn_assets.ml.split import split_training_set
+from churn_assets.training.candidates.logistic_regression import train_logistic_regression
+from churn_assets.training.candidates.tuned_xgboost import train_xgboost
+from churn_assets.training.columns import RoleSettings, build_feature_spec, duckdb_types_of_frame, infer_roles
+from churn_assets.training.promotion import PromotionPolicy, _weighted_auc, evaluate_gate, paired_bootstrap_auc_difference
+from churn_assets.training.sample_data import synthetic_training_frame
+from churn_assets.training.split import split_training_set
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def models():
 
 def test_gate_passes_when_the_challenger_is_better_and_fails_otherwise(models):
     split, strong, weak = models
-    settings = GateSettings(bootstrap_samples=300)
+    settings = PromotionPolicy(bootstrap_samples=300)
 
     against_baseline = evaluate_gate(strong, split.test, champion=None, baselines=[weak], settings=settings)
     assert against_baseline.passed and against_baseline.reference_kind == "best_baseline"
@@ -45,18 +46,25 @@ def test_gate_passes_when_the_challenger_is_better_and_fails_otherwise(models):
     assert weaker_challenger.auc_difference < 0
 
     too_small_a_gain = evaluate_gate(strong, split.test, champion=weak, baselines=[],
-                                     settings=replace(settings, margin=0.5))
+                                     settings=PromotionPolicy(bootstrap_samples=300, margin=0.5))
     assert not too_small_a_gain.passed and "margin" in too_small_a_gain.reason
 
     already_champion = evaluate_gate(strong, split.test, champion=strong, baselines=[weak], settings=settings)
     assert already_champion.passed and already_champion.reference_kind == "self"
+
+    # With no champion, a baseline that wins the selection has no other baseline to beat.
+    first_baseline = evaluate_gate(weak, split.test, champion=None, baselines=[weak], settings=settings)
+    assert first_baseline.passed and first_baseline.reference_kind == "none"
+    # ...but a better baseline beside it is still the reference.
+    better_baseline = evaluate_gate(weak, split.test, champion=None, baselines=[weak, strong], settings=settings)
+    assert not better_baseline.passed and better_baseline.reference_version == strong.version
 
 
 def test_significance_requirement_refuses_a_tie(models):
     split, strong, _ = models
     twin = replace(strong, version="xgboost-twin")
     decision = evaluate_gate(twin, split.test, champion=strong, baselines=[],
-                             settings=GateSettings(margin=-0.01, bootstrap_samples=200, require_significance=True))
+                             settings=PromotionPolicy(margin=-0.01, bootstrap_samples=200, require_significance=True))
     assert decision.auc_difference == 0 and not decision.passed and "not significant" in decision.reason
 
 

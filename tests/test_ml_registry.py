@@ -8,17 +8,18 @@ import duckdb
 import numpy as np
 import pytest
 
-from churn_assets.ml.candidates import (
-    evaluate, train_logistic_regression, train_random_forest, train_xgboost,
-)
-from churn_assets.ml.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
-from churn_assets.ml.registry import (
+from churn_assets.training.candidates.logistic_regression import train_logistic_regression
+from churn_assets.training.candidates.random_forest import train_random_forest
+from churn_assets.training.candidates.tuned_xgboost import train_xgboost
+from churn_assets.training.model import evaluate
+from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+from churn_assets.training.registry import (
     ArtifactIntegrityError, NoChampionError, champion_version, load_champion, load_model,
     models_root, promote, rebuild_split, register_versions, save_model, training_data_version,
     version_record,
 )
-from churn_assets.ml.sample_data import synthetic_training_frame
-from churn_assets.ml.split import split_training_set
+from churn_assets.training.sample_data import synthetic_training_frame
+from churn_assets.training.split import split_training_set
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_round_trip_gives_identical_predictions_and_reproducible_versions(traine
         assert loaded.feature_spec == model.feature_spec
         rebuilt = rebuild_split(loaded, frame)
         assert rebuilt.test[["customer_id", "snapshot_month"]].equals(split.test[["customer_id", "snapshot_month"]])
-    assert load_model(first[2].version, tmp_path).booster is not None
+    assert load_model(first[2].version, tmp_path).algorithm == "xgboost"
 
 
 def test_training_data_version_ignores_row_order_but_not_values(trained):
@@ -90,7 +91,7 @@ def test_registry_rows_and_champion_pointer(trained, tmp_path):
     _, split, data_version, train_all = trained
     models = train_all()
     saved = [_save(m, split, tmp_path, data_version) for m in models]
-    records = [version_record(s, m, "baseline" if m.booster is None else "challenger", split,
+    records = [version_record(s, m, m.candidate.role, split,
                               evaluate(m, split)) for s, m in zip(saved, models)]
     con = duckdb.connect()
     register_versions(con, records)
@@ -102,7 +103,7 @@ def test_registry_rows_and_champion_pointer(trained, tmp_path):
     promote(con, saved[2].version, {"margin": 0.0})
     assert champion_version(con) == saved[2].version
     champion = load_champion(tmp_path, con)
-    assert champion.version == saved[2].version and champion.booster is not None
+    assert champion.version == saved[2].version and champion.algorithm == "xgboost"
 
     # A manifest swapped for another valid one under the same folder name is caught by
     # the registry's recorded hash.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from churn_assets.ml.columns import duckdb_types_of_frame, infer_roles
-from churn_assets.ml.sample_data import synthetic_training_frame
-from churn_assets.ml.split import SplitError, SplitSettings, split_training_set
+from churn_assets.training.columns import duckdb_types_of_frame, infer_roles
+from churn_assets.training.sample_data import synthetic_training_frame
+from churn_assets.training.split import SplitError, SplitSettings, split_training_set
 
 
 def _roles(frame):

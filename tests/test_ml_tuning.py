@@ -6,11 +6,11 @@ import numpy as np
 import optuna
 import pytest
 
-from churn_assets.ml.candidates import evaluate
-from churn_assets.ml.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
-from churn_assets.ml.sample_data import synthetic_training_frame
-from churn_assets.ml.split import split_training_set
-from churn_assets.ml.tuning import TuningSettings, storage_url_for, study_name_for, tune_xgboost
+from churn_assets.training.model import evaluate
+from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+from churn_assets.training.sample_data import synthetic_training_frame
+from churn_assets.training.split import split_training_set
+from churn_assets.training.tuning import TuningSettings, storage_url_for, study_name_for, tune_xgboost
 
 FAST = TuningSettings(n_trials=10, timeout_s=None, max_rounds=40, early_stopping_rounds=10,
                       pruner_startup_trials=2, pruner_warmup_rounds=3, nthread=1, seed=5)
@@ -71,7 +71,7 @@ def test_a_small_random_split_is_tuned_by_cross_validation_and_refitted_on_train
     assert split.strategy == "stratified_random" and result.strategy == "cross_validation"
     assert model.params["fitted_on"] == "train+valid"
     assert len(model.params["cv_fold_aucs"]) == 3
-    assert model.booster.num_boosted_rounds() == model.params["num_boost_round"]
+    assert model.estimator.num_boosted_rounds() == model.params["num_boost_round"]
     # The validation rows are training rows of the refit; their metrics come from the
     # cross-fitted models, so they are not the (optimistic) in-sample scores.
     held_out = model.held_out_raw["valid"]
@@ -102,7 +102,7 @@ def _finished_trial(number: int, value: float, max_depth: int, rounds: int, auc_
 
 
 def test_one_standard_error_rule_refits_the_best_of_the_shallowest_trials_that_tie_with_the_best():
-    from churn_assets.ml.tuning import BEST, CROSS_VALIDATION, HOLDOUT, select_trial
+    from churn_assets.training.tuning import BEST, CROSS_VALIDATION, HOLDOUT, select_trial
 
     # 5 folds, fold std 0.0112 -> standard error 0.005 around the best (0.850).
     trials = [

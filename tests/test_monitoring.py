@@ -35,13 +35,13 @@ from churn_assets.monitoring.performance import (
     write_performance,
 )
 from churn_assets.monitoring.retraining import retraining_reasons
-from churn_assets.monitoring.scoring import (
+from churn_assets.scoring.batch import (
     RiskBands,
     ScoringError,
     score_month,
     write_predictions,
 )
-from churn_assets.resources import Warehouse
+from churn_assets.core.warehouse import Warehouse
 
 MONTHS = ["2024-01-01", "2024-02-01", "2024-03-01"]
 NUMERIC_FEATURES = ["tenure_months", "monthly_charges"]
@@ -440,12 +440,13 @@ def test_retraining_reasons_quiet_when_healthy_and_without_tables():
 def monitored_warehouse(churn_home):
     """A warehouse with six months of features (the last unlabelled) and a promoted
     logistic-regression champion trained by the registry on the first five."""
-    from churn_assets.ml.candidates import evaluate, train_logistic_regression
-    from churn_assets.ml.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
-    from churn_assets.ml.registry import promote, register_versions, save_model, version_record
-    from churn_assets.ml.sample_data import synthetic_training_frame
-    from churn_assets.ml.split import split_training_set
-    from churn_assets.resources import ArtifactStore
+    from churn_assets.training.candidates.logistic_regression import train_logistic_regression
+    from churn_assets.training.model import evaluate
+    from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+    from churn_assets.training.registry import promote, register_versions, save_model, version_record
+    from churn_assets.training.sample_data import synthetic_training_frame
+    from churn_assets.training.split import split_training_set
+    from churn_assets.core.warehouse import ArtifactStore
 
     frame = synthetic_training_frame(n_customers=150, n_months=6, seed=5)
     roles = infer_roles(duckdb_types_of_frame(frame))
@@ -469,11 +470,15 @@ def monitored_warehouse(churn_home):
 def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse):
     import dagster as dg
 
-    from churn_assets.monitoring.assets import monitoring_assets, monitoring_checks
+    from churn_assets.monitoring.assets import drift, monitoring_assets, monitoring_checks, realised_performance
+    from churn_assets.monitoring.drift import DriftPolicy
+    from churn_assets.monitoring.retraining import RetrainingPolicy
+    from churn_assets.scoring.assets import predictions
+    from churn_assets.scoring.batch import ScoringPolicy
 
     warehouse, artifacts, version = monitored_warehouse
-    resources = {"warehouse": warehouse, "artifacts": artifacts}
-    from churn_assets.monitoring.assets import drift, predictions, realised_performance
+    resources = {"warehouse": warehouse, "artifacts": artifacts, "scoring_policy": ScoringPolicy(),
+                 "drift_policy": DriftPolicy(sample_rows=100), "retraining_policy": RetrainingPolicy()}
 
     for month in ("2024-04-01", "2024-05-01", "2024-06-01"):
         result = dg.materialize([predictions], partition_key=month, resources=resources)
@@ -485,7 +490,6 @@ def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse
     drift_checks = monitoring_checks[:3]
     result = dg.materialize(
         [drift, *drift_checks], partition_key="2024-06-01", resources=resources,
-        run_config={"ops": {"monitoring__drift": {"config": {"sample_rows": 100}}}},
     )
     assert result.success
     [measured] = result.asset_materializations_for_node("monitoring__drift")
@@ -512,7 +516,7 @@ def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse
         assert summary == [(date(2024, 6, 1), 7, 100, 100, version, True)]
         performance = con.execute("SELECT month, rows, model_version FROM monitoring.performance ORDER BY 1").fetchall()
         assert performance == [(date(2024, 4, 1), 150, version), (date(2024, 5, 1), 150, version)]
-    assert monitoring_assets[0] is predictions
+    assert monitoring_assets[0] is drift
 
 
 def test_split_months_reads_the_registry_description_and_expands_abbreviations():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from churn_assets.resources import Warehouse
-from churn_assets.settings import source_dir
+from churn_assets.core.warehouse import Warehouse
+from churn_assets.core.paths import source_dir
 from churn_assets.source.deliveries import ContractError, write_delivery
 from churn_assets.source.raw_assets import raw_deliveries
 

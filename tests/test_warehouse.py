@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from churn_assets.resources import Warehouse, WarehouseBusyError, WarehouseMissingError
+from churn_assets.core.warehouse import Warehouse, WarehouseBusyError, WarehouseMissingError
 
 HOLD_WRITE = textwrap.dedent(
     """
     import sys, time
-    from churn_assets.resources import Warehouse
+    from churn_assets.core.warehouse import Warehouse
     warehouse = Warehouse(path=sys.argv[1])
     with warehouse.write() as con:
         con.execute("CREATE TABLE IF NOT EXISTS t (writer VARCHAR, written_at DOUBLE)")

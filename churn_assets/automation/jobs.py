@@ -14,13 +14,15 @@ Both sensors start stopped; switch them on in the UI (Automation) or with
 import os
 
 import dagster as dg
-from pydantic import Field
 
 from churn_assets.core import keys
 from churn_assets.core.warehouse import Warehouse, WarehouseBusyError, WarehouseMissingError
+from churn_assets.monitoring.drift import DriftPolicy
+from churn_assets.monitoring.retraining import RetrainingPolicy
+from churn_assets.training.assets import CANDIDATE_ASSET_KEYS
 
 TRAINING_KEYS = [
-    keys.BASELINE_MODELS_KEY, keys.TUNED_XGBOOST_KEY, keys.MODEL_VERSIONS_KEY, keys.CHAMPION_KEY,
+    *CANDIDATE_ASSET_KEYS, keys.MODEL_VERSIONS_KEY, keys.CHAMPION_KEY,
     keys.EVALUATION_REPORT_KEY, keys.SHAP_SUMMARY_KEY,
 ]
 SCORING_KEYS = [
@@ -47,7 +49,7 @@ monthly_scoring_job = dg.define_asset_job(
 training_job = dg.define_asset_job(
     "retrain",
     selection=dg.AssetSelection.assets(*TRAINING_KEYS),
-    description="Train baselines and tuned XGBoost; the promotion gate decides the champion.",
+    description="Train every candidate model; the promotion gate decides the champion.",
 )
 
 monthly_scoring_schedule = dg.build_schedule_from_partitioned_job(
@@ -123,21 +125,6 @@ def landing_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
     )
 
 
-class RetrainingPolicy(dg.ConfigurableResource):
-    """When the retraining sensor calls for a new model (a resource, so deployments and tests set it)."""
-
-    # Drift calls for retraining at the drift checks' error levels (DriftThresholds).
-    decay_margin: float = Field(
-        default=0.05, description="Retrain when realised AUC falls this far below the test AUC."
-    )
-    new_labelled_months: int = Field(
-        default=3, description="Retrain after this many labelled months newer than the champion's."
-    )
-    first_model_labelled_months: int = Field(
-        default=3, description="Labelled months needed before the first model is trained."
-    )
-
-
 @dg.sensor(
     job=training_job,
     minimum_interval_seconds=300,
@@ -149,9 +136,9 @@ class RetrainingPolicy(dg.ConfigurableResource):
     ),
 )
 def retraining_sensor(
-    context: dg.SensorEvaluationContext, warehouse: Warehouse, retraining_policy: RetrainingPolicy
+    context: dg.SensorEvaluationContext, warehouse: Warehouse, retraining_policy: RetrainingPolicy,
+    drift_policy: DriftPolicy,
 ):
-    from churn_assets.monitoring.drift import DriftThresholds
     from churn_assets.monitoring.retraining import retraining_reasons
 
     settings = retraining_policy
@@ -159,7 +146,7 @@ def retraining_sensor(
         with warehouse.read() as con:
             reasons = retraining_reasons(
                 con,
-                drift=DriftThresholds(),
+                drift=drift_policy.thresholds(),
                 decay_margin=settings.decay_margin,
                 new_labelled_months=settings.new_labelled_months,
                 first_model_labelled_months=settings.first_model_labelled_months,

@@ -59,11 +59,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _print_summary() -> None:
     """A few numbers from the warehouse, read-only."""
-    from churn_assets.core.warehouse import Warehouse
     from churn_assets.cli.summary import summary_lines
+    from churn_assets.core.warehouse import Warehouse
+    from churn_assets.policies import load_policies
 
+    policies = load_policies()
     with Warehouse().read() as con:
-        for line in summary_lines(con):
+        for line in summary_lines(con, policies.drift):
             print(line)
 
 
@@ -147,11 +149,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from churn_assets.cli.sql_console import print_relation
 
     if args.dialect:
-        from churn_assets.definitions import SQL_DIR
+        from churn_assets.core.paths import BUILTIN_SQL_DIR
         from churn_assets.sql_models import SqlProjectError, transpile_model
 
         try:
-            print(transpile_model(SQL_DIR, args.query, args.dialect))
+            print(transpile_model(BUILTIN_SQL_DIR, args.query, args.dialect))
         except SqlProjectError as error:
             _say(str(error))
             return 1

@@ -7,8 +7,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import duckdb
 
+    from churn_assets.monitoring.drift import DriftPolicy
 
-def summary_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
+
+def summary_lines(con: duckdb.DuckDBPyConnection, drift_policy: DriftPolicy) -> list[str]:
+    """Rows per table, the champion, and the months whose drift reached an error level of
+    ``drift_policy`` (the same levels the drift checks and the retraining sensor use)."""
     from churn_assets.core.warehouse import table_exists
 
     lines = ["", "Summary"]
@@ -27,9 +31,7 @@ def summary_lines(con: duckdb.DuckDBPyConnection) -> list[str]:
         if champion:
             lines.append(f"  champion: {champion[1]} {champion[0]} (test ROC-AUC {champion[2]:.3f})")
     if table_exists(con, "monitoring.drift_summary"):
-        from churn_assets.monitoring.drift import DriftThresholds
-
-        levels = DriftThresholds()
+        levels = drift_policy.thresholds()
         drifted = con.execute(
             "SELECT strftime(month, '%Y-%m'), share_drifted, max_psi, max_psi_feature "
             "FROM monitoring.drift_summary "

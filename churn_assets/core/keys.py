@@ -1,4 +1,5 @@
-"""Asset keys that Python assets refer to across stages (SQL and raw keys come from their loaders).
+"""Asset keys that Python assets refer to across layers (SQL and raw keys come from their loaders;
+candidate models' keys from the candidate registry, ``training.assets.CANDIDATE_ASSET_KEYS``).
 
 An asset key is also the DuckDB table name: ["ml", "predictions"] is ml.predictions.
 """
@@ -9,8 +10,6 @@ CUSTOMER_FEATURES_KEY = dg.AssetKey(["features", "customer_features"])
 LABELS_KEY = dg.AssetKey(["features", "labels"])
 TRAINING_SET_KEY = dg.AssetKey(["features", "training_set"])
 
-BASELINE_MODELS_KEY = dg.AssetKey(["ml", "baseline_models"])
-TUNED_XGBOOST_KEY = dg.AssetKey(["ml", "tuned_xgboost"])
 MODEL_VERSIONS_KEY = dg.AssetKey(["ml", "model_versions"])
 CHAMPION_KEY = dg.AssetKey(["ml", "champion"])
 EVALUATION_REPORT_KEY = dg.AssetKey(["ml", "evaluation_report"])

@@ -1,4 +1,6 @@
-"""Standard table metadata for materializations.
+"""Metadata helpers every layer shares: standard table metadata, Markdown tables, check verdicts.
+
+Standard table metadata for materializations:
 
 Dagster 1.13 no longer exports ``TableMetadataSet`` from the top-level package, but the UI
 still reads its namespaced keys (``dagster/column_schema``, ``dagster/row_count``, ...).
@@ -6,6 +8,9 @@ This helper writes exactly those keys through public metadata types.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 
@@ -30,3 +35,59 @@ def table_metadata(
     if table_name is not None:
         entries["dagster/table_name"] = dg.MetadataValue.text(table_name)
     return entries
+
+
+# What a check function returns before it becomes a Dagster AssetCheckResult: passed, the
+# severity of a failure ("WARN" / "ERROR", None when it passed) and metadata with a
+# "description" line.
+CheckVerdict = tuple[bool, "str | None", dict[str, Any]]
+
+
+def markdown_cell(value: Any) -> str:
+    """A value as a Markdown table cell: floats to 4 decimals, NaN and None empty, dates as dates."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.4f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+    if hasattr(value, "strftime"):
+        midnight = not any(getattr(value, part, 0) for part in ("hour", "minute", "second"))
+        return value.strftime("%Y-%m-%d" if midnight else "%Y-%m-%d %H:%M:%S")
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+                   cell: Callable[[Any], str] = markdown_cell) -> str:
+    """A Markdown table of ``rows`` (mappings looked up by column, or sequences in column order)."""
+    lines = ["| " + " | ".join(str(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        values = [row.get(c) for c in columns] if isinstance(row, Mapping) else list(row)
+        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+    return "\n".join(lines)
+
+
+def table_schema(columns: Mapping[str, str], descriptions: Mapping[str, str] | None = None) -> dg.TableSchema:
+    """A Dagster table schema from ``{column: DuckDB type [NOT NULL]}`` and descriptions."""
+    return dg.TableSchema(columns=[
+        dg.TableColumn(
+            name=name,
+            type=kind.replace(" NOT NULL", ""),
+            description=(descriptions or {}).get(name),
+            constraints=dg.TableColumnConstraints(nullable="NOT NULL" not in kind),
+        )
+        for name, kind in columns.items()
+    ])
+
+
+def silenced_backfill_warning(build: Callable[[], Any]) -> Any:
+    """Build an asset with a single-run backfill policy without Dagster's beta notice.
+
+    The policy is what the design asks for; the notice would otherwise print every time a
+    module defining such an asset is imported.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+        return build()

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 DEFAULT_HOME = "data"
+# The built-in synthetic telecom project's SQL models (the repository's sql/).
+BUILTIN_SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
 
 def churn_home() -> Path:

@@ -184,18 +184,6 @@ class ArtifactStore(dg.ConfigurableResource):
         return target
 
 
-def default_resources() -> dict:
-    from churn_assets.automation.jobs import RetrainingPolicy
-    from churn_assets.training.assets import PromotionPolicy
-
-    return {
-        "warehouse": Warehouse(),
-        "artifacts": ArtifactStore(),
-        "promotion_policy": PromotionPolicy(),
-        "retraining_policy": RetrainingPolicy(),
-    }
-
-
 __all__ = [
     "WAREHOUSE_POOL",
     "ArtifactStore",
@@ -203,5 +191,4 @@ __all__ = [
     "WarehouseBusyError",
     "WarehouseMissingError",
     "churn_home",
-    "default_resources",
 ]

@@ -18,6 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import dagster as dg
+from pydantic import Field
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
@@ -43,8 +46,10 @@ class BusinessAssumptions:
     a targeted customer who would have stayed anyway only costs the offer.
     """
 
+    # A month's retention offer (e.g. a discount) is cheap next to a customer's lifetime
+    # value; with monthly churn near 1.5% a $50 offer would never pay off at any threshold.
     retained_value: float = 500.0
-    offer_cost: float = 50.0
+    offer_cost: float = 15.0
     offer_success_rate: float = 0.3
 
     def __post_init__(self) -> None:
@@ -65,6 +70,27 @@ class BusinessAssumptions:
     @property
     def gain_per_targeted_stayer(self) -> float:
         return -self.offer_cost
+
+
+class EvaluationPolicy(dg.ConfigurableResource):
+    """How the champion is judged: the business assumptions behind the threshold, the slices
+    compared, and the quality bars of the evaluation checks. Read by ml/evaluation_report and
+    every check on it (the promotion margin is the promotion policy's)."""
+
+    retained_value: float = Field(default=BusinessAssumptions.retained_value, description="Value of keeping a churner.")
+    offer_cost: float = Field(default=BusinessAssumptions.offer_cost, description="Cost of one retention offer.")
+    offer_success_rate: float = Field(default=BusinessAssumptions.offer_success_rate,
+                                      description="Share of offers that retain a churner.")
+    slice_columns: list[str] = Field(default=[], description="Extra categorical columns to slice metrics by.")
+    min_slice_rows: int = Field(default=50, description="Smaller slices are not compared.")
+    auc_floor: float = Field(default=0.70, description="Test ROC-AUC below this fails the blocking auc_floor check.")
+    max_ece: float = Field(default=0.05, description="Expected calibration error that warns.")
+    max_slice_gap: float = Field(default=0.10, description="ROC-AUC gap between slices that warns.")
+    max_feature_share: float = Field(default=0.5, description="Share of SHAP importance in one feature that warns.")
+    auc_ceiling: float = Field(default=0.97, description="Test ROC-AUC above this smells of leakage (warning).")
+
+    def assumptions(self) -> BusinessAssumptions:
+        return BusinessAssumptions(self.retained_value, self.offer_cost, self.offer_success_rate)
 
 
 def validate_predictions(y_true: Any, y_score: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from churn_assets.core.metadata import markdown_table
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -426,12 +428,6 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
-def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def render_model_card(
     report: EvaluationReport,
     info: ModelCardInfo,
@@ -447,7 +443,7 @@ def render_model_card(
         "",
         "## Model",
         "",
-        _markdown_table(
+        markdown_table(
             ["Field", "Value"],
             [
                 ["Version", f"`{info.version}`"],
@@ -456,8 +452,7 @@ def render_model_card(
                 ["Probability calibration", info.calibration or "none"],
                 ["Training data version", f"`{info.training_data_version or 'n/a'}`"],
                 ["Code version", f"`{info.code_version or 'n/a'}`"],
-            ],
-        ),
+            ], cell=_fmt),
         "",
         "## Intended use",
         "",
@@ -489,7 +484,7 @@ def render_model_card(
                        ("precision", "Precision"), ("recall", "Recall"), ("f1", "F1")):
         metric_rows.append([label, metrics[key],
                             *(report.baseline_metrics[n][key] for n in baseline_names)])
-    lines.append(_markdown_table(["Metric", info.algorithm, *baseline_names], metric_rows))
+    lines.append(markdown_table(["Metric", info.algorithm, *baseline_names], metric_rows, cell=_fmt))
     tn, fp = report.confusion[0]
     fn, tp = report.confusion[1]
     lines += [
@@ -519,11 +514,10 @@ def render_model_card(
     if report.slices.empty:
         lines.append("No segment columns were available.")
     else:
-        lines.append(_markdown_table(
+        lines.append(markdown_table(
             ["Segment", "Value", "Rows", "Churn rate", "ROC-AUC", "Recall", "Precision", "ECE"],
             [[r.segment, r.value, int(r.rows), r.base_rate, r.roc_auc, r.recall, r.precision,
-              r.ece] for r in report.slices.itertuples()],
-        ))
+              r.ece] for r in report.slices.itertuples()], cell=_fmt))
     gap = summary["largest_slice_gap"]
     if gap["segment"]:
         lines += ["", f"Largest {gap['metric']} gap: **{gap['gap']:.3f}** within "
@@ -538,17 +532,15 @@ def render_model_card(
                 "the booster's margin before calibration (the calibration map is monotone, so "
                 "the order of reasons is the same)."
             )
-        lines += ["", _markdown_table(
+        lines += ["", markdown_table(
             ["Rank", "Feature", "Mean abs SHAP", "Share"],
             [[int(r.rank), r.feature, r.mean_abs_shap, f"{r.share:.1%}"]
-             for r in importance.head(10).itertuples()],
-        )]
+             for r in importance.head(10).itertuples()], cell=_fmt)]
     if check_results:
-        lines += ["", "## Quality checks", "", _markdown_table(
+        lines += ["", "## Quality checks", "", markdown_table(
             ["Check", "Result", "Detail"],
             [[name, "pass" if passed else "FAIL", detail]
-             for name, (passed, detail) in check_results.items()],
-        )]
+             for name, (passed, detail) in check_results.items()], cell=_fmt)]
     lines += [
         "",
         "## Limitations",
@@ -566,6 +558,6 @@ def render_model_card(
     lines += ["", "## Lineage", ""]
     lines += [f"- {item}" for item in info.lineage] or ["- n/a"]
     if info.params:
-        lines += ["", "## Parameters", "", _markdown_table(
-            ["Parameter", "Value"], [[k, v] for k, v in sorted(info.params.items())])]
+        lines += ["", "## Parameters", "", markdown_table(
+            ["Parameter", "Value"], [[k, v] for k, v in sorted(info.params.items())], cell=_fmt)]
     return "\n".join(lines) + "\n"

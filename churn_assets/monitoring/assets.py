@@ -1,7 +1,5 @@
-"""Dagster assets and checks for batch scoring, drift and realised performance.
+"""Dagster wiring of the monitoring layer: drift and realised performance, and their checks.
 
-- ``ml/predictions`` (monthly partitions): the champion's scores for every customer of a
-  month, streamed in Arrow batches, replacing the month in one transaction.
 - ``monitoring/drift`` (monthly partitions): per-feature drift and PSI of the month
   against the champion's training months, prediction drift, Evidently HTML report.
   Writes ``monitoring.drift`` and ``monitoring.drift_summary``.
@@ -12,15 +10,14 @@
   recomputes only months whose labelled predictions changed.
 
 The checks read the tables only, so ``churn check`` evaluates them without
-re-materializing; with nothing measured yet they pass and say so.
+re-materializing; with nothing measured yet they pass and say so. Levels come from the
+``drift_policy`` and ``retraining_policy`` resources, which the retraining sensor reads too.
 """
 
 import time
-import warnings
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from churn_assets.core.keys import (
     CHAMPION_KEY,
@@ -32,166 +29,36 @@ from churn_assets.core.keys import (
     REALISED_PERFORMANCE_KEY,
     TRAINING_SET_KEY,
 )
-from churn_assets.core.metadata import table_metadata
+from churn_assets.core.metadata import (
+    CheckVerdict,
+    markdown_table,
+    silenced_backfill_warning,
+    table_metadata,
+    table_schema,
+)
+from churn_assets.core.partitions import monthly_partitions
+from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 from churn_assets.monitoring.drift import (
     DRIFT_COLUMNS,
     DRIFT_SUMMARY_TABLE,
     DRIFT_TABLE,
-    CheckVerdict,
-    DriftSettings,
-    DriftThresholds,
+    DriftPolicy,
     check_drift_share,
     check_max_psi,
     check_prediction_drift,
 )
-from churn_assets.monitoring.performance import (
-    PERFORMANCE_COLUMNS,
-    PERFORMANCE_TABLE,
-    DecaySettings,
-    check_decay,
-)
-from churn_assets.scoring.batch import (
-    DEFAULT_BATCH_ROWS,
-    PREDICTION_COLUMNS,
-    PREDICTION_DESCRIPTIONS,
-    PREDICTIONS_TABLE,
-)
-from churn_assets.core.partitions import monthly_partitions
-from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
-
-HTML_REPORT_POLICIES = ("latest", "all", "none")
-
-
-def _schema(columns: dict[str, str], descriptions: dict[str, str] | None = None) -> dg.TableSchema:
-    return dg.TableSchema(columns=[
-        dg.TableColumn(
-            name=name,
-            type=kind.replace(" NOT NULL", ""),
-            description=(descriptions or {}).get(name),
-            constraints=dg.TableColumnConstraints(nullable="NOT NULL" not in kind),
-        )
-        for name, kind in columns.items()
-    ])
-
-
-def _markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def cell(value: Any) -> str:
-        if isinstance(value, float):
-            return "" if value != value else f"{value:.4f}"
-        if hasattr(value, "strftime"):
-            return value.strftime("%Y-%m")
-        return "" if value is None else str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _table_rows(con, relation: str) -> int:
-    return int(con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0])
-
-
-def _silenced(build):
-    # The single-run backfill policy is what the design asks for; its beta notice would
-    # otherwise print every time the code location loads.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
-        return build()
-
-
-# -- scoring -------------------------------------------------------------------------------
-
-
-class ScoringConfig(dg.Config):
-    batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, description="Rows per Arrow batch scored at once.")
-    medium_risk: float = Field(default=0.3, description="Churn probability from which a customer is medium risk.")
-    high_risk: float = Field(default=0.6, description="Churn probability from which a customer is high risk.")
-
-
-def _predictions_asset():
-    @dg.asset(
-        key=PREDICTIONS_KEY,
-        deps=[CUSTOMER_FEATURES_KEY, CHAMPION_KEY],
-        partitions_def=monthly_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        pool=WAREHOUSE_POOL,
-        group_name="ml",
-        kinds={"duckdb", "python"},
-        code_version="predictions-v1",
-        description=(
-            "Churn probability and risk band (low / medium / high) of every customer in "
-            "features.customer_features for the month, scored by the champion in Arrow batches."
-        ),
-        metadata=table_metadata(
-            column_schema=_schema(PREDICTION_COLUMNS, PREDICTION_DESCRIPTIONS), table_name=PREDICTIONS_TABLE
-        ),
-    )
-    def predictions(
-        context: dg.AssetExecutionContext, config: ScoringConfig, warehouse: Warehouse, artifacts: ArtifactStore
-    ) -> dg.MaterializeResult:
-        from churn_assets.training.registry import load_champion
-        from churn_assets.scoring.batch import RiskBands, write_predictions
-
-        bands = RiskBands(medium=config.medium_risk, high=config.high_risk)
-        model = load_champion(artifacts.root_path, warehouse)
-        months = list(context.partition_keys)
-        with warehouse.write() as con:
-            stats = write_predictions(con, model, months, batch_rows=config.batch_rows, bands=bands)
-            total = _table_rows(con, PREDICTIONS_TABLE)
-        context.log.info(
-            f"Scored {stats.rows:,} rows of {len(months)} month(s) with {model.version} "
-            f"at {stats.rows_per_second:,.0f} rows/s"
-        )
-        return dg.MaterializeResult(metadata={
-            **table_metadata(row_count=total, partition_row_count=stats.rows if len(months) == 1 else None),
-            "rows_scored": dg.MetadataValue.int(stats.rows),
-            "rows_per_second": dg.MetadataValue.float(round(stats.rows_per_second, 1)),
-            "seconds": dg.MetadataValue.float(round(stats.seconds, 3)),
-            "batches": dg.MetadataValue.int(stats.batches),
-            "largest_batch_rows": dg.MetadataValue.int(stats.largest_batch),
-            "rows_by_month": dg.MetadataValue.json(stats.rows_by_month),
-            "risk_bands": dg.MetadataValue.json(stats.band_counts),
-            "mean_churn_probability": dg.MetadataValue.float(round(stats.mean_probability or 0.0, 6)),
-            "model_version": dg.MetadataValue.text(str(model.version)),
-            "risk_cut_offs": dg.MetadataValue.json({"medium": bands.medium, "high": bands.high}),
-        })
-
-    return predictions
-
-
-predictions = _silenced(_predictions_asset)
+from churn_assets.monitoring.performance import PERFORMANCE_COLUMNS, PERFORMANCE_TABLE, check_decay
+from churn_assets.monitoring.retraining import RetrainingPolicy
 
 
 # -- drift -------------------------------------------------------------------------------
-
-
-class DriftConfig(dg.Config):
-    sample_rows: int = Field(default=5_000, description="Rows sampled from the reference and from each month.")
-    seed: int = Field(default=42, description="Seed of the deterministic samples.")
-    numeric_method: str = Field(default="wasserstein", description="Evidently stattest for numeric features.")
-    categorical_method: str = Field(default="jensenshannon", description="Evidently stattest for categorical features.")
-    threshold: float | None = Field(default=None, description="Drift threshold for every feature; None: the method's default.")
-    prediction_method: str = Field(default="wasserstein", description="Evidently stattest for churn_probability.")
-    psi_bins: int = Field(default=10, description="Quantile bins of numeric features for PSI.")
-    html_reports: str = Field(
-        default="latest",
-        description="Which months of a run get an Evidently HTML report: latest, all or none "
-        "(rendering costs seconds per feature).",
-    )
-
-    def settings(self) -> DriftSettings:
-        return DriftSettings(
-            sample_rows=self.sample_rows, seed=self.seed, numeric_method=self.numeric_method,
-            categorical_method=self.categorical_method, threshold=self.threshold,
-            prediction_method=self.prediction_method, psi_bins=self.psi_bins,
-        )
 
 
 def drift_for_months(
     warehouse: Warehouse,
     artifacts: ArtifactStore,
     months: list[str],
-    config: DriftConfig,
+    policy: DriftPolicy,
     log=None,
 ) -> list[dict[str, Any]]:
     """Compute and store drift for ``months`` against the champion; returns the summaries.
@@ -211,9 +78,7 @@ def drift_for_months(
         write_drift_report,
     )
 
-    if config.html_reports not in HTML_REPORT_POLICIES:
-        raise DriftError(f"html_reports must be one of {', '.join(HTML_REPORT_POLICIES)}, got {config.html_reports!r}")
-    settings = config.settings()
+    settings = policy.settings()
     model = load_champion(artifacts.root_path, warehouse)
     roles = model.feature_spec.roles
     numeric, categorical = list(roles.numeric), list(roles.categorical)
@@ -224,7 +89,7 @@ def drift_for_months(
             con, train_months, [*numeric, *categorical], sample_rows=settings.sample_rows, seed=settings.seed
         )
     reference_predictions = model.predict_proba(reference)
-    report_months = {"latest": set(sorted(months)[-1:]), "all": set(months), "none": set()}[config.html_reports]
+    report_months = {"latest": set(sorted(months)[-1:]), "all": set(months), "none": set()}[policy.html_reports]
     results = []
     for month in sorted(months):
         with warehouse.read() as con:
@@ -278,25 +143,26 @@ def _drift_asset():
             "champion's training months, prediction drift, and an Evidently HTML report. Writes "
             f"{DRIFT_TABLE} (one row per feature) and {DRIFT_SUMMARY_TABLE} (one row per month)."
         ),
-        metadata=table_metadata(column_schema=_schema(DRIFT_COLUMNS), table_name=DRIFT_TABLE),
+        metadata=table_metadata(column_schema=table_schema(DRIFT_COLUMNS), table_name=DRIFT_TABLE),
     )
     def drift(
-        context: dg.AssetExecutionContext, config: DriftConfig, warehouse: Warehouse, artifacts: ArtifactStore
+        context: dg.AssetExecutionContext, drift_policy: DriftPolicy, warehouse: Warehouse,
+        artifacts: ArtifactStore
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
-        summaries = drift_for_months(warehouse, artifacts, list(context.partition_keys), config, context.log)
+        summaries = drift_for_months(warehouse, artifacts, list(context.partition_keys), drift_policy, context.log)
         with warehouse.read() as con:
-            total = _table_rows(con, DRIFT_TABLE)
+            total = con.execute(f"SELECT count(*) FROM {DRIFT_TABLE}").fetchone()[0]
         latest = summaries[-1]
         top = latest["features"].sort_values("psi", ascending=False).head(10)
         metadata: dict[str, Any] = {
             **table_metadata(row_count=total, partition_row_count=len(latest["features"]) if len(summaries) == 1 else None),
-            "summary": dg.MetadataValue.md(_markdown_table(summaries, [
+            "summary": dg.MetadataValue.md(markdown_table([
                 "month", "share_drifted", "drifted_features", "features_checked", "max_psi",
                 "max_psi_feature", "prediction_drift_score", "prediction_drifted",
-            ])),
-            "top_features_by_psi": dg.MetadataValue.md(_markdown_table(
-                top.to_dict("records"), ["feature", "kind", "psi", "drift_score", "drifted", "stattest"]
+            ], summaries)),
+            "top_features_by_psi": dg.MetadataValue.md(markdown_table(
+                ["feature", "kind", "psi", "drift_score", "drifted", "stattest"], top.to_dict("records")
             )),
             "share_drifted": dg.MetadataValue.float(float(latest["share_drifted"])),
             "max_psi": dg.MetadataValue.float(float(latest["max_psi"] or 0.0)),
@@ -317,7 +183,7 @@ def _drift_asset():
     return drift
 
 
-drift = _silenced(_drift_asset)
+drift = silenced_backfill_warning(_drift_asset)
 
 
 # -- realised performance ----------------------------------------------------------------
@@ -335,7 +201,7 @@ drift = _silenced(_drift_asset)
         "each month's predictions once the following month has revealed who churned, next to "
         "the test AUC of the model that made them."
     ),
-    metadata=table_metadata(column_schema=_schema(PERFORMANCE_COLUMNS), table_name=PERFORMANCE_TABLE),
+    metadata=table_metadata(column_schema=table_schema(PERFORMANCE_COLUMNS), table_name=PERFORMANCE_TABLE),
 )
 def realised_performance(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     from churn_assets.monitoring.performance import compute_month, plan_refresh, write_performance
@@ -357,9 +223,9 @@ def realised_performance(context: dg.AssetExecutionContext, warehouse: Warehouse
         **table_metadata(row_count=len(stored)),
         "months_computed": dg.MetadataValue.int(len(plan.to_compute)),
         "months_unchanged": dg.MetadataValue.int(len(plan.unchanged)),
-        "by_month": dg.MetadataValue.md(_markdown_table(stored, [
+        "by_month": dg.MetadataValue.md(markdown_table([
             "month", "model_version", "rows", "positives", "auc", "pr_auc", "brier", "ece", "champion_test_auc",
-        ])) if stored else dg.MetadataValue.text("no month has labels for its predictions yet"),
+        ], stored)) if stored else dg.MetadataValue.text("no month has labels for its predictions yet"),
     }
     if stored:
         latest = stored[-1]
@@ -374,26 +240,6 @@ def realised_performance(context: dg.AssetExecutionContext, warehouse: Warehouse
 # -- checks --------------------------------------------------------------------------------
 
 
-_DEFAULT_DRIFT = DriftThresholds()
-
-
-class DriftCheckConfig(dg.Config):
-    share_warn: float = Field(default=_DEFAULT_DRIFT.share_warn, description="Share of drifted features that warns.")
-    share_error: float = Field(default=_DEFAULT_DRIFT.share_error, description="Share of drifted features that fails with ERROR.")
-    psi_warn: float = Field(default=_DEFAULT_DRIFT.psi_warn, description="Largest feature PSI that warns.")
-    psi_error: float = Field(default=_DEFAULT_DRIFT.psi_error, description="Largest feature PSI that fails with ERROR.")
-    prediction_warn: float = Field(default=_DEFAULT_DRIFT.prediction_warn, description="Prediction drift score that warns.")
-    prediction_error: float = Field(default=_DEFAULT_DRIFT.prediction_error, description="Prediction drift score that fails with ERROR.")
-
-    def thresholds(self) -> DriftThresholds:
-        return DriftThresholds(**self.model_dump())
-
-
-class DecayCheckConfig(dg.Config):
-    max_drop: float = Field(default=0.05, description="Largest allowed drop of realised AUC below the test AUC.")
-    severity: str = Field(default="ERROR", description="Severity of a failure: WARN or ERROR.")
-
-
 def verdict_result(verdict: CheckVerdict, extra: dict[str, Any] | None = None) -> dg.AssetCheckResult:
     passed, severity, metadata = verdict
     description = metadata.get("description", "")
@@ -406,14 +252,14 @@ def verdict_result(verdict: CheckVerdict, extra: dict[str, Any] | None = None) -
     )
 
 
-def _drift_verdict(warehouse: Warehouse, config: DriftCheckConfig, check) -> dg.AssetCheckResult:
+def _drift_verdict(warehouse: Warehouse, policy: DriftPolicy, check) -> dg.AssetCheckResult:
     from churn_assets.monitoring.drift import latest_drift_summary
 
     with warehouse.read() as con:
         summary = latest_drift_summary(con)
     if summary is None:
         return dg.AssetCheckResult(passed=True, description="no month's drift has been measured yet")
-    passed, severity, metadata = check(summary, config.thresholds())
+    passed, severity, metadata = check(summary, policy.thresholds())
     metadata["description"] = f"{summary['month']:%Y-%m}: {metadata['description']}"
     return verdict_result((passed, severity, metadata), {
         "month": f"{summary['month']:%Y-%m}", "model_version": summary["model_version"],
@@ -422,31 +268,31 @@ def _drift_verdict(warehouse: Warehouse, config: DriftCheckConfig, check) -> dg.
 
 @dg.asset_check(asset=DRIFT_KEY, name="drift_share",
                 description="Share of features whose Evidently drift test fires in the latest month.")
-def drift_share_check(config: DriftCheckConfig, warehouse: Warehouse) -> dg.AssetCheckResult:
-    return _drift_verdict(warehouse, config, check_drift_share)
+def drift_share_check(drift_policy: DriftPolicy, warehouse: Warehouse) -> dg.AssetCheckResult:
+    return _drift_verdict(warehouse, drift_policy, check_drift_share)
 
 
 @dg.asset_check(asset=DRIFT_KEY, name="max_psi",
                 description="Largest population stability index of any feature in the latest month.")
-def max_psi_check(config: DriftCheckConfig, warehouse: Warehouse) -> dg.AssetCheckResult:
-    return _drift_verdict(warehouse, config, check_max_psi)
+def max_psi_check(drift_policy: DriftPolicy, warehouse: Warehouse) -> dg.AssetCheckResult:
+    return _drift_verdict(warehouse, drift_policy, check_max_psi)
 
 
 @dg.asset_check(asset=DRIFT_KEY, name="prediction_drift",
                 description="Drift of churn_probability against the champion's reference predictions.")
-def prediction_drift_check(config: DriftCheckConfig, warehouse: Warehouse) -> dg.AssetCheckResult:
-    return _drift_verdict(warehouse, config, check_prediction_drift)
+def prediction_drift_check(drift_policy: DriftPolicy, warehouse: Warehouse) -> dg.AssetCheckResult:
+    return _drift_verdict(warehouse, drift_policy, check_prediction_drift)
 
 
 @dg.asset_check(asset=REALISED_PERFORMANCE_KEY, name="performance_decay",
                 description="Realised AUC of the latest labelled month against the model's test AUC.")
-def performance_decay_check(config: DecayCheckConfig, warehouse: Warehouse) -> dg.AssetCheckResult:
+def performance_decay_check(retraining_policy: RetrainingPolicy, warehouse: Warehouse) -> dg.AssetCheckResult:
     from churn_assets.monitoring.performance import latest_performance
 
     with warehouse.read() as con:
         latest = latest_performance(con)
-    return verdict_result(check_decay(latest, DecaySettings(max_drop=config.max_drop, severity=config.severity)))
+    return verdict_result(check_decay(latest, retraining_policy.decay()))
 
 
-monitoring_assets = [predictions, drift, realised_performance]
+monitoring_assets = [drift, realised_performance]
 monitoring_checks = [drift_share_check, max_psi_check, prediction_drift_check, performance_decay_check]

@@ -27,6 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import dagster as dg
+from pydantic import Field
+
+from churn_assets.core.metadata import CheckVerdict
+
 if TYPE_CHECKING:
     import duckdb
     import numpy as np
@@ -77,7 +82,9 @@ class DriftError(ValueError):
 
 @dataclass(frozen=True)
 class DriftSettings:
-    sample_rows: int = 20_000
+    # Rows sampled from the reference and from each month: PSI and distance tests settle well
+    # below this, and it bounds a month's cost.
+    sample_rows: int = 5_000
     seed: int = 42
     # Evidently stattest names; distance-based defaults do not become "significant" merely
     # because a sample is large, unlike p-value tests.
@@ -402,10 +409,6 @@ def summary_row(month: str, summary: Mapping[str, Any], model_version: str, repo
 
 # -- checks --------------------------------------------------------------------------------
 
-# (passed, severity, metadata): severity is "ERROR" or "WARN" for a failure, None on a pass.
-CheckVerdict = tuple[bool, "str | None", dict[str, Any]]
-
-
 @dataclass(frozen=True)
 class DriftThresholds:
     """Warn and error levels of the drift checks (a value at or above a level trips it)."""
@@ -426,6 +429,54 @@ class DriftThresholds:
             warn, error = getattr(self, f"{name}_warn"), getattr(self, f"{name}_error")
             if not 0 <= warn <= error:
                 raise DriftError(f"{name}: need 0 <= warn ({warn}) <= error ({error})")
+
+
+HTML_REPORT_POLICIES = ("latest", "all", "none")
+
+
+class DriftPolicy(dg.ConfigurableResource):
+    """How drift is measured and when it is an alarm: read by monitoring/drift, its three
+    checks, the retraining sensor and `churn run`'s summary, so one level means one thing."""
+
+    share_warn: float = Field(default=DriftThresholds.share_warn, description="Share of drifted features that warns.")
+    share_error: float = Field(default=DriftThresholds.share_error,
+                               description="Share of drifted features that fails with ERROR and calls for retraining.")
+    psi_warn: float = Field(default=DriftThresholds.psi_warn, description="Largest feature PSI that warns.")
+    psi_error: float = Field(default=DriftThresholds.psi_error,
+                             description="Largest feature PSI that fails with ERROR and calls for retraining.")
+    prediction_warn: float = Field(default=DriftThresholds.prediction_warn, description="Prediction drift score that warns.")
+    prediction_error: float = Field(default=DriftThresholds.prediction_error,
+                                    description="Prediction drift score that fails with ERROR and calls for retraining.")
+    sample_rows: int = Field(default=DriftSettings.sample_rows, description="Rows sampled from the reference and from each month.")
+    seed: int = Field(default=DriftSettings.seed, description="Seed of the deterministic samples.")
+    numeric_method: str = Field(default=DriftSettings.numeric_method, description="Evidently stattest for numeric features.")
+    categorical_method: str = Field(default=DriftSettings.categorical_method,
+                                    description="Evidently stattest for categorical features.")
+    threshold: float | None = Field(default=DriftSettings.threshold,
+                                    description="Drift threshold for every feature; null: the method's default.")
+    prediction_method: str = Field(default=DriftSettings.prediction_method,
+                                   description="Evidently stattest for churn_probability.")
+    psi_bins: int = Field(default=DriftSettings.psi_bins, description="Quantile bins of numeric features for PSI.")
+    html_reports: str = Field(
+        default="latest",
+        description="Which months of a run get an Evidently HTML report: latest, all or none "
+                    "(rendering costs seconds per feature).",
+    )
+
+    def thresholds(self) -> DriftThresholds:
+        return DriftThresholds(
+            share_warn=self.share_warn, share_error=self.share_error, psi_warn=self.psi_warn,
+            psi_error=self.psi_error, prediction_warn=self.prediction_warn, prediction_error=self.prediction_error,
+        )
+
+    def settings(self) -> DriftSettings:
+        if self.html_reports not in HTML_REPORT_POLICIES:
+            raise DriftError(f"html_reports must be one of {', '.join(HTML_REPORT_POLICIES)}, got {self.html_reports!r}")
+        return DriftSettings(
+            sample_rows=self.sample_rows, seed=self.seed, numeric_method=self.numeric_method,
+            categorical_method=self.categorical_method, threshold=self.threshold,
+            prediction_method=self.prediction_method, psi_bins=self.psi_bins,
+        )
 
 
 def graded_check(what: str, value: float | None, warn_at: float, error_at: float) -> CheckVerdict:

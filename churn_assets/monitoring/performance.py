@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from churn_assets.core.metadata import CheckVerdict
 from churn_assets.monitoring.champion import MODEL_VERSIONS_TABLE, table_exists
 from churn_assets.scoring.batch import PREDICTIONS_TABLE
 
@@ -40,7 +41,6 @@ PERFORMANCE_COLUMNS: dict[str, str] = {
 # Columns that tell whether a stored month is still current.
 FINGERPRINT = ("month", "model_version", "rows", "positives", "scored_at")
 
-CheckVerdict = tuple[bool, "str | None", dict[str, Any]]
 
 
 class PerformanceError(ValueError):

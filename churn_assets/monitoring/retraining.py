@@ -12,14 +12,34 @@ from dataclasses import dataclass
 from datetime import date
 from typing import TYPE_CHECKING
 
+import dagster as dg
+from pydantic import Field
+
 from churn_assets.monitoring.champion import champion_record, table_exists
 from churn_assets.monitoring.drift import DRIFT_SUMMARY_TABLE, DriftThresholds
-from churn_assets.monitoring.performance import LABELS_TABLE, PERFORMANCE_TABLE
+from churn_assets.monitoring.performance import LABELS_TABLE, PERFORMANCE_TABLE, DecaySettings
 
 if TYPE_CHECKING:
     import duckdb
 
 DRIFT, DECAY, NEW_DATA = "drift", "decay", "new_data"
+
+
+class RetrainingPolicy(dg.ConfigurableResource):
+    """When the champion is decaying and when a new model is due: read by the
+    performance_decay check and the retraining sensor (drift levels are the drift policy's)."""
+
+    decay_margin: float = Field(
+        default=DecaySettings.max_drop,
+        description="Realised AUC this far below the champion's test AUC fails the decay check and calls for retraining.")
+    decay_severity: str = Field(default=DecaySettings.severity, description="Severity of a decay failure: WARN or ERROR.")
+    new_labelled_months: int = Field(
+        default=3, description="Retrain after this many labelled months newer than the champion's.")
+    first_model_labelled_months: int = Field(
+        default=3, description="Labelled months needed before the first model is trained.")
+
+    def decay(self) -> DecaySettings:
+        return DecaySettings(max_drop=self.decay_margin, severity=self.decay_severity)
 
 
 @dataclass(frozen=True)

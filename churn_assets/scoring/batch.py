@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
+import dagster as dg
+from pydantic import Field
+
 from churn_assets.core.partitions import month_key
 
 if TYPE_CHECKING:
@@ -79,6 +82,18 @@ class RiskBands:
             ["high", "medium"],
             default="low",
         )
+
+
+class ScoringPolicy(dg.ConfigurableResource):
+    """How the champion's scores are written and banded: read by ml/predictions (and the
+    HTTP service to come), so a band means the same everywhere."""
+
+    medium_risk: float = Field(default=RiskBands.medium, description="Churn probability from which a customer is medium risk.")
+    high_risk: float = Field(default=RiskBands.high, description="Churn probability from which a customer is high risk.")
+    batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, description="Rows per Arrow batch scored at once.")
+
+    def bands(self) -> RiskBands:
+        return RiskBands(medium=self.medium_risk, high=self.high_risk)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from churn_assets.core.metadata import markdown_cell, markdown_table
 from churn_assets.core.warehouse import WAREHOUSE_POOL
 from churn_assets.sql_models.loader import DataTest, SingularTest, SqlModel
 
@@ -177,17 +178,8 @@ def singular_check_plans(test: SingularTest) -> list[CheckPlan]:
     ]
 
 
-def _markdown_table(columns: Sequence[str], rows: Sequence[tuple]) -> str:
-    def cell(value: Any) -> str:
-        text = "NULL" if value is None else str(value)
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    lines = [
-        "| " + " | ".join(cell(c) for c in columns) + " |",
-        "| " + " | ".join("---" for _ in columns) + " |",
-    ]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
+def _null_cell(value: Any) -> str:
+    return "NULL" if value is None else markdown_cell(value)
 
 
 def evaluate_check(con: duckdb.DuckDBPyConnection, plan: CheckPlan) -> dg.AssetCheckResult:
@@ -215,7 +207,7 @@ def evaluate_check(con: duckdb.DuckDBPyConnection, plan: CheckPlan) -> dg.AssetC
         "severity": plan.severity,
     }
     if failing:
-        metadata["failing_sample"] = dg.MetadataValue.md(_markdown_table(columns, rows))
+        metadata["failing_sample"] = dg.MetadataValue.md(markdown_table(columns, rows, cell=_null_cell))
     return dg.AssetCheckResult(
         asset_key=plan.asset_key,
         check_name=plan.name,

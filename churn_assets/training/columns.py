@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -22,7 +21,6 @@ NUMERIC_TYPES = (
     "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
     "UINTEGER", "UBIGINT", "UHUGEINT", "FLOAT", "REAL", "DOUBLE", "DECIMAL",
 )
-TEMPORAL_TYPES = ("DATE", "TIMESTAMP", "TIME", "INTERVAL")
 
 DEFAULT_ID_COLUMNS = ("customer_id",)
 DEFAULT_TIME_COLUMN = "snapshot_month"
@@ -60,20 +58,6 @@ class RoleSettings:
         if isinstance(converted.get("id_columns"), str):
             converted["id_columns"] = (converted["id_columns"],)
         return cls(**converted)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> RoleSettings:
-        """Settings from a YAML file (same keys as the fields); ``overrides`` win over the file."""
-        import yaml
-
-        path = Path(path)
-        if not path.exists():
-            raise RolesError(f"Role settings file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise RolesError(f"{path}: expected a mapping of role settings, got {type(loaded).__name__}")
-        section = loaded.get("roles", loaded)
-        return cls.from_mapping({**section, **(overrides or {})})
 
 
 @dataclass(frozen=True)

@@ -417,3 +417,26 @@ def top_reasons(
         ],
         axis=1,
     )
+
+
+def explain(model, frame: pd.DataFrame, *, background: pd.DataFrame | None, seed: int = 0,
+            approximate: bool = False) -> tuple[Contributions, np.ndarray]:
+    """Contributions and the exact margin they must add up to, for ``frame``'s rows.
+
+    Candidates with exact attributions (the boosters' TreeSHAP) give them; every other model
+    is explained by the permutation fallback on ``background``, explaining logit(predict_proba).
+    """
+    import numpy as np
+
+    from churn_assets.training.columns import feature_frame
+
+    features = feature_frame(frame, model.feature_spec)
+    exact = model.candidate.contributions(model, features, approximate=approximate)
+    if exact is not None:
+        return exact
+    if background is None:
+        raise ValueError("A model without exact attributions needs background rows for the permutation fallback")
+    background_features = feature_frame(background, model.feature_spec)
+    contributions = permutation_contributions(model.predict_proba, features, background_features, seed=seed)
+    probabilities = np.clip(model.predict_proba(features), 1e-7, 1 - 1e-7)
+    return contributions, np.log(probabilities / (1 - probabilities))

@@ -1,7 +1,10 @@
-"""The promotion gate: does the challenger beat the reference on the same test rows?
+"""The promotion policy and gate: does the challenger beat the reference on the same test rows?
 
-The reference is the current champion or, with no champion yet, the best baseline. Both
-score the challenger's recorded test rows; the gate passes when the challenger's ROC-AUC
+The challenger is the best candidate of the latest training run by the selection rule
+(validation ROC-AUC, out-of-sample for every candidate; see ``registry.best_of_latest_run``).
+The reference is the current champion or, with no champion yet, the best baseline other
+than the challenger (a baseline that wins the selection becomes the first champion
+unopposed). Both score the challenger's recorded test rows; the gate passes when the challenger's ROC-AUC
 exceeds the reference's by more than ``margin`` (and, if asked, when the lower end of the
 paired bootstrap confidence interval of the difference is above zero). A challenger that
 already is the champion passes without a change.
@@ -12,20 +15,27 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
+import dagster as dg
+from pydantic import Field
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from churn_assets.training.candidates import ChurnModel
+    from churn_assets.training.model import ChurnModel
 
 
-@dataclass(frozen=True)
-class GateSettings:
-    margin: float = 0.0
-    bootstrap_samples: int = 1000
-    confidence: float = 0.95
-    require_significance: bool = False
-    seed: int = 42
+class PromotionPolicy(dg.ConfigurableResource):
+    """When a challenger may replace the champion: read by the blocking ``promotion_gate``
+    check, the ``ml/champion`` asset that re-decides before it moves the pointer, and the
+    evaluation report's ``beats_baselines`` check, so they can never be configured apart."""
+
+    margin: float = Field(default=0.0, description="ROC-AUC the challenger must gain over the reference.")
+    require_significance: bool = Field(
+        default=False, description="Also require the bootstrap CI of the AUC difference to exclude 0.")
+    bootstrap_samples: int = Field(default=1000, description="Paired bootstrap resamples of the test rows.")
+    confidence: float = Field(default=0.95, description="Level of the bootstrap confidence interval.")
+    seed: int = Field(default=42, description="Seed of the bootstrap.")
 
 
 @dataclass(frozen=True)
@@ -34,7 +44,7 @@ class GateDecision:
     reason: str
     challenger_version: str
     reference_version: str | None
-    reference_kind: str  # "champion", "best_baseline" or "self"
+    reference_kind: str  # "champion", "best_baseline", "self" or "none" (no champion, no other baseline)
     challenger_auc: float | None
     reference_auc: float | None
     auc_difference: float | None
@@ -117,7 +127,7 @@ def evaluate_gate(
     *,
     champion: ChurnModel | None,
     baselines: list[ChurnModel],
-    settings: GateSettings,
+    settings: PromotionPolicy,
 ) -> GateDecision:
     """Decide whether ``challenger`` may become champion, scoring every model on ``test``."""
     import numpy as np
@@ -135,11 +145,15 @@ def evaluate_gate(
     if champion is not None:
         reference, kind = champion, "champion"
         reference_scores = champion.predict_proba(test)
-    elif baselines:
-        scored = [(float(roc_auc_score(labels, b.predict_proba(test))), b.version or "", b) for b in baselines]
+    elif others := [b for b in baselines if b.version != challenger.version]:
+        scored = [(float(roc_auc_score(labels, b.predict_proba(test))), b.version or "", b) for b in others]
         _, _, reference = max(scored, key=lambda item: (item[0], item[1]))
         kind = "best_baseline"
         reference_scores = reference.predict_proba(test)
+    elif baselines:
+        return GateDecision(True, "no champion yet: the best baseline by the selection rule becomes the first",
+                            challenger.version, None, "none", challenger_auc, None, None, None, None,
+                            settings.margin, rows)
     else:
         return GateDecision(False, "no champion and no baseline to compare with", challenger.version,
                             None, "none", challenger_auc, None, None, None, None, settings.margin, rows)
@@ -160,3 +174,44 @@ def evaluate_gate(
         reason = f"difference {difference:+.4f} is not significant: CI [{low:+.4f}, {high:+.4f}] includes 0"
     return GateDecision(passed, reason, challenger.version, reference.version, kind, challenger_auc,
                         reference_auc, difference, low, high, settings.margin, rows)
+
+
+def gate_decision(con, artifacts_root, policy: PromotionPolicy) -> tuple[GateDecision, dict]:
+    """Evaluate the promotion gate for the latest run's best candidate against the warehouse's state."""
+    from churn_assets.training.columns import RolesError
+    from churn_assets.training.registry import (
+        best_of_latest_run, champion_version, latest_run_versions, load_model_folder,
+        models_root, read_artifact, rebuild_split, registered_manifest_sha, training_data_version,
+    )
+    from churn_assets.training.train import read_training_set
+
+    def load(version: str):
+        return load_model_folder(models_root(artifacts_root) / version, version,
+                                 registered_manifest_sha(con, version))
+
+    challenger_version = best_of_latest_run(con)
+    if challenger_version is None:
+        raise dg.Failure("No candidate in ml.model_versions: materialize the ml group's candidates "
+                         "and ml/model_versions")
+    challenger = load(challenger_version)
+    frame, _ = read_training_set(con)
+    test = rebuild_split(challenger, frame).test
+    current_data = training_data_version(frame, challenger.feature_spec.roles.key_columns)
+    context = {
+        "selected_by": "best validation ROC-AUC of the latest training run",
+        "training_data_matches_challenger": current_data == challenger.manifest["training_data_version"],
+        "challenger_recorded_test_auc": read_artifact(artifacts_root, challenger_version, "metrics.json")["test_auc"],
+    }
+    champion_name = champion_version(con)
+    champion = None
+    if champion_name:
+        champion = load(champion_name)
+        try:
+            champion.predict_proba(test.head(1))
+        except RolesError as error:
+            # A champion that cannot read today's columns cannot be compared; the best
+            # baseline trained on the same data stands in for it.
+            context["champion_unusable"] = f"{champion_name}: {error}"
+            champion = None
+    baselines = [load(v) for v in latest_run_versions(con, "baseline")]
+    return evaluate_gate(challenger, test, champion=champion, baselines=baselines, settings=policy), context

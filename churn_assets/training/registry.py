@@ -1,7 +1,8 @@
 """The model registry: content-addressed artifacts on disk and ``ml.model_versions`` in DuckDB.
 
-A model's folder ``artifacts/models/<version>/`` holds the model (XGBoost in its own UBJ
-format; sklearn pipelines as joblib pickles), the feature spec, parameters, metrics,
+A model's folder ``artifacts/models/<version>/`` holds the model (in its candidate's format:
+boosters in their own UBJ / text formats, the ensemble as JSON, sklearn pipelines as joblib
+pickles), the feature spec, parameters, metrics,
 calibration, split and a ``manifest.json`` listing the SHA-256 of every file together with
 the training data version and code version. The version is ``<algorithm>-`` plus the
 first 16 hex digits of the SHA-256 of the manifest, so it names the exact bytes: loading
@@ -25,8 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.training.candidates import XGBOOST, ChurnModel
+from churn_assets.core.warehouse import table_exists
+from churn_assets.training.candidates import candidate
 from churn_assets.training.columns import FeatureSpec
+from churn_assets.training.model import ChurnModel
 from churn_assets.training.split import Split, SplitSettings, split_training_set
 
 if TYPE_CHECKING:
@@ -41,7 +44,9 @@ MANIFEST_FORMAT = 1
 ML_SCHEMA = "ml"
 VERSIONS_TABLE = f"{ML_SCHEMA}.model_versions"
 CHAMPION_TABLE = f"{ML_SCHEMA}.champion"
-ML_MODULES = ("columns.py", "split.py", "candidates.py", "tuning.py", "registry.py")
+# Out-of-fold validation predictions of a model fitted on its validation rows (the small-data
+# path of the boosters): what a stacking candidate needs to use them honestly.
+HELD_OUT_VALID = "held_out_valid.json"
 
 # LoadedModel is what readers of the registry get back: a ChurnModel with its version set.
 LoadedModel = ChurnModel
@@ -72,20 +77,19 @@ def canonical_json(value: Any) -> str:
 
 
 def code_version() -> str:
-    """Hash of the ML modules' source: a change to training code changes every version."""
+    """Hash of the training layer's source: a change to training code changes every version."""
     digest = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ML_MODULES:
-        digest.update(name.encode())
-        digest.update((here / name).read_bytes())
+    for path in sorted(here.rglob("*.py")):
+        digest.update(path.relative_to(here).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
 def library_versions() -> dict[str, str]:
-    import sklearn
-    import xgboost
+    from importlib.metadata import version
 
-    return {"scikit-learn": sklearn.__version__, "xgboost": xgboost.__version__}
+    return {name: version(name) for name in ("scikit-learn", "xgboost", "lightgbm")}
 
 
 def training_data_version(frame: pd.DataFrame, key_columns: tuple[str, ...] | list[str]) -> str:
@@ -116,18 +120,6 @@ def _write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(value, sort_keys=True, indent=2, default=str) + "\n")
 
 
-def _write_model_file(model: ChurnModel, folder: Path) -> str:
-    if model.algorithm == XGBOOST:
-        name = "model.ubj"
-        model.estimator.save_model(str(folder / name))
-    else:
-        import joblib
-
-        name = "model.joblib"
-        joblib.dump(model.estimator, folder / name, compress=3)
-    return name
-
-
 def save_model(
     model: ChurnModel,
     artifacts_root: str | Path,
@@ -156,9 +148,12 @@ def save_model(
         }
         if extra:
             files["extra.json"] = extra
+        held_out = model.held_out_raw.get("valid")
+        if held_out is not None and len(held_out) == len(split.valid):
+            files[HELD_OUT_VALID] = [round(float(v), 12) for v in held_out]
         for name, value in files.items():
             _write_json(staging / name, value)
-        model_file = _write_model_file(model, staging)
+        model_file = model.candidate.save(model, staging)
         file_hashes = {name: sha256_file(staging / name) for name in sorted([*files, model_file])}
         manifest = {
             "format": MANIFEST_FORMAT,
@@ -231,17 +226,13 @@ def load_model_folder(folder: Path, version: str, expected_manifest_sha256: str 
     spec = FeatureSpec.from_dict(json.loads((folder / "feature_spec.json").read_text()))
     params = json.loads((folder / "params.json").read_text())
     calibration = json.loads((folder / "calibration.json").read_text())
-    model_path = folder / manifest["model_file"]
-    if manifest["algorithm"] == XGBOOST:
-        import xgboost as xgb
+    # Read only after verify_model_folder has matched these bytes to the version.
+    estimator = candidate(manifest["algorithm"]).load(folder / manifest["model_file"], manifest, spec)
+    held_out = {}
+    if HELD_OUT_VALID in manifest["files"]:
+        import numpy as np
 
-        estimator = xgb.Booster()
-        estimator.load_model(str(model_path))
-    else:
-        import joblib
-
-        # Safe only because verify_model_folder has just matched these bytes to the version.
-        estimator = joblib.load(model_path)
+        held_out["valid"] = np.asarray(json.loads((folder / HELD_OUT_VALID).read_text()), dtype="float64")
     return ChurnModel(
         algorithm=manifest["algorithm"],
         feature_spec=spec,
@@ -250,6 +241,7 @@ def load_model_folder(folder: Path, version: str, expected_manifest_sha256: str 
         calibration=calibration,
         version=version,
         manifest=manifest,
+        held_out_raw=held_out,
     )
 
 
@@ -304,16 +296,8 @@ def ensure_registry_tables(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
 
 
-def _table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    schema, name = table.split(".")
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
-        [schema, name],
-    ).fetchone()[0])
-
-
 def version_record(saved: SavedModel, model: ChurnModel, role: str, split: Split, metrics: dict) -> dict:
-    """The ``ml.model_versions`` row of a saved model (role: 'baseline' or 'challenger')."""
+    """The ``ml.model_versions`` row of a saved model (role: its candidate's, 'baseline' or 'challenger')."""
     return {
         "version": saved.version,
         "algorithm": saved.manifest["algorithm"],
@@ -351,18 +335,33 @@ def register_versions(con: duckdb.DuckDBPyConnection, records: list[dict], now: 
 
 
 def champion_version(con: duckdb.DuckDBPyConnection) -> str | None:
-    if not _table_exists(con, VERSIONS_TABLE):
+    if not table_exists(con, VERSIONS_TABLE):
         return None
     row = con.execute(f"SELECT version FROM {VERSIONS_TABLE} WHERE is_champion").fetchone()
     return row[0] if row else None
 
 
-def latest_version(con: duckdb.DuckDBPyConnection, role: str) -> str | None:
-    if not _table_exists(con, VERSIONS_TABLE):
+def latest_run_versions(con: duckdb.DuckDBPyConnection, role: str | None = None) -> list[str]:
+    """Versions registered by the latest ``ml/model_versions`` run (optionally of one role)."""
+    if not table_exists(con, VERSIONS_TABLE):
+        return []
+    return [r[0] for r in con.execute(
+        f"SELECT version FROM {VERSIONS_TABLE} WHERE last_trained_at = "
+        f"(SELECT max(last_trained_at) FROM {VERSIONS_TABLE}) AND (? IS NULL OR role = ?) ORDER BY version",
+        [role, role],
+    ).fetchall()]
+
+
+def best_of_latest_run(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The selection rule: of the latest run's candidates, the best validation ROC-AUC (out of
+    sample for every candidate: held-out month, or cross-fitted predictions where a model was
+    refitted on its validation rows). Ties go to the lexically first version."""
+    if not table_exists(con, VERSIONS_TABLE):
         return None
     row = con.execute(
-        f"SELECT version FROM {VERSIONS_TABLE} WHERE role = ? ORDER BY last_trained_at DESC, version LIMIT 1",
-        [role],
+        f"SELECT version FROM {VERSIONS_TABLE} WHERE last_trained_at = "
+        f"(SELECT max(last_trained_at) FROM {VERSIONS_TABLE}) "
+        "ORDER BY valid_auc DESC NULLS LAST, version LIMIT 1"
     ).fetchone()
     return row[0] if row else None
 
@@ -407,7 +406,7 @@ def _with_connection(warehouse_or_con: Warehouse | duckdb.DuckDBPyConnection, ac
 def registered_manifest_sha(con: duckdb.DuckDBPyConnection, version: str) -> str:
     row = con.execute(
         f"SELECT manifest_sha256 FROM {VERSIONS_TABLE} WHERE version = ?", [version]
-    ).fetchone() if _table_exists(con, VERSIONS_TABLE) else None
+    ).fetchone() if table_exists(con, VERSIONS_TABLE) else None
     if not row:
         raise UnknownVersionError(f"Model version {version} is not in {VERSIONS_TABLE}")
     return row[0]

@@ -35,15 +35,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.training.candidates import (
-    ChurnModel,
+import dagster as dg
+from pydantic import Field
+
+from churn_assets.training.candidates.tuned_xgboost import (
     base_xgboost_params,
     refit_xgboost_cross_fitted,
-    stratified_folds,
-    train_and_valid,
     train_xgboost,
     xgboost_matrix,
 )
+from churn_assets.training.model import ChurnModel, stratified_folds, train_and_valid
 
 if TYPE_CHECKING:
     import optuna
@@ -65,7 +66,7 @@ ONE_HOT_MAX_LEVELS = 64
 class TuningSettings:
     n_trials: int = 25
     # Wall-clock budget for one tuning run; trials stop starting once it is spent.
-    timeout_s: float | None = 45.0
+    timeout_s: float | None = 25.0
     max_rounds: int = 1500
     early_stopping_rounds: int = 50
     # Trials train on at most this many (seeded, randomly chosen) training rows; the final
@@ -102,6 +103,32 @@ class TuningSettings:
         # Likewise the selection rule only reads finished trials.
         stable = {k: v for k, v in self.to_dict().items() if k not in ("timeout_s", "n_trials", "selection")}
         return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:10]
+
+
+class TuningPolicy(dg.ConfigurableResource):
+    """The tuning budget and trial selection of the tuned boosters (defaults: ``TuningSettings``)."""
+
+    n_trials: int = Field(default=TuningSettings.n_trials, description="Trial budget of the Optuna study.")
+    timeout_s: float | None = Field(default=TuningSettings.timeout_s,
+                                    description="Time budget of one tuning run, seconds (a safety cap).")
+    max_rounds: int = Field(default=TuningSettings.max_rounds, description="Boosting rounds per trial at most.")
+    early_stopping_rounds: int = Field(default=TuningSettings.early_stopping_rounds,
+                                       description="Rounds without validation AUC gain before a trial stops.")
+    tuning_rows: int | None = Field(default=TuningSettings.tuning_rows,
+                                    description="Training rows each trial sees at most.")
+    nthread: int = Field(default=TuningSettings.nthread, description="XGBoost threads (1 below 20k rows).")
+    cv_folds: int = Field(default=TuningSettings.cv_folds,
+                          description="Folds per trial when a small random split is tuned by CV.")
+    selection: str = Field(
+        default=TuningSettings.selection,
+        description=f"Trial to refit after a CV study: {ONE_STANDARD_ERROR!r} (the best of the shallowest "
+                    f"trials within one SE of the best) or {BEST!r}.",
+    )
+    persist_study: bool = Field(default=True, description="Keep the study in $CHURN_HOME/artifacts/optuna.")
+
+    def settings(self, seed: int) -> TuningSettings:
+        values = self.model_dump(exclude={"persist_study"})
+        return TuningSettings(**values, seed=seed)
 
 
 @dataclass
@@ -338,3 +365,66 @@ def _cross_validation_objective(split: Split, spec: FeatureSpec, settings: Tunin
         return float(mean_auc[-1])
 
     return objective
+
+
+# -- what the tuned asset shows -----------------------------------------------------------
+
+
+def study_metadata(report: dict) -> dict[str, Any]:
+    """Dagster metadata of a tuning study recorded in a model's report."""
+    from churn_assets.core.metadata import markdown_table
+
+    trial_columns = ["number", "state", "value", "last_round", "duration_s", "params"]
+    trials = report.get("trials", [])
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial["state"]] = counts.get(trial["state"], 0) + 1
+    metadata: dict[str, Any] = {
+        "chosen_params": dg.MetadataValue.json(report["chosen_params"]),
+        "chosen_trial": dg.MetadataValue.int(report["chosen_trial"]),
+        "chosen_trial_auc": dg.MetadataValue.float(report["chosen_value"]),
+        "best_trial_auc_in_study": dg.MetadataValue.float(report["best_value"]),
+        "trial_selection": dg.MetadataValue.text(
+            f"{report['trial_selection']}: trial {report['chosen_trial']} refitted "
+            f"(study best: trial {report['best_trial']})"),
+        "trials": dg.MetadataValue.json(counts),
+        "tuning_history": dg.MetadataValue.md(markdown_table(trial_columns, trials)),
+        "study_name": report["study_name"],
+    }
+    if report.get("storage_url"):
+        metadata["optuna_dashboard"] = dg.MetadataValue.text(f"optuna-dashboard {report['storage_url']}")
+    plot = history_plot(trials)
+    if plot:
+        metadata["optimisation_history"] = dg.MetadataValue.md(plot)
+    return metadata
+
+
+def history_plot(trials: list[dict]) -> str | None:
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    if not done:
+        return None
+    figure, axis = plt.subplots(figsize=(6, 3.2))
+    numbers = [t["number"] for t in done]
+    values = [t["value"] for t in done]
+    best = [max(values[: i + 1]) for i in range(len(values))]
+    axis.scatter(numbers, values, s=14, label="completed trial")
+    pruned = [t["number"] for t in trials if t["state"] == "PRUNED"]
+    if pruned:
+        axis.scatter(pruned, [min(values)] * len(pruned), marker="x", color="grey", label="pruned")
+    axis.step(numbers, best, where="post", color="C1", label="best so far")
+    axis.set_xlabel("trial")
+    axis.set_ylabel("validation ROC-AUC")
+    axis.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return f"![optimisation history](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"

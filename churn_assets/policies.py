@@ -1,0 +1,108 @@
+"""Every setting a user may change, as one schema: one typed policy per concern, each defined
+beside the code it governs and exposed as one Dagster resource (``<section>_policy``).
+
+=============  ==================================================  =========================
+section        governs                                             defined in
+=============  ==================================================  =========================
+training       column roles, split, candidates and their params    training/train.py
+tuning         the tuned boosters' budget and trial selection      training/tuning.py
+promotion      margin, significance and bootstrap of the gate      training/promotion.py
+evaluation     business assumptions, slices, evaluation checks     evaluation/metrics.py
+scoring        risk bands, scoring batch size                      scoring/batch.py
+drift          drift measurement and its warn / error levels       monitoring/drift.py
+retraining     decay level, when a new model is due                monitoring/retraining.py
+=============  ==================================================  =========================
+
+A YAML file with any of these sections (``drift: {psi_error: 0.4}``) replaces the defaults
+it names; unknown sections or keys and values of the wrong type are refused with the key
+named. The code location reads the file named by ``$CHURN_POLICIES`` (none: every default);
+the CLI reads the same file, so assets, checks, sensors and the summary agree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from churn_assets.evaluation.metrics import EvaluationPolicy
+from churn_assets.monitoring.drift import DriftPolicy
+from churn_assets.monitoring.retraining import RetrainingPolicy
+from churn_assets.scoring.batch import ScoringPolicy
+from churn_assets.training.promotion import PromotionPolicy
+from churn_assets.training.train import TrainingPolicy
+from churn_assets.training.tuning import TuningPolicy
+
+POLICY_FILE_ENV = "CHURN_POLICIES"
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used as it is; the message names the file and the key."""
+
+
+class Policies(BaseModel):
+    """The whole set of policies; each field is one Dagster resource, ``<field>_policy``."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    training: TrainingPolicy = Field(default_factory=TrainingPolicy)
+    tuning: TuningPolicy = Field(default_factory=TuningPolicy)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    evaluation: EvaluationPolicy = Field(default_factory=EvaluationPolicy)
+    scoring: ScoringPolicy = Field(default_factory=ScoringPolicy)
+    drift: DriftPolicy = Field(default_factory=DriftPolicy)
+    retraining: RetrainingPolicy = Field(default_factory=RetrainingPolicy)
+
+    def resources(self) -> dict[str, Any]:
+        return {f"{name}_policy": getattr(self, name) for name in type(self).model_fields}
+
+    def check(self) -> Policies:
+        """Cross-field rules each policy enforces when it is used, run once up front."""
+        self.training.validate_names()
+        self.tuning.settings(self.training.split.seed)
+        self.evaluation.assumptions()
+        self.scoring.bands()
+        self.drift.thresholds()
+        self.drift.settings()
+        self.retraining.decay()
+        return self
+
+    @classmethod
+    def from_mapping(cls, values: Any, source: str = "policies") -> Policies:
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise PolicyError(f"{source}: expected a mapping of policy sections, got {type(values).__name__}")
+        try:
+            policies = cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(part) for part in first["loc"])
+            raise PolicyError(f"{source}: {key}: {first['msg']} (got {first.get('input')!r})") from None
+        try:
+            return policies.check()
+        except (ValueError, KeyError) as error:
+            raise PolicyError(f"{source}: {error}") from None
+
+
+def policy_file() -> Path | None:
+    value = os.environ.get(POLICY_FILE_ENV)
+    return Path(value).expanduser() if value else None
+
+
+def load_policies(path: str | Path | None = None) -> Policies:
+    """The policies in ``path`` (default: ``$CHURN_POLICIES``; none: every default)."""
+    path = Path(path) if path else policy_file()
+    if path is None:
+        return Policies().check()
+    import yaml
+
+    if not path.is_file():
+        raise PolicyError(f"Policy file {path} does not exist (set by ${POLICY_FILE_ENV})")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise PolicyError(f"{path}: not valid YAML: {error}") from None
+    return Policies.from_mapping(values, source=str(path))

@@ -1,0 +1,98 @@
+"""The candidate protocol: what training, the registry, evaluation, SHAP and scoring ask of a model.
+
+A candidate is one algorithm. It fits on a split within a budget, predicts raw churn
+probabilities, writes and reads its estimator in a format that executes no code when read
+(or is verified first), and, when it can, explains rows exactly. Everything that differs
+between algorithms lives in the candidate's own module; nothing else branches on the
+algorithm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+    from churn_assets.training.columns import FeatureSpec
+    from churn_assets.training.explain import Contributions
+    from churn_assets.training.model import ChurnModel
+    from churn_assets.training.split import Split
+    from churn_assets.training.tuning import TuningSettings
+
+BASELINE = "baseline"
+CHALLENGER = "challenger"
+
+
+class CandidateParams(BaseModel):
+    """A candidate's own settings, with their one default each. ``churn.yaml`` (or the
+    ``training_policy`` resource's ``candidate_params``) overrides them by name; an unknown
+    name is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class FitContext:
+    """What a fit may use besides its split and its own parameters."""
+
+    seed: int
+    tuning: TuningSettings
+    training_data_version: str
+    # Where a tuner may keep its state (the Optuna study); None keeps it in memory.
+    study_dir: Path | None = None
+    # For stacking candidates: the other candidates trained on the same data, loaded.
+    members: list[ChurnModel] = field(default_factory=list)
+
+
+class Candidate:
+    """Base class of every candidate; subclasses set the class attributes and override
+    ``fit``, ``predict_raw``, ``save`` and ``load`` (``contributions`` when exact
+    explanations exist, else the permutation fallback explains the model)."""
+
+    algorithm: ClassVar[str]
+    # The ml/<asset> that trains it; candidates sharing an asset train in one step.
+    asset: ClassVar[str]
+    role: ClassVar[str] = CHALLENGER
+    kinds: ClassVar[frozenset[str]] = frozenset()
+    description: ClassVar[str] = ""
+    # Trained after, and from, the other candidates (an ensemble).
+    stacks: ClassVar[bool] = False
+    # ``contributions`` gives exact attributions (TreeSHAP); otherwise the permutation fallback.
+    exact_explanations: ClassVar[bool] = False
+    Params: ClassVar[type[CandidateParams]] = CandidateParams
+
+    def params(self, overrides: dict[str, Any] | None = None) -> CandidateParams:
+        return self.Params(**(overrides or {}))
+
+    def fit(self, split: Split, spec: FeatureSpec, params: CandidateParams, context: FitContext) -> ChurnModel:
+        raise NotImplementedError
+
+    def predict_raw(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def save(self, model: ChurnModel, folder: Path) -> str:
+        """Write the estimator into ``folder``; return the file name."""
+        raise NotImplementedError
+
+    def load(self, path: Path, manifest: dict, spec: FeatureSpec) -> Any:
+        """Read an estimator written by ``save``; ``path`` has been verified against the manifest."""
+        raise NotImplementedError
+
+    def contributions(self, model: ChurnModel, features: pd.DataFrame,
+                      approximate: bool = False) -> tuple[Contributions, np.ndarray] | None:
+        """Exact per-feature contributions to the margin and the margin itself, or None when
+        the algorithm has none (the permutation fallback is used)."""
+        return None
+
+    def explanation_method(self, approximate: bool = False) -> str:
+        return "permutation"
+
+    def metadata(self, model: ChurnModel) -> dict[str, Any]:
+        """Extra Dagster metadata for the asset that trained ``model`` (a tuning study, say)."""
+        return {}
