@@ -130,7 +130,7 @@ def peak_memory(result: dict):
 
 
 def train_model(con):
-    from churn_assets.training.candidates import train_xgboost
+    from churn_assets.training.candidates.tuned_xgboost import train_xgboost
     from churn_assets.training.columns import RoleSettings, build_feature_spec, infer_roles
     from churn_assets.training.split import SplitSettings, split_training_set
 

@@ -46,7 +46,7 @@ QUICK_GRID = {"model__max_depth": [3, 5], "model__learning_rate": [0.1], "model_
 def load_frame(args):
     if args.churn_home:
         os.environ["CHURN_HOME"] = str(args.churn_home)
-        from churn_assets.training.assets import read_training_set
+        from churn_assets.training.train import read_training_set
         from churn_assets.core.warehouse import Warehouse
 
         with Warehouse().read() as con:
@@ -75,7 +75,8 @@ def grid_search(split, spec, grid, n_jobs, nthread, seed):
     from sklearn.preprocessing import OneHotEncoder
     from xgboost import XGBClassifier
 
-    from churn_assets.training.candidates import sklearn_input, train_and_valid
+    from churn_assets.training.candidates.sklearn_common import sklearn_input
+    from churn_assets.training.model import train_and_valid
     from churn_assets.training.columns import feature_frame
 
     label = spec.roles.label_column
@@ -112,7 +113,9 @@ def cross_validated_auc(frame, spec, tuned_params, seed):
     """5-fold stratified CV ROC-AUC over all labelled rows: LR and the tuned XGBoost settings."""
     import numpy as np
 
-    from churn_assets.training.candidates import evaluate, train_logistic_regression, train_xgboost
+    from churn_assets.training.candidates.logistic_regression import train_logistic_regression
+    from churn_assets.training.candidates.tuned_xgboost import train_xgboost
+    from churn_assets.training.model import evaluate
     from churn_assets.training.split import Split, SplitSettings, labelled_rows
     from sklearn.model_selection import StratifiedKFold
 
@@ -138,11 +141,14 @@ def cross_validated_auc(frame, spec, tuned_params, seed):
 
 def compare_on_split(frame, types, split_seed: int, args) -> dict:
     """Baselines, the Optuna study and the grid on one seeded split; scored on its test rows."""
-    from churn_assets.training.assets import prepare
-    from churn_assets.training.candidates import evaluate, train_logistic_regression, train_random_forest
+    from churn_assets.training.candidates.logistic_regression import train_logistic_regression
+    from churn_assets.training.candidates.random_forest import train_random_forest
+    from churn_assets.training.model import evaluate
+    from churn_assets.training.train import prepare
     from churn_assets.training.columns import RoleSettings
     from churn_assets.training.split import SplitSettings
-    from churn_assets.training.tuning import TuningSettings, tune_xgboost
+    from churn_assets.training.candidates.tuned_xgboost import tune_xgboost
+    from churn_assets.training.tuning import TuningSettings
 
     spec, split, data_version = prepare(frame, types, RoleSettings(), SplitSettings(seed=split_seed))
     print(f"split seed {split_seed}: {split.strategy} {len(split.train)}/{len(split.valid)}/{len(split.test)}",

@@ -75,6 +75,11 @@ class Policies(BaseModel):
             values = {}
         if not isinstance(values, dict):
             raise PolicyError(f"{source}: expected a mapping of policy sections, got {type(values).__name__}")
+        # Dagster resources accept keys they do not know; a misspelt one would silently
+        # leave its default in force.
+        unknown = _unknown_key(cls, values)
+        if unknown:
+            raise PolicyError(f"{source}: {unknown}: Extra inputs are not permitted (not a policy setting)")
         try:
             policies = cls.model_validate(values)
         except ValidationError as error:
@@ -85,6 +90,20 @@ class Policies(BaseModel):
             return policies.check()
         except (ValueError, KeyError) as error:
             raise PolicyError(f"{source}: {error}") from None
+
+
+def _unknown_key(model: type[BaseModel], values: dict, prefix: str = "") -> str | None:
+    """The first key of ``values`` (nested sections included) that ``model`` has no field for."""
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            return f"{prefix}{key}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(value, dict):
+            found = _unknown_key(annotation, value, f"{prefix}{key}.")
+            if found:
+                return found
+    return None
 
 
 def policy_file() -> Path | None:

@@ -102,3 +102,36 @@ def fast_resources(home, *, promotion: dict | None = None, tuning: dict | None =
     })
     return {"warehouse": Warehouse(path=str(home / "warehouse.duckdb")),
             "artifacts": ArtifactStore(root=str(home / "artifacts")), **policies.resources()}
+
+
+@pytest.fixture
+def monitored_warehouse(churn_home):
+    """A warehouse with six months of features (the last unlabelled) and a promoted
+    logistic-regression champion trained by the registry on the first five."""
+    from churn_assets.training.candidates.logistic_regression import train_logistic_regression
+    from churn_assets.training.model import evaluate
+    from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+    from churn_assets.training.registry import promote, register_versions, save_model, version_record
+    from churn_assets.training.sample_data import synthetic_training_frame
+    from churn_assets.training.split import split_training_set
+    from churn_assets.core.warehouse import ArtifactStore
+
+    frame = synthetic_training_frame(n_customers=150, n_months=6, seed=5)
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    split = split_training_set(frame, roles)
+    model = train_logistic_regression(split, build_feature_spec(split.train, roles))
+    artifacts = ArtifactStore()
+    saved = save_model(model, artifacts.root_path, split=split, metrics=evaluate(model, split),
+                       training_data_version="test-data", code_version="test-code")
+    from churn_assets.core.warehouse import Warehouse
+
+    warehouse = Warehouse()
+    with warehouse.write() as con:
+        con.execute("CREATE SCHEMA features")
+        con.register("frame", frame)
+        con.execute("CREATE TABLE features.customer_features AS SELECT * EXCLUDE (churned) FROM frame")
+        con.execute("CREATE TABLE features.labels AS SELECT customer_id, snapshot_month, churned FROM frame")
+        con.execute("CREATE TABLE features.training_set AS SELECT * FROM frame WHERE churned IS NOT NULL")
+        register_versions(con, [version_record(saved, model, "challenger", split, evaluate(model, split))])
+        promote(con, saved.version, {"margin": 0.0})
+    return warehouse, artifacts, saved.version

@@ -10,7 +10,8 @@ from churn_assets.training.model import evaluate
 from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
 from churn_assets.training.sample_data import synthetic_training_frame
 from churn_assets.training.split import split_training_set
-from churn_assets.training.tuning import TuningSettings, storage_url_for, study_name_for, tune_xgboost
+from churn_assets.training.candidates.tuned_xgboost import tune_xgboost
+from churn_assets.training.tuning import TuningSettings, storage_url_for, study_name_for
 
 FAST = TuningSettings(n_trials=10, timeout_s=None, max_rounds=40, early_stopping_rounds=10,
                       pruner_startup_trials=2, pruner_warmup_rounds=3, nthread=1, seed=5)

@@ -436,37 +436,6 @@ def test_retraining_reasons_quiet_when_healthy_and_without_tables():
 # -- the Dagster assets and checks on a registered champion --------------------------------
 
 
-@pytest.fixture
-def monitored_warehouse(churn_home):
-    """A warehouse with six months of features (the last unlabelled) and a promoted
-    logistic-regression champion trained by the registry on the first five."""
-    from churn_assets.training.candidates.logistic_regression import train_logistic_regression
-    from churn_assets.training.model import evaluate
-    from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
-    from churn_assets.training.registry import promote, register_versions, save_model, version_record
-    from churn_assets.training.sample_data import synthetic_training_frame
-    from churn_assets.training.split import split_training_set
-    from churn_assets.core.warehouse import ArtifactStore
-
-    frame = synthetic_training_frame(n_customers=150, n_months=6, seed=5)
-    roles = infer_roles(duckdb_types_of_frame(frame))
-    split = split_training_set(frame, roles)
-    model = train_logistic_regression(split, build_feature_spec(split.train, roles))
-    artifacts = ArtifactStore()
-    saved = save_model(model, artifacts.root_path, split=split, metrics=evaluate(model, split),
-                       training_data_version="test-data", code_version="test-code")
-    warehouse = Warehouse()
-    with warehouse.write() as con:
-        con.execute("CREATE SCHEMA features")
-        con.register("frame", frame)
-        con.execute("CREATE TABLE features.customer_features AS SELECT * EXCLUDE (churned) FROM frame")
-        con.execute("CREATE TABLE features.labels AS SELECT customer_id, snapshot_month, churned FROM frame")
-        con.execute("CREATE TABLE features.training_set AS SELECT * FROM frame WHERE churned IS NOT NULL")
-        register_versions(con, [version_record(saved, model, "challenger", split, evaluate(model, split))])
-        promote(con, saved.version, {"margin": 0.0})
-    return warehouse, artifacts, saved.version
-
-
 def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse):
     import dagster as dg
 

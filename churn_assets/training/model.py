@@ -33,7 +33,8 @@ EPS = 1e-6
 class ChurnModel:
     """A trained (or loaded) churn model that scores raw training-set rows."""
 
-    algorithm: str
+    # The candidate (algorithm) that trained it: it predicts, saves and explains the model.
+    candidate: Candidate
     feature_spec: FeatureSpec
     estimator: Any
     params: dict
@@ -49,11 +50,8 @@ class ChurnModel:
     report: dict = field(default_factory=dict, repr=False)
 
     @property
-    def candidate(self) -> Candidate:
-        """The candidate (algorithm) that trained this model: it predicts, saves and explains."""
-        from churn_assets.training.candidates import candidate
-
-        return candidate(self.algorithm)
+    def algorithm(self) -> str:
+        return self.candidate.algorithm
 
     def features(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The model's input columns as it sees them (categoricals with the training levels)."""

@@ -227,14 +227,15 @@ def load_model_folder(folder: Path, version: str, expected_manifest_sha256: str 
     params = json.loads((folder / "params.json").read_text())
     calibration = json.loads((folder / "calibration.json").read_text())
     # Read only after verify_model_folder has matched these bytes to the version.
-    estimator = candidate(manifest["algorithm"]).load(folder / manifest["model_file"], manifest, spec)
+    trained_by = candidate(manifest["algorithm"])
+    estimator = trained_by.load(folder / manifest["model_file"], manifest, spec)
     held_out = {}
     if HELD_OUT_VALID in manifest["files"]:
         import numpy as np
 
         held_out["valid"] = np.asarray(json.loads((folder / HELD_OUT_VALID).read_text()), dtype="float64")
     return ChurnModel(
-        algorithm=manifest["algorithm"],
+        candidate=trained_by,
         feature_spec=spec,
         estimator=estimator,
         params=params,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,16 +37,12 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from churn_assets.training.candidates.tuned_xgboost import (
-    base_xgboost_params,
-    refit_xgboost_cross_fitted,
-    train_xgboost,
-    xgboost_matrix,
-)
-from churn_assets.training.model import ChurnModel, stratified_folds, train_and_valid
+
 
 if TYPE_CHECKING:
     import optuna
+
+    from churn_assets.training.model import ChurnModel
 
     from churn_assets.training.columns import FeatureSpec
     from churn_assets.training.split import Split
@@ -149,10 +144,15 @@ class TuningResult:
 
     @property
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for trial in self.trials:
-            counts[trial["state"]] = counts.get(trial["state"], 0) + 1
-        return counts
+        return trial_counts(self.trials)
+
+
+def trial_counts(trials: list[dict]) -> dict[str, int]:
+    """How many trials ended in each state (COMPLETE, PRUNED, ...)."""
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial["state"]] = counts.get(trial["state"], 0) + 1
+    return counts
 
 
 def search_space(trial: optuna.Trial) -> dict[str, Any]:
@@ -199,7 +199,7 @@ def study_name_for(training_data_version: str, settings: TuningSettings) -> str:
     return f"{STUDY_PREFIX}-{training_data_version[:12]}-{settings.fingerprint()}"
 
 
-def _trial_rows(study: optuna.Study) -> list[dict]:
+def trial_rows(study: optuna.Study) -> list[dict]:
     rows = []
     for trial in study.trials:
         duration = trial.duration.total_seconds() if trial.duration else None
@@ -212,94 +212,6 @@ def _trial_rows(study: optuna.Study) -> list[dict]:
             "params": trial.params,
         })
     return rows
-
-
-def tune_xgboost(
-    split: Split,
-    spec: FeatureSpec,
-    settings: TuningSettings,
-    *,
-    training_data_version: str,
-    storage_url: str | None = None,
-) -> TuningResult:
-    """Run (or resume) the study, then refit the chosen trial (see the module docstring).
-
-    ``storage_url=None`` keeps the study in memory (tests, benchmarks).
-    """
-    import optuna
-    from optuna.trial import TrialState
-    from optuna_integration import XGBoostPruningCallback
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna").setLevel(logging.WARNING)
-    strategy = tuning_strategy(split, settings)
-    nthread = threads_for(split, settings)
-    study_name = study_name_for(training_data_version, settings)
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=storage_url,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed),
-        # Keeps trials in the best ``pruner_percentile`` percent at a round, i.e. prunes only
-        # the bottom quarter by default: near the optimum AUCs differ by less than the noise,
-        # and a median cut mostly killed slow-learning-rate trials that would have finished
-        # level with the rest.
-        pruner=optuna.pruners.PercentilePruner(
-            settings.pruner_percentile,
-            n_startup_trials=settings.pruner_startup_trials,
-            n_warmup_steps=settings.pruner_warmup_rounds,
-        ),
-        load_if_exists=True,
-    )
-    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    remaining = settings.n_trials - len(finished)
-
-    if strategy == CROSS_VALIDATION:
-        objective = _cross_validation_objective(split, spec, settings, nthread, XGBoostPruningCallback)
-    else:
-        objective = _holdout_objective(split, spec, settings, nthread, XGBoostPruningCallback)
-    if remaining > 0:
-        study.optimize(objective, n_trials=remaining, timeout=settings.timeout_s, gc_after_trial=False)
-    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if not completed:
-        raise RuntimeError(
-            f"Optuna study {study_name} finished no trial within {settings.timeout_s}s; "
-            "raise timeout_s or lower max_rounds"
-        )
-    chosen = select_trial(completed, strategy, settings)
-    if strategy == CROSS_VALIDATION:
-        model = refit_xgboost_cross_fitted(
-            split, spec, params_of(chosen.params),
-            num_boost_round=int(chosen.user_attrs["num_boost_round"]),
-            folds=settings.cv_folds, nthread=nthread, seed=settings.seed,
-        )
-    else:
-        model = train_xgboost(
-            split, spec, params_of(chosen.params),
-            max_rounds=settings.max_rounds,
-            early_stopping_rounds=settings.early_stopping_rounds,
-            nthread=nthread,
-            seed=settings.seed,
-        )
-    model.params["tuning_strategy"] = strategy
-    model.params["optuna_study"] = study_name
-    selection = settings.selection if strategy == CROSS_VALIDATION else BEST
-    model.params["optuna_best_trial"] = study.best_trial.number
-    model.params["optuna_chosen_trial"] = chosen.number
-    model.params["trial_selection"] = selection
-    return TuningResult(
-        model=model,
-        chosen_params=dict(chosen.params),
-        chosen_value=float(chosen.value),
-        chosen_trial=chosen.number,
-        best_value=float(study.best_value),
-        best_trial=study.best_trial.number,
-        selection=selection,
-        study_name=study_name,
-        storage_url=storage_url,
-        trials=_trial_rows(study),
-        strategy=strategy,
-    )
 
 
 def select_trial(completed: list[optuna.trial.FrozenTrial], strategy: str,
@@ -318,55 +230,6 @@ def select_trial(completed: list[optuna.trial.FrozenTrial], strategy: str,
     return min(tied, key=lambda t: (params_of(t.params)["max_depth"], -t.value, t.number))
 
 
-def _holdout_objective(split: Split, spec: FeatureSpec, settings: TuningSettings, nthread: int, pruning):
-    def objective(trial: optuna.Trial) -> float:
-        model = train_xgboost(
-            split, spec, search_space(trial),
-            max_rounds=settings.max_rounds,
-            early_stopping_rounds=settings.early_stopping_rounds,
-            nthread=nthread,
-            seed=settings.seed,
-            train_rows=settings.tuning_rows,
-            callbacks=[pruning(trial, "valid-auc")],
-            calibrate_on_valid=False,
-        )
-        trial.set_user_attr("num_boost_round", model.params["num_boost_round"])
-        return model.params["best_valid_auc"]
-
-    return objective
-
-
-def _cross_validation_objective(split: Split, spec: FeatureSpec, settings: TuningSettings, nthread: int,
-                                pruning):
-    import xgboost as xgb
-
-    pool = train_and_valid(split)
-    labels = pool[spec.roles.label_column].to_numpy()
-    # Built once: every trial slices the same matrix with the same folds.
-    dpool = xgboost_matrix(pool, spec, nthread)
-    folds = stratified_folds(labels, settings.cv_folds, settings.seed)
-    base = base_xgboost_params(labels, nthread, settings.seed)
-
-    def objective(trial: optuna.Trial) -> float:
-        history = xgb.cv(
-            {**base, **search_space(trial)}, dpool,
-            num_boost_round=settings.max_rounds,
-            folds=folds,
-            early_stopping_rounds=settings.early_stopping_rounds,
-            callbacks=[pruning(trial, "test-auc")],
-            seed=settings.seed,
-            as_pandas=False,
-            verbose_eval=False,
-        )
-        # Early stopping cuts the history at the best round.
-        mean_auc = history["test-auc-mean"]
-        trial.set_user_attr("num_boost_round", len(mean_auc))
-        trial.set_user_attr("auc_std", float(history["test-auc-std"][-1]))
-        return float(mean_auc[-1])
-
-    return objective
-
-
 # -- what the tuned asset shows -----------------------------------------------------------
 
 
@@ -376,9 +239,6 @@ def study_metadata(report: dict) -> dict[str, Any]:
 
     trial_columns = ["number", "state", "value", "last_round", "duration_s", "params"]
     trials = report.get("trials", [])
-    counts: dict[str, int] = {}
-    for trial in trials:
-        counts[trial["state"]] = counts.get(trial["state"], 0) + 1
     metadata: dict[str, Any] = {
         "chosen_params": dg.MetadataValue.json(report["chosen_params"]),
         "chosen_trial": dg.MetadataValue.int(report["chosen_trial"]),
@@ -387,7 +247,7 @@ def study_metadata(report: dict) -> dict[str, Any]:
         "trial_selection": dg.MetadataValue.text(
             f"{report['trial_selection']}: trial {report['chosen_trial']} refitted "
             f"(study best: trial {report['best_trial']})"),
-        "trials": dg.MetadataValue.json(counts),
+        "trials": dg.MetadataValue.json(trial_counts(trials)),
         "tuning_history": dg.MetadataValue.md(markdown_table(trial_columns, trials)),
         "study_name": report["study_name"],
     }

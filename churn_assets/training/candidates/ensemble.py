@@ -106,7 +106,7 @@ def train_ensemble(split: Split, spec: FeatureSpec, trained: list[ChurnModel], *
         "weights": dict(zip([m.algorithm for m in chosen], stacked.coef, strict=True)),
         "fitted_on": "valid (cross-fitted)", "seed": seed,
     }
-    model = ChurnModel(ENSEMBLE, spec, stacked, params)
+    model = ChurnModel(CANDIDATE, spec, stacked, params)
     model.calibration = choose_calibration(out_of_fold, labels, seed)
     model.held_out_raw = {"valid": out_of_fold}
     return model

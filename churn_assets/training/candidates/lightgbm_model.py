@@ -108,7 +108,7 @@ def train_lightgbm(split: Split, spec: FeatureSpec, *, seed: int = 42, **setting
                             valid_sets=[_dataset(split.valid, spec, reference=train)], callbacks=[stop])
         rounds = int(booster.best_iteration or settings.max_rounds)
         recorded = {**params, "num_boost_round": rounds, "fitted_on": "train"}
-        model = ChurnModel(LIGHTGBM, spec, booster, recorded)
+        model = ChurnModel(CANDIDATE, spec, booster, recorded)
         return calibrate(model, split, seed)
 
     pool = train_and_valid(split)
@@ -129,7 +129,7 @@ def train_lightgbm(split: Split, spec: FeatureSpec, *, seed: int = 42, **setting
         "cv_auc": float(roc_auc_score(labels, out_of_fold)),
         "cv_auc_std": float(history["valid auc-stdv"][-1]),
     }
-    model = ChurnModel(LIGHTGBM, spec, booster, recorded)
+    model = ChurnModel(CANDIDATE, spec, booster, recorded)
     model.calibration = choose_calibration(out_of_fold, labels, seed)
     model.held_out_raw = {"train": out_of_fold[: len(split.train)], "valid": out_of_fold[len(split.train):]}
     return model

@@ -36,7 +36,7 @@ def train_logistic_regression(split: Split, spec: FeatureSpec, *, seed: int = 42
         ("model", LogisticRegression(random_state=seed, **params)),
     ])
     fit_pipeline(pipeline, split, spec)
-    model = ChurnModel(LOGISTIC_REGRESSION, spec, pipeline, {**params, "seed": seed})
+    model = ChurnModel(CANDIDATE, spec, pipeline, {**params, "seed": seed})
     return calibrate(model, split, seed)
 
 

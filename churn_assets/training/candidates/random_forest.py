@@ -48,7 +48,7 @@ def train_random_forest(split: Split, spec: FeatureSpec, *, seed: int = 42, **se
         ("model", RandomForestClassifier(random_state=seed, n_jobs=settings.n_jobs, **params)),
     ])
     fit_pipeline(pipeline, split, spec)
-    model = ChurnModel(RANDOM_FOREST, spec, pipeline, {**params, "seed": seed})
+    model = ChurnModel(CANDIDATE, spec, pipeline, {**params, "seed": seed})
     return calibrate(model, split, seed)
 
 

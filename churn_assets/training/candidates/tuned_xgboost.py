@@ -1,8 +1,14 @@
-"""XGBoost tuned by an Optuna study (``training/tuning.py``): native categoricals, early
-stopping, booster saved in XGBoost's own UBJ format, exact TreeSHAP from the booster."""
+"""XGBoost tuned by an Optuna study: native categoricals, early stopping, booster saved in
+XGBoost's own UBJ format, exact TreeSHAP from the booster.
+
+The study's settings, search space, trial selection and its metadata live in
+``training/tuning.py`` (see its docstring for the two ways a trial is scored); this module
+fits boosters and runs the study with them.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,9 +21,25 @@ from churn_assets.training.model import (
     stratified_folds,
     train_and_valid,
 )
+from churn_assets.training.tuning import (
+    BEST,
+    CROSS_VALIDATION,
+    TuningResult,
+    TuningSettings,
+    trial_rows,
+    params_of,
+    search_space,
+    select_trial,
+    storage_url_for,
+    study_metadata,
+    study_name_for,
+    threads_for,
+    tuning_strategy,
+)
 
 if TYPE_CHECKING:
     import numpy as np
+    import optuna
     import pandas as pd
 
     from churn_assets.training.split import Split
@@ -93,7 +115,7 @@ def train_xgboost(
     best_valid_auc = float(booster.best_score)
     booster = booster[: best_iteration + 1]
     recorded = {**full_params, "num_boost_round": best_iteration + 1, "best_valid_auc": best_valid_auc}
-    model = ChurnModel(XGBOOST, spec, booster, recorded)
+    model = ChurnModel(CANDIDATE, spec, booster, recorded)
     return calibrate(model, split, seed) if calibrate_on_valid else model
 
 
@@ -139,10 +161,151 @@ def refit_xgboost_cross_fitted(
         "cv_auc": float(roc_auc_score(labels, out_of_fold)),
         "cv_fold_aucs": [round(v, 6) for v in fold_aucs],
     }
-    model = ChurnModel(XGBOOST, spec, booster, recorded)
+    model = ChurnModel(CANDIDATE, spec, booster, recorded)
     model.calibration = choose_calibration(out_of_fold, labels, seed)
     model.held_out_raw = {"train": out_of_fold[: len(split.train)], "valid": out_of_fold[len(split.train):]}
     return model
+
+
+
+# -- the Optuna study (settings, search space and selection in training/tuning.py) --------
+
+
+def tune_xgboost(
+    split: Split,
+    spec: FeatureSpec,
+    settings: TuningSettings,
+    *,
+    training_data_version: str,
+    storage_url: str | None = None,
+) -> TuningResult:
+    """Run (or resume) the study, then refit the chosen trial (see the module docstring).
+
+    ``storage_url=None`` keeps the study in memory (tests, benchmarks).
+    """
+    import optuna
+    from optuna.trial import TrialState
+    from optuna_integration import XGBoostPruningCallback
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    strategy = tuning_strategy(split, settings)
+    nthread = threads_for(split, settings)
+    study_name = study_name_for(training_data_version, settings)
+    study = optuna.create_study(
+        study_name=study_name,
+        storage=storage_url,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=settings.seed),
+        # Keeps trials in the best ``pruner_percentile`` percent at a round, i.e. prunes only
+        # the bottom quarter by default: near the optimum AUCs differ by less than the noise,
+        # and a median cut mostly killed slow-learning-rate trials that would have finished
+        # level with the rest.
+        pruner=optuna.pruners.PercentilePruner(
+            settings.pruner_percentile,
+            n_startup_trials=settings.pruner_startup_trials,
+            n_warmup_steps=settings.pruner_warmup_rounds,
+        ),
+        load_if_exists=True,
+    )
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    remaining = settings.n_trials - len(finished)
+
+    if strategy == CROSS_VALIDATION:
+        objective = _cross_validation_objective(split, spec, settings, nthread, XGBoostPruningCallback)
+    else:
+        objective = _holdout_objective(split, spec, settings, nthread, XGBoostPruningCallback)
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=settings.timeout_s, gc_after_trial=False)
+    completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not completed:
+        raise RuntimeError(
+            f"Optuna study {study_name} finished no trial within {settings.timeout_s}s; "
+            "raise timeout_s or lower max_rounds"
+        )
+    chosen = select_trial(completed, strategy, settings)
+    if strategy == CROSS_VALIDATION:
+        model = refit_xgboost_cross_fitted(
+            split, spec, params_of(chosen.params),
+            num_boost_round=int(chosen.user_attrs["num_boost_round"]),
+            folds=settings.cv_folds, nthread=nthread, seed=settings.seed,
+        )
+    else:
+        model = train_xgboost(
+            split, spec, params_of(chosen.params),
+            max_rounds=settings.max_rounds,
+            early_stopping_rounds=settings.early_stopping_rounds,
+            nthread=nthread,
+            seed=settings.seed,
+        )
+    model.params["tuning_strategy"] = strategy
+    model.params["optuna_study"] = study_name
+    selection = settings.selection if strategy == CROSS_VALIDATION else BEST
+    model.params["optuna_best_trial"] = study.best_trial.number
+    model.params["optuna_chosen_trial"] = chosen.number
+    model.params["trial_selection"] = selection
+    return TuningResult(
+        model=model,
+        chosen_params=dict(chosen.params),
+        chosen_value=float(chosen.value),
+        chosen_trial=chosen.number,
+        best_value=float(study.best_value),
+        best_trial=study.best_trial.number,
+        selection=selection,
+        study_name=study_name,
+        storage_url=storage_url,
+        trials=trial_rows(study),
+        strategy=strategy,
+    )
+
+
+def _holdout_objective(split: Split, spec: FeatureSpec, settings: TuningSettings, nthread: int, pruning):
+    def objective(trial: optuna.Trial) -> float:
+        model = train_xgboost(
+            split, spec, search_space(trial),
+            max_rounds=settings.max_rounds,
+            early_stopping_rounds=settings.early_stopping_rounds,
+            nthread=nthread,
+            seed=settings.seed,
+            train_rows=settings.tuning_rows,
+            callbacks=[pruning(trial, "valid-auc")],
+            calibrate_on_valid=False,
+        )
+        trial.set_user_attr("num_boost_round", model.params["num_boost_round"])
+        return model.params["best_valid_auc"]
+
+    return objective
+
+
+def _cross_validation_objective(split: Split, spec: FeatureSpec, settings: TuningSettings, nthread: int,
+                                pruning):
+    import xgboost as xgb
+
+    pool = train_and_valid(split)
+    labels = pool[spec.roles.label_column].to_numpy()
+    # Built once: every trial slices the same matrix with the same folds.
+    dpool = xgboost_matrix(pool, spec, nthread)
+    folds = stratified_folds(labels, settings.cv_folds, settings.seed)
+    base = base_xgboost_params(labels, nthread, settings.seed)
+
+    def objective(trial: optuna.Trial) -> float:
+        history = xgb.cv(
+            {**base, **search_space(trial)}, dpool,
+            num_boost_round=settings.max_rounds,
+            folds=folds,
+            early_stopping_rounds=settings.early_stopping_rounds,
+            callbacks=[pruning(trial, "test-auc")],
+            seed=settings.seed,
+            as_pandas=False,
+            verbose_eval=False,
+        )
+        # Early stopping cuts the history at the best round.
+        mean_auc = history["test-auc-mean"]
+        trial.set_user_attr("num_boost_round", len(mean_auc))
+        trial.set_user_attr("auc_std", float(history["test-auc-std"][-1]))
+        return float(mean_auc[-1])
+
+    return objective
 
 
 class TunedXGBoostCandidate(Candidate):
@@ -154,8 +317,6 @@ class TunedXGBoostCandidate(Candidate):
     exact_explanations = True
 
     def fit(self, split: Split, spec: FeatureSpec, params: CandidateParams, context: FitContext) -> ChurnModel:
-        from churn_assets.training.tuning import storage_url_for, tune_xgboost
-
         storage = storage_url_for(context.study_dir) if context.study_dir else None
         result = tune_xgboost(split, spec, context.tuning, training_data_version=context.training_data_version,
                               storage_url=storage)
@@ -168,8 +329,6 @@ class TunedXGBoostCandidate(Candidate):
         return result.model
 
     def metadata(self, model: ChurnModel) -> dict[str, Any]:
-        from churn_assets.training.tuning import study_metadata
-
         return study_metadata(model.report) if model.report else {}
 
     def predict_raw(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
