@@ -97,7 +97,7 @@ def test_every_registered_candidate_trains_saves_loads_and_explains(every_candid
         rows = split.test.head(30)
         contributions, margin = explain(reloaded, rows, background=split.train.head(10))
         assert contributions.values.shape == (len(rows), len(reloaded.feature_spec.roles.features))
-        if reloaded.candidate.exact_explanations:
+        if reloaded.candidate.explains_exactly(reloaded):
             assert check_additivity(contributions, margin)[0], algorithm
 
 
@@ -105,7 +105,9 @@ def test_the_ensemble_stacks_the_other_candidates(every_candidate):
     split, fitted, _ = every_candidate
     ensemble, record = fitted["ensemble"]
     members = {m.algorithm for m in ensemble.estimator.members}
-    assert members == set(fitted) - {"ensemble"}
+    # By default only members with exact attributions, so the ensemble's are exact too.
+    assert members == {"logistic_regression", "xgboost", "lightgbm"}
+    assert ensemble.candidate.explains_exactly(ensemble)
     assert set(ensemble.params["weights"]) == members
     # Its validation score is cross-fitted on the validation rows, not in-sample.
     assert "valid" in ensemble.held_out_raw and record["valid_auc"] < 1.0
@@ -126,7 +128,7 @@ def test_each_candidate_learns_and_is_calibrated(prepared, algorithm):
     # Balanced weighting inflates raw probabilities; the chosen calibration brings the mean
     # prediction back near the observed churn rate.
     assert abs(metrics["valid_mean_prediction"] - metrics["valid_positive_rate"]) < 0.05
-    assert model.candidate.exact_explanations == (algorithm == XGBOOST)
+    assert model.candidate.explains_exactly(model) == (algorithm != RANDOM_FOREST)
 
 
 def test_unseen_categories_and_missing_values_still_score(prepared):

@@ -313,10 +313,10 @@ def shap_summary(context: dg.AssetExecutionContext, config: ShapConfig, warehous
         model = load_evaluated_model(con, artifacts.root_path, config.model_version)
         frame, _ = read_training_set(con)
     split = rebuild_split(model, frame)
-    is_tree = model.candidate.exact_explanations
-    rows = config.sample_rows if is_tree else config.permutation_rows
+    exact = model.candidate.explains_exactly(model)
+    rows = config.sample_rows if exact else config.permutation_rows
     sample = split.test.sample(n=min(rows, len(split.test)), random_state=config.seed)
-    background = None if is_tree else split.train.sample(
+    background = None if exact else split.train.sample(
         n=min(config.background_rows, len(split.train)), random_state=config.seed)
     contributions, margin = explain(model, sample, background=background, seed=config.seed)
     passed, additivity = check_additivity(contributions, margin)
@@ -326,7 +326,7 @@ def shap_summary(context: dg.AssetExecutionContext, config: ShapConfig, warehous
     summary = {
         "model_version": model.version,
         "method": contributions.method,
-        "explained_output": "booster margin (log-odds) before calibration" if is_tree
+        "explained_output": "model margin (log-odds) before calibration" if exact
         else "logit of predict_proba",
         "rows": len(sample),
         "base_value": contributions.base_value,

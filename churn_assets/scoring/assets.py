@@ -128,10 +128,10 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
     parts, methods = [], {}
     for position, (month, frame) in enumerate(frames.items()):
         approximate = config.approximate or position < exact_from
-        method = model.candidate.explanation_method(approximate)
+        method = model.candidate.explanation_method(model, approximate)
         methods[month[:7]] = method
         background = None
-        if not model.candidate.exact_explanations and len(frame):
+        if not model.candidate.explains_exactly(model) and len(frame):
             background = frame.sample(n=min(config.background_rows, len(frame)), random_state=0)
         for start in range(0, len(frame), config.batch_rows):
             rows = explanation_rows(model, frame.iloc[start:start + config.batch_rows],

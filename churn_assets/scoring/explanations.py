@@ -20,7 +20,7 @@ EXPLANATION_COLUMNS: dict[str, tuple[str, str]] = {
     "feature": ("VARCHAR NOT NULL", "Feature name (a column of features.customer_features)."),
     "feature_value": ("VARCHAR", "The customer's value of the feature, as text; NULL if missing."),
     "shap_value": ("DOUBLE NOT NULL", "SHAP contribution to the log-odds of churn."),
-    "method": ("VARCHAR NOT NULL", "tree_shap (exact), saabas (approximate) or permutation."),
+    "method": ("VARCHAR NOT NULL", "tree_shap or linear (exact), stacked (exact, of the ensemble), saabas (approximate) or permutation."),
 }
 
 

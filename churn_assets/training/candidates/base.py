@@ -76,6 +76,12 @@ class Candidate:
     def predict_raw(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError
 
+    def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated log-odds of churn; what ``contributions`` add up to."""
+        from churn_assets.training.model import logit
+
+        return logit(self.predict_raw(model, frame))
+
     def save(self, model: ChurnModel, folder: Path) -> str:
         """Write the estimator into ``folder``; return the file name."""
         raise NotImplementedError
@@ -90,7 +96,12 @@ class Candidate:
         the algorithm has none (the permutation fallback is used)."""
         return None
 
-    def explanation_method(self, approximate: bool = False) -> str:
+    def explains_exactly(self, model: ChurnModel) -> bool:
+        """Whether ``contributions`` gives ``model``'s exact attributions."""
+        return self.exact_explanations
+
+    def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
+        """The ``method`` recorded beside explanations of ``model``."""
         return "permutation"
 
     def metadata(self, model: ChurnModel) -> dict[str, Any]:

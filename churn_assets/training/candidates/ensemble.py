@@ -1,5 +1,5 @@
-"""A stacked ensemble of the other candidates: a regularised logistic meta-model on the
-log-odds of their calibrated probabilities.
+"""A stacked ensemble of the other candidates: a regularised logistic meta-model on their
+margins (uncalibrated log-odds).
 
 The meta-model is fitted on out-of-sample predictions of the validation split: members
 trained on the training split predict it directly; members refitted on train + valid
@@ -8,10 +8,13 @@ which the registry keeps with them. The meta-model's own validation score is cro
 too (K folds over the validation rows), so the selection rule compares like with like and
 the ensemble wins only when stacking really adds something. The test split is never used.
 
-The ensemble's file is JSON (member versions, coefficients); loading it loads each member
-from the registry, verified by its own content address, so nothing executes on load.
-Explanations use the permutation fallback (the meta-model is linear in the members'
-calibrated log-odds, not in their margins).
+The ensemble's margin is ``intercept + sum(weight_i * margin_i)``, linear in its members'
+margins, so with members that have exact attributions (the boosters' TreeSHAP, the linear
+model's coefficients) its attributions are exact too: the weighted sum of theirs. That is
+why, by default, only such members are stacked (the random forest's probabilities are not
+additive in log-odds); ``members`` can name others, at the price of permutation
+explanations. The ensemble's file is JSON (member versions, weights); loading it loads each
+member from the registry, verified by its own content address, so nothing executes on load.
 """
 
 from __future__ import annotations
@@ -40,41 +43,40 @@ class EnsembleParams(CandidateParams):
     C: float = Field(default=1.0, description="Inverse L2 strength of the logistic meta-model.")
     folds: int = Field(default=5, description="Cross-fitting folds of the meta-model over the validation rows.")
     members: list[str] | None = Field(
-        default=None, description="Algorithms to stack; default: every other candidate that was trained.")
+        default=None, description="Algorithms to stack; default: every other trained candidate with exact "
+                                  "attributions (the ensemble's are then exact too).")
 
 
 class StackedModel:
-    """Members plus the meta-model's coefficients; ``predict_raw`` of the ensemble."""
+    """Members plus the meta-model's coefficients: the ensemble's margin and probability."""
 
     def __init__(self, members: list[ChurnModel], coef: list[float], intercept: float):
         self.members, self.coef, self.intercept = members, coef, intercept
 
-    def member_logits(self, frame: pd.DataFrame) -> np.ndarray:
+    def margin(self, frame: pd.DataFrame) -> np.ndarray:
         import numpy as np
 
-        return np.column_stack([logit(m.predict_proba(frame)) for m in self.members])
+        margins = np.column_stack([m.candidate.margin(m, frame) for m in self.members])
+        return margins @ np.asarray(self.coef) + self.intercept
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
         import numpy as np
 
-        z = self.member_logits(frame) @ np.asarray(self.coef) + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
+        return 1.0 / (1.0 + np.exp(-self.margin(frame)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"members": [m.version for m in self.members], "coef": self.coef, "intercept": self.intercept}
 
 
-def validation_logits(member: ChurnModel, split: Split) -> np.ndarray:
-    """Out-of-sample log-odds of ``member`` on the validation rows."""
-    from churn_assets.training.model import apply_calibration
-
+def validation_margins(member: ChurnModel, split: Split) -> np.ndarray:
+    """Out-of-sample margins of ``member`` on the validation rows."""
     held_out = member.held_out_raw.get("valid")
     if held_out is not None and len(held_out) == len(split.valid):
-        return logit(apply_calibration(member.calibration, held_out))
+        return logit(held_out)
     if member.params.get("fitted_on") == "train+valid":
         raise ValueError(f"{member.version} was fitted on the validation rows and kept no out-of-fold "
                          "predictions of them: it cannot be stacked")
-    return logit(member.predict_proba(split.valid))
+    return member.candidate.margin(member, split.valid)
 
 
 def _meta(C: float, seed: int):
@@ -88,12 +90,15 @@ def train_ensemble(split: Split, spec: FeatureSpec, trained: list[ChurnModel], *
     import numpy as np
 
     settings = EnsembleParams(**settings)
-    chosen = [m for m in trained if settings.members is None or m.algorithm in settings.members]
+    if settings.members is None:
+        chosen = [m for m in trained if m.candidate.explains_exactly(m)]
+    else:
+        chosen = [m for m in trained if m.algorithm in settings.members]
     chosen.sort(key=lambda m: (m.algorithm, str(m.version)))
     if len(chosen) < 2:
         raise ValueError(f"A stacked ensemble needs at least two members; got {[m.algorithm for m in chosen]}")
     labels = split.valid[spec.roles.label_column].to_numpy()
-    features = np.column_stack([validation_logits(m, split) for m in chosen])
+    features = np.column_stack([validation_margins(m, split) for m in chosen])
     out_of_fold = np.empty(len(labels))
     folds = max(2, min(settings.folds, int(labels.sum()), int(len(labels) - labels.sum())))
     for fit_rows, held_rows in stratified_folds(labels, folds, seed):
@@ -125,6 +130,39 @@ class StackedEnsembleCandidate(Candidate):
 
     def predict_raw(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
         return model.estimator.predict(frame)
+
+    def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
+        return model.estimator.margin(frame)
+
+    def contributions(self, model: ChurnModel, features: pd.DataFrame, approximate: bool = False):
+        """The weighted sum of the members' exact attributions, or None if one has none."""
+        import numpy as np
+
+        from churn_assets.training.explain import Contributions
+
+        stacked: StackedModel = model.estimator
+        values = np.zeros((len(features), len(features.columns)))
+        base = np.full(len(features), stacked.intercept)
+        margin = np.full(len(features), stacked.intercept)
+        for member, weight in zip(stacked.members, stacked.coef, strict=True):
+            exact = member.candidate.contributions(member, features, approximate=approximate)
+            if exact is None:
+                return None
+            part, member_margin = exact
+            position = {name: i for i, name in enumerate(part.feature_names)}
+            for column, name in enumerate(features.columns):
+                if name in position:
+                    values[:, column] += weight * part.values[:, position[name]]
+            base += weight * part.base_values
+            margin += weight * member_margin
+        return Contributions(values=values, base_values=base, feature_names=list(features.columns),
+                             method="stacked"), margin
+
+    def explains_exactly(self, model: ChurnModel) -> bool:
+        return all(m.candidate.explains_exactly(m) for m in model.estimator.members)
+
+    def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
+        return "stacked" if self.explains_exactly(model) else "permutation"
 
     def save(self, model: ChurnModel, folder: Path) -> str:
         (folder / MODEL_FILE).write_text(json.dumps(model.estimator.to_dict(), sort_keys=True, indent=2) + "\n")

@@ -40,7 +40,7 @@ MODEL_FILE = "model.txt"
 
 
 class LightGBMParams(CandidateParams):
-    learning_rate: float = Field(default=0.03, description="Shrinkage per round.")
+    learning_rate: float = Field(default=0.05, description="Shrinkage per round.")
     num_leaves: int = Field(default=15, description="Leaves per tree at most.")
     max_depth: int = Field(default=-1, description="Depth limit; -1 for none (num_leaves bounds trees).")
     min_child_samples: int = Field(default=40, description="Rows per leaf at least.")
@@ -48,8 +48,8 @@ class LightGBMParams(CandidateParams):
     bagging_fraction: float = Field(default=0.8, description="Share of rows per tree.")
     lambda_l2: float = Field(default=5.0, description="L2 regularisation of leaf values.")
     cat_smooth: float = Field(default=10.0, description="Smoothing of categorical split statistics.")
-    max_rounds: int = Field(default=2000, description="Boosting rounds at most.")
-    early_stopping_rounds: int = Field(default=100, description="Rounds without AUC gain before stopping.")
+    max_rounds: int = Field(default=1000, description="Boosting rounds at most.")
+    early_stopping_rounds: int = Field(default=50, description="Rounds without AUC gain before stopping.")
     cv_folds: int = Field(default=5, description="Folds of the small-data path.")
     cv_max_rows: int = Field(default=20_000, description="Random splits up to this many train + valid rows use CV.")
     num_threads: int = Field(default=2, description="LightGBM threads (1 below 20k rows).")
@@ -158,6 +158,11 @@ class LightGBMCandidate(Candidate):
 
         return lgb.Booster(model_file=str(path))
 
+    def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
+        import numpy as np
+
+        return np.asarray(model.estimator.predict(model.features(frame), raw_score=True), dtype=np.float64)
+
     def contributions(self, model: ChurnModel, features: pd.DataFrame, approximate: bool = False):
         import numpy as np
 
@@ -169,7 +174,7 @@ class LightGBMCandidate(Candidate):
                                       feature_names=list(features.columns), method="lightgbm-treeshap")
         return contributions, margin
 
-    def explanation_method(self, approximate: bool = False) -> str:
+    def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
         return "tree_shap"
 
 

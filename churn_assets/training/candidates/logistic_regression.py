@@ -8,10 +8,19 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from churn_assets.training.candidates.base import BASELINE, CandidateParams, FitContext
-from churn_assets.training.candidates.sklearn_common import SklearnCandidate, fit_pipeline, sklearn_preprocessor
+from churn_assets.training.candidates.sklearn_common import (
+    SklearnCandidate,
+    fit_pipeline,
+    sklearn_input,
+    sklearn_preprocessor,
+)
+from churn_assets.training.columns import feature_frame
 from churn_assets.training.model import ChurnModel, calibrate
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
     from churn_assets.training.columns import FeatureSpec
     from churn_assets.training.split import Split
 
@@ -36,8 +45,27 @@ def train_logistic_regression(split: Split, spec: FeatureSpec, *, seed: int = 42
         ("model", LogisticRegression(random_state=seed, **params)),
     ])
     fit_pipeline(pipeline, split, spec)
-    model = ChurnModel(CANDIDATE, spec, pipeline, {**params, "seed": seed})
+    # The training rows' mean of every model input column: the reference of the exact
+    # linear attributions (coefficient x distance from it), kept with the parameters.
+    encoded = pipeline.named_steps["prepare"].transform(sklearn_input(feature_frame(split.train, spec), spec))
+    means = [round(float(v), 12) for v in encoded.mean(axis=0)]
+    model = ChurnModel(CANDIDATE, spec, pipeline, {**params, "seed": seed, "input_means": means})
     return calibrate(model, split, seed)
+
+
+def input_columns_by_feature(prepare) -> list[str]:
+    """For each column the fitted ColumnTransformer outputs, the feature it came from."""
+    owners: list[str] = []
+    for name, transformer, columns in prepare.transformers_:
+        if name == "categorical":
+            for feature, levels in zip(columns, transformer.categories_, strict=True):
+                owners += [feature] * len(levels)
+        elif name == "numeric":
+            owners += list(columns)
+            indicator = transformer.named_steps["impute"].indicator_
+            if indicator is not None:
+                owners += [columns[i] for i in indicator.features_]
+    return owners
 
 
 class LogisticRegressionCandidate(SklearnCandidate):
@@ -46,6 +74,33 @@ class LogisticRegressionCandidate(SklearnCandidate):
     role = BASELINE
     description = "Balanced logistic regression (one-hot categoricals, scaled numerics)."
     Params = LogisticRegressionParams
+    # A linear model's exact attributions: coefficient x (input - training mean), summed
+    # over the columns one feature becomes (its one-hot levels, its missing indicator).
+    exact_explanations = True
+
+    def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
+        features = sklearn_input(model.features(frame), model.feature_spec)
+        return model.estimator.decision_function(features).astype("float64")
+
+    def contributions(self, model: ChurnModel, features: pd.DataFrame, approximate: bool = False):
+        import numpy as np
+
+        from churn_assets.training.explain import Contributions
+
+        prepare, classifier = model.estimator.named_steps["prepare"], model.estimator.named_steps["model"]
+        encoded = np.asarray(prepare.transform(sklearn_input(features, model.feature_spec)), dtype="float64")
+        coef, means = classifier.coef_[0], np.asarray(model.params["input_means"])
+        per_column = (encoded - means) * coef
+        owners = np.asarray(input_columns_by_feature(prepare))
+        names = list(features.columns)
+        values = np.column_stack([per_column[:, owners == name].sum(axis=1) for name in names])
+        base = float(classifier.intercept_[0] + means @ coef)
+        contributions = Contributions(values=values, base_values=np.full(len(features), base),
+                                      feature_names=names, method="linear-exact")
+        return contributions, encoded @ coef + classifier.intercept_[0]
+
+    def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
+        return "linear"
 
     def fit(self, split: Split, spec: FeatureSpec, params: LogisticRegressionParams,
             context: FitContext) -> ChurnModel:

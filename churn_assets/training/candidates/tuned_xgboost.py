@@ -348,13 +348,18 @@ class TunedXGBoostCandidate(Candidate):
         booster.load_model(str(path))
         return booster
 
+    def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
+        from churn_assets.training.explain import booster_margin
+
+        return booster_margin(model.estimator, model.features(frame))
+
     def contributions(self, model: ChurnModel, features: pd.DataFrame, approximate: bool = False):
         from churn_assets.training.explain import booster_margin, xgboost_contributions
 
         return (xgboost_contributions(model.estimator, features, approximate=approximate),
                 booster_margin(model.estimator, features))
 
-    def explanation_method(self, approximate: bool = False) -> str:
+    def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
         return "saabas" if approximate else "tree_shap"
 
 
