@@ -66,3 +66,12 @@ def test_demo_regenerate_refuses_to_leave_earlier_months_behind(churn_home, caps
     assert "2024-03" in capsys.readouterr().err
     assert available_months(source_dir()) == ["2024-01-01", "2024-02-01", "2024-03-01"]
     assert {p: p.read_bytes() for p in sorted(source_dir().rglob("*.parquet"))} == before
+
+
+def test_a_bad_policy_file_is_one_line_and_exit_2(churn_home, monkeypatch, capsys):
+    policies = churn_home / "policies.yaml"
+    policies.write_text("drift:\n  psi_error: high\n")
+    monkeypatch.setenv("CHURN_POLICIES", str(policies))
+    assert main(["check"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "drift.psi_error: Input should be a valid number" in err

@@ -13,9 +13,13 @@ def _say(message: str) -> None:
 
 
 def _load_defs():
-    from churn_assets.definitions import defs
+    """The code location with the policies read now (a bad policy file stops here, named)."""
+    from churn_assets.policies import load_policies
 
-    return defs
+    policies = load_policies()
+    from churn_assets.definitions import build_defs
+
+    return build_defs(policies)
 
 
 def _months_to_run() -> list[str]:
@@ -253,8 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from churn_assets.policies import PolicyError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except PolicyError as error:
+        _say(f"churn: {error}")
+        return 2
 
 
 if __name__ == "__main__":
