@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 HEAVY_MODULES = [
-    "pandas", "numpy", "duckdb", "sklearn", "xgboost", "shap", "evidently", "optuna",
+    "pandas", "numpy", "duckdb", "sklearn", "xgboost", "lightgbm", "shap", "evidently", "optuna",
     "matplotlib", "pyarrow", "scipy",
 ]
 
@@ -38,3 +38,14 @@ def test_definitions_validate():
     from churn_assets.definitions import defs
 
     defs.validate_loadable(defs)
+
+
+def test_each_layer_exports_its_own_definitions():
+    from churn_assets.definitions import LAYERS, defs
+
+    assets = {key for layer in LAYERS for asset in (layer.assets or []) for key in asset.keys}
+    assert assets == set(defs.resolve_asset_graph().get_all_asset_keys())
+    candidate_assets = {k.to_user_string() for k in assets if k.path[0] == "ml"}
+    assert {"ml/baseline_models", "ml/tuned_xgboost", "ml/lightgbm", "ml/ensemble"} <= candidate_assets
+    assert {f"{name}_policy" for name in ("training", "tuning", "promotion", "evaluation", "scoring", "drift",
+                                          "retraining")} <= set(defs.resources)

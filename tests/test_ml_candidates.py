@@ -163,3 +163,13 @@ def test_a_dataset_with_other_column_names_trains_unchanged(tmp_path):
     spec = build_feature_spec(split.train, roles)
     for algorithm in (LOGISTIC_REGRESSION, XGBOOST):
         assert evaluate(TRAINERS[algorithm](split, spec), split)["test_auc"] > 0.7
+
+
+def test_the_forest_predicts_the_same_bits_every_time_with_parallel_training(prepared):
+    # Its calibration and version are functions of these bits: parallel vote sums would
+    # give a new model version on every run of the same data.
+    split, spec = prepared
+    first, second = (train_random_forest(split, spec, n_estimators=30, n_jobs=2) for _ in range(2))
+    runs = [first.predict_raw(split.test) for _ in range(3)] + [second.predict_raw(split.test)]
+    assert all(np.array_equal(runs[0], run) for run in runs[1:])
+    assert first.calibration == second.calibration

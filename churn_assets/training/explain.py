@@ -1,15 +1,18 @@
-"""SHAP explanations: exact TreeSHAP for XGBoost, a permutation fallback for other models.
+"""SHAP explanations: each candidate's exact attributions where it has them, a permutation
+fallback for the others; ``explain`` chooses.
 
-All contributions are in log-odds. For XGBoost they come from the booster itself
-(``pred_contribs=True``: exact TreeSHAP in XGBoost's C++), so the base value plus the
-contributions equals the booster's margin for every row. When the registry calibrates the
-booster (isotonic/Platt on top), the explanation is of the *uncalibrated* margin: the
-calibration map is monotone, so the ranking of reasons is unchanged.
+All contributions are in log-odds. Exact ones come from the candidate (``Candidate.
+contributions``): XGBoost's and LightGBM's boosters (TreeSHAP in their C++), the logistic
+regression's coefficients, and the stacked ensemble's weighted sum of its members'. The base
+value plus the contributions equals the model's margin for every row. When the registry
+calibrates a model (isotonic/Platt on top), the explanation is of the *uncalibrated* margin:
+the calibration map is monotone, so the ranking of reasons is unchanged.
 
-For models without a tree booster (the logistic-regression and random-forest baselines)
-``permutation_contributions`` estimates Shapley values of logit(predict_proba) on a sample
-with antithetic permutations against a small background set; it is additive by
-construction (each permutation chain telescopes from the background to the row).
+For models without exact attributions (the random forest) ``permutation_contributions``
+estimates Shapley values of logit(predict_proba) on a sample with antithetic permutations
+against a small background set; it is additive by construction (each permutation chain
+telescopes from the background to the row). The helpers here that take a raw XGBoost
+booster are what the XGBoost candidate calls.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 The challenger is the best candidate of the latest training run by the selection rule
 (validation ROC-AUC, out-of-sample for every candidate; see ``registry.best_of_latest_run``).
 The reference is the current champion or, with no champion yet, the best baseline other
-than the challenger (a baseline that wins the selection becomes the first champion
-unopposed). Both score the challenger's recorded test rows; the gate passes when the challenger's ROC-AUC
+than the challenger (so a baseline that wins the selection still faces the other baseline;
+it becomes the first champion unopposed only when no other baseline ran). Both score the challenger's recorded test rows; the gate passes when the challenger's ROC-AUC
 exceeds the reference's by more than ``margin`` (and, if asked, when the lower end of the
 paired bootstrap confidence interval of the difference is above zero). A challenger that
 already is the champion passes without a change.

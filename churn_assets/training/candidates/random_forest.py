@@ -48,6 +48,10 @@ def train_random_forest(split: Split, spec: FeatureSpec, *, seed: int = 42, **se
         ("model", RandomForestClassifier(random_state=seed, n_jobs=settings.n_jobs, **params)),
     ])
     fit_pipeline(pipeline, split, spec)
+    # Trees are grown in parallel (deterministic per random_state), but summing their votes
+    # in parallel changes the last bits of a probability from call to call, hence the
+    # calibration and the model version: predictions use one thread.
+    pipeline.named_steps["model"].n_jobs = 1
     model = ChurnModel(CANDIDATE, spec, pipeline, {**params, "seed": seed})
     return calibrate(model, split, seed)
 
