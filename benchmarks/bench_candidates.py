@@ -39,9 +39,11 @@ import argparse
 import json
 import os
 import platform
-import resource
 import time
 from pathlib import Path
+
+# Sibling script: run as `python benchmarks/bench_candidates.py`, its folder is on sys.path.
+from bench_tuning import cpu_seconds, load_frame
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CSV = Path("/work/shared/datasets/telco_customer_churn.csv")
@@ -49,29 +51,6 @@ PLAIN = "plain_xgboost_script"
 SELECTION = "selection rule"
 # The pipeline's name for a split that is not out of time (anything else takes the same paths).
 RANDOM_STRATEGY = "stratified_random"
-
-
-def load_frame(args):
-    if args.churn_home:
-        os.environ["CHURN_HOME"] = str(args.churn_home)
-        from churn_assets.core.warehouse import Warehouse
-        from churn_assets.training.train import read_training_set
-
-        with Warehouse().read() as con:
-            frame, types = read_training_set(con)
-        return frame, types, f"features.training_set in {args.churn_home}"
-    from churn_assets.training.columns import duckdb_types_of_frame
-    from churn_assets.training.sample_data import telco_training_frame
-
-    frame = telco_training_frame(args.csv)
-    return frame, duckdb_types_of_frame(frame), str(args.csv)
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process (all its threads) and of its finished child processes."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def stratified_subsample(labelled, label: str, max_rows: int | None, seed: int):
