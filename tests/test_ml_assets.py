@@ -6,7 +6,6 @@ import dagster as dg
 import duckdb
 import pytest
 
-from churn_assets.core.keys import CHAMPION_KEY, MODEL_VERSIONS_KEY
 from churn_assets.core.warehouse import Warehouse
 from churn_assets.training.assets import PROMOTION_GATE, ml_asset_checks, ml_assets
 from churn_assets.training.registry import load_champion
@@ -97,3 +96,15 @@ def test_failed_gate_blocks_the_champion_and_leaves_the_pointer(home):
     after = _versions(home)
     assert len(after) == 10
     assert [r for r in after if r[3]] == before
+
+
+def test_the_training_policy_chooses_the_candidates(home):
+    # Only one candidate besides the ensemble: nothing to stack, said on the asset; the
+    # logistic regression, with no other baseline to beat, becomes the first champion.
+    result = _materialize(home, training={"candidates": ["logistic_regression", "ensemble"]}, promotion={})
+    assert result.success
+    assert [(r[1], r[3]) for r in _versions(home)] == [("logistic_regression", True)]
+    ensemble = result.asset_materializations_for_node("ml__ensemble")[0].metadata
+    assert "at least two members" in ensemble["ensemble/skipped"].value
+    tuned = result.asset_materializations_for_node("ml__tuned_xgboost")[0].metadata
+    assert "not among the training policy's candidates" in tuned["xgboost/skipped"].value

@@ -2,7 +2,7 @@
 
 import json
 import math
-from datetime import date, datetime
+from datetime import date
 
 import duckdb
 import numpy as np

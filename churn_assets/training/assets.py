@@ -64,19 +64,21 @@ def _candidate_asset(asset_name: str, entries: list) -> dg.AssetsDefinition:
               training_policy: TrainingPolicy, tuning_policy: TuningPolicy) -> dg.MaterializeResult:
         with warehouse.read() as con:
             frame, types = read_training_set(con)
-        trained = train_candidates(entries, frame, types, training_policy,
+        outcome = train_candidates(entries, frame, types, training_policy,
                                    tuning_policy.settings(training_policy.split.seed), artifacts.root_path,
                                    persist_study=tuning_policy.persist_study)
-        write_pointer(artifacts.root_path, asset_name, [t.record for t in trained])
+        write_pointer(artifacts.root_path, asset_name, [t.record for t in outcome.trained])
         metadata: dict[str, Any] = {}
-        for item in trained:
+        for item in outcome.trained:
             metadata.update(_candidate_metadata(item.record))
             metadata.update(item.model.candidate.metadata(item.model))
-        if trained:
-            metadata["split"] = dg.MetadataValue.json(json.loads(trained[0].record["split_description"]))
-            metadata["training_data_version"] = trained[0].record["training_data_version"]
-        else:
-            metadata["skipped"] = "no candidate of this asset is enabled in the training policy"
+        if outcome.trained:
+            first = outcome.trained[0].record
+            metadata["split"] = dg.MetadataValue.json(json.loads(first["split_description"]))
+            metadata["training_data_version"] = first["training_data_version"]
+        for algorithm, reason in outcome.skipped.items():
+            context.log.info(f"{algorithm} not trained: {reason}")
+            metadata[f"{algorithm}/skipped"] = reason
         return dg.MaterializeResult(metadata=metadata)
 
     return train

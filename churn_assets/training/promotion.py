@@ -4,7 +4,7 @@ The challenger is the best candidate of the latest training run by the selection
 (validation ROC-AUC, out-of-sample for every candidate; see ``registry.best_of_latest_run``).
 The reference is the current champion or, with no champion yet, the best baseline other
 than the challenger (so a baseline that wins the selection still faces the other baseline;
-it becomes the first champion unopposed only when no other baseline ran). Both score the challenger's recorded test rows; the gate passes when the challenger's ROC-AUC
+the best candidate becomes the first champion unopposed only when no other baseline ran). Both score the challenger's recorded test rows; the gate passes when the challenger's ROC-AUC
 exceeds the reference's by more than ``margin`` (and, if asked, when the lower end of the
 paired bootstrap confidence interval of the difference is above zero). A challenger that
 already is the champion passes without a change.
@@ -130,7 +130,6 @@ def evaluate_gate(
     settings: PromotionPolicy,
 ) -> GateDecision:
     """Decide whether ``challenger`` may become champion, scoring every model on ``test``."""
-    import numpy as np
     from sklearn.metrics import roc_auc_score
 
     label = challenger.feature_spec.roles.label_column
@@ -150,13 +149,10 @@ def evaluate_gate(
         _, _, reference = max(scored, key=lambda item: (item[0], item[1]))
         kind = "best_baseline"
         reference_scores = reference.predict_proba(test)
-    elif baselines:
-        return GateDecision(True, "no champion yet: the best baseline by the selection rule becomes the first",
-                            challenger.version, None, "none", challenger_auc, None, None, None, None,
-                            settings.margin, rows)
     else:
-        return GateDecision(False, "no champion and no baseline to compare with", challenger.version,
-                            None, "none", challenger_auc, None, None, None, None, settings.margin, rows)
+        return GateDecision(True, "no champion yet and no other baseline to beat: the best candidate by the "
+                            "selection rule becomes the first", challenger.version, None, "none", challenger_auc,
+                            None, None, None, None, settings.margin, rows)
     difference, low, high = paired_bootstrap_auc_difference(
         labels, challenger_scores, reference_scores,
         samples=settings.bootstrap_samples, confidence=settings.confidence, seed=settings.seed,

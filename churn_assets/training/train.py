@@ -131,6 +131,13 @@ class Trained:
     model: ChurnModel
 
 
+@dataclass
+class TrainingOutcome:
+    trained: list[Trained]
+    # algorithm -> why it trained nothing (disabled by the policy, nothing to stack, ...)
+    skipped: dict[str, str]
+
+
 def save_candidate(model: ChurnModel, data_split: Split, artifacts_root: Path, data_version: str,
                    role: str) -> dict:
     from churn_assets.training.model import evaluate
@@ -143,7 +150,7 @@ def save_candidate(model: ChurnModel, data_split: Split, artifacts_root: Path, d
     return version_record(saved, model, role, data_split, metrics)
 
 
-def stacking_members(artifacts_root: Path, entries: list[Candidate], data_version: str) -> list[ChurnModel]:
+def stacking_members(artifacts_root: Path, data_version: str) -> list[ChurnModel]:
     """The models the other (non-stacking) candidate assets last produced for this data."""
     from churn_assets.training.candidates import candidate_assets
     from churn_assets.training.registry import load_model_folder, models_root
@@ -160,9 +167,9 @@ def stacking_members(artifacts_root: Path, entries: list[Candidate], data_versio
 
 def train_candidates(entries: list[Candidate], frame: pd.DataFrame, column_types: dict[str, str],
                      policy: TrainingPolicy, tuning: TuningSettings, artifacts_root: Path,
-                     persist_study: bool = True) -> list[Trained]:
+                     persist_study: bool = True) -> TrainingOutcome:
     """Fit, save and describe the enabled ``entries`` (one asset's candidates)."""
-    from churn_assets.training.candidates.base import FitContext
+    from churn_assets.training.candidates.base import CandidateSkipped, FitContext
 
     spec, data_split, data_version = prepare(frame, column_types, policy.roles.settings(), policy.split.settings())
     context = FitContext(
@@ -170,16 +177,21 @@ def train_candidates(entries: list[Candidate], frame: pd.DataFrame, column_types
         study_dir=Path(artifacts_root) / OPTUNA_DIR if persist_study else None,
     )
     if any(entry.stacks for entry in entries):
-        context.members = [m for m in stacking_members(artifacts_root, entries, data_version)
+        context.members = [m for m in stacking_members(artifacts_root, data_version)
                            if policy.enabled(m.candidate)]
-    trained = []
+    outcome = TrainingOutcome([], {})
     for entry in entries:
         if not policy.enabled(entry):
+            outcome.skipped[entry.algorithm] = "not among the training policy's candidates"
             continue
-        model = entry.fit(data_split, spec, policy.params_for(entry), context)
+        try:
+            model = entry.fit(data_split, spec, policy.params_for(entry), context)
+        except CandidateSkipped as reason:
+            outcome.skipped[entry.algorithm] = str(reason)
+            continue
         record = save_candidate(model, data_split, artifacts_root, data_version, entry.role)
-        trained.append(Trained(record, model))
-    return trained
+        outcome.trained.append(Trained(record, model))
+    return outcome
 
 
 # -- pointers: which versions an asset produced last ----------------------------------------

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
     from churn_assets.training.model import ChurnModel
 
-    from churn_assets.training.columns import FeatureSpec
     from churn_assets.training.split import Split
 
 STUDY_PREFIX = "tuned_xgboost"

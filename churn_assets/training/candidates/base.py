@@ -29,6 +29,11 @@ BASELINE = "baseline"
 CHALLENGER = "challenger"
 
 
+class CandidateSkipped(Exception):
+    """A candidate that has nothing to fit on this run (an ensemble with fewer than two
+    members, say); the run goes on without it and says why."""
+
+
 class CandidateParams(BaseModel):
     """A candidate's own settings, with their one default each. ``churn.yaml`` (or the
     ``training_policy`` resource's ``candidate_params``) overrides them by name; an unknown

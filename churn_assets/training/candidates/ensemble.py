@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from churn_assets.training.candidates.base import Candidate, CandidateParams, FitContext
+from churn_assets.training.candidates.base import Candidate, CandidateParams, CandidateSkipped, FitContext
 from churn_assets.training.model import ChurnModel, choose_calibration, logit, stratified_folds
 
 if TYPE_CHECKING:
@@ -96,7 +96,7 @@ def train_ensemble(split: Split, spec: FeatureSpec, trained: list[ChurnModel], *
         chosen = [m for m in trained if m.algorithm in settings.members]
     chosen.sort(key=lambda m: (m.algorithm, str(m.version)))
     if len(chosen) < 2:
-        raise ValueError(f"A stacked ensemble needs at least two members; got {[m.algorithm for m in chosen]}")
+        raise CandidateSkipped(f"a stacked ensemble needs at least two members; got {[m.algorithm for m in chosen]}")
     labels = split.valid[spec.roles.label_column].to_numpy()
     features = np.column_stack([validation_margins(m, split) for m in chosen])
     out_of_fold = np.empty(len(labels))
