@@ -75,3 +75,10 @@ def test_a_bad_policy_file_is_one_line_and_exit_2(churn_home, monkeypatch, capsy
     assert main(["check"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "drift.psi_error: Input should be a valid number" in err
+
+
+def test_ui_hands_dagster_the_repository_workspace():
+    from churn_assets.core.paths import BUILTIN_SQL_DIR, WORKSPACE_FILE
+
+    assert WORKSPACE_FILE.is_file() and "churn_assets.definitions" in WORKSPACE_FILE.read_text()
+    assert BUILTIN_SQL_DIR.is_dir()

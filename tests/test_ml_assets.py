@@ -69,6 +69,8 @@ def test_ml_group_registers_candidates_promotes_and_is_reproducible(home):
         assert {"ci_low", "ci_high", "auc_difference"} <= set(gate.metadata)
     tuned = result.asset_materializations_for_node("ml__tuned_xgboost")[0].metadata
     assert {"chosen_params", "trial_selection", "tuning_history", "trials", "split", "xgboost/test_auc"} <= set(tuned)
+    stacked = result.asset_materializations_for_node("ml__ensemble")[0].metadata
+    assert set(stacked["ensemble/weights"].value) == {"logistic_regression", "xgboost", "lightgbm"}
 
     warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
     champion = load_champion(home / "artifacts", warehouse)

@@ -195,14 +195,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
     from churn_assets.cli.runner import dagster_home
+    from churn_assets.core.paths import REPO_ROOT, WORKSPACE_FILE
 
     home = dagster_home()
     _say(f"Starting `dagster dev` with DAGSTER_HOME={home}")
-    project_root = Path(__file__).resolve().parent.parent
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(project_root / "workspace.yaml")]
+    command = [sys.executable, "-m", "dagster", "dev", "-w", str(WORKSPACE_FILE)]
     if args.port:
         command += ["-p", str(args.port)]
-    return subprocess.call(command, env=os.environ.copy(), cwd=project_root)
+    return subprocess.call(command, env=os.environ.copy(), cwd=REPO_ROOT)
 
 
 def build_parser() -> argparse.ArgumentParser:

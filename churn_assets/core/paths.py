@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 DEFAULT_HOME = "data"
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # The built-in synthetic telecom project's SQL models (the repository's sql/).
-BUILTIN_SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+BUILTIN_SQL_DIR = REPO_ROOT / "sql"
+# What `churn ui` hands to `dagster dev`.
+WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
 
 
 def churn_home() -> Path:

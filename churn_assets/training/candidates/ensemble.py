@@ -121,7 +121,8 @@ class StackedEnsembleCandidate(Candidate):
     algorithm = ENSEMBLE
     asset = "ensemble"
     kinds = frozenset({"scikit-learn"})
-    description = "Stacked ensemble: a regularised logistic meta-model on the other candidates' log-odds."
+    description = ("Stacked ensemble: a regularised logistic meta-model on the margins of the other candidates "
+                   "(by default those with exact attributions), cross-fitted on the validation rows.")
     stacks = True
     Params = EnsembleParams
 
@@ -130,6 +131,12 @@ class StackedEnsembleCandidate(Candidate):
 
     def predict_raw(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
         return model.estimator.predict(frame)
+
+    def metadata(self, model: ChurnModel) -> dict[str, Any]:
+        import dagster as dg
+
+        return {"ensemble/members": dg.MetadataValue.json(model.params["members"]),
+                "ensemble/weights": dg.MetadataValue.json(model.params["weights"])}
 
     def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
         return model.estimator.margin(frame)
