@@ -17,8 +17,8 @@ The peer is the "plain 5-fold XGBoost script" one would write first: an sklearn 
 defaults except n_estimators=300, learning_rate=0.05, max_depth=4, eval_metric="logloss",
 fitted on the same non-test rows (train + valid) of each fold.
 
-The pipeline's selection rule (best ``valid_auc`` of the candidates, out of sample for each:
-held-out predictions where a model was refitted on its validation rows; ties to the lexically
+The pipeline's selection rule (``registry.select_best``: the best ``cv_auc`` when every candidate
+has one, as on these small random splits, else the best ``valid_auc``; ties to the lexically
 first version) is applied per fold, and the test AUC of the candidate it picks is reported as
 its own row ("selection rule"): that is the CV estimate of what the pipeline would ship.
 
@@ -165,6 +165,7 @@ def run_fold(k: int, labelled, rest_rows, test_rows, roles, data_version: str, a
             "test_auc": float(roc_auc_score(labels, scores)),
             "test_auc_raw": float(roc_auc_score(labels, raw)),
             "valid_auc": float(metrics["valid_auc"]),
+            "cv_auc": metrics.get("cv_auc"),
             "test_logloss": float(metrics["test_logloss"]),
             "fit_wall_s": wall,
             "fit_cpu_s": cpu,
@@ -191,11 +192,14 @@ def run_fold(k: int, labelled, rest_rows, test_rows, roles, data_version: str, a
     results[PLAIN] = {"test_auc": float(roc_auc_score(labels, scores)), "fit_wall_s": wall, "fit_cpu_s": cpu}
     print(f"  {PLAIN}: test AUC {results[PLAIN]['test_auc']:.4f}, {wall:.1f}s wall / {cpu:.1f}s CPU", flush=True)
 
-    ranked = [(f["valid_auc"], f"{name}-fold{k}", name) for name, f in results.items() if "valid_auc" in f]
-    # Best valid AUC, ties to the lexically first version (registry.best_of_latest_run).
-    _, _, chosen = min(ranked, key=lambda item: (-item[0], item[1]))
-    results[SELECTION] = {"test_auc": results[chosen]["test_auc"], "selected": chosen}
-    print(f"  selection rule picks {chosen} (valid AUC {results[chosen]['valid_auc']:.4f}, "
+    from churn_assets.training.registry import select_best, selection_metric
+
+    candidates = [{"version": f"{name}-fold{k}", "algorithm": name, "cv_auc": f.get("cv_auc"),
+                   "valid_auc": f["valid_auc"]} for name, f in results.items() if "valid_auc" in f]
+    metric = selection_metric(candidates)
+    chosen = select_best(candidates)["algorithm"]
+    results[SELECTION] = {"test_auc": results[chosen]["test_auc"], "selected": chosen, "by": metric}
+    print(f"  selection rule ({metric}) picks {chosen} ({metric} {results[chosen][metric]:.4f}, "
           f"test AUC {results[chosen]['test_auc']:.4f})", flush=True)
     return {"fold": k, "rows": description["parts"], "candidates": results}
 

@@ -110,3 +110,22 @@ def test_the_training_policy_chooses_the_candidates(home):
     assert "at least two members" in ensemble["ensemble/skipped"].value
     tuned = result.asset_materializations_for_node("ml__tuned_xgboost")[0].metadata
     assert "not among the training policy's candidates" in tuned["xgboost/skipped"].value
+
+
+def test_one_snapshot_compares_every_candidate_by_cross_validation(tmp_path, monkeypatch):
+    # One labelled month: a random split, small enough that every candidate brings the same
+    # 5-fold CV over train + valid, and the champion is the best cv_auc.
+    monkeypatch.setenv("CHURN_HOME", str(tmp_path))
+    frame = synthetic_training_frame(n_customers=700, n_months=2, seed=61)
+    _write_training_set(tmp_path / "warehouse.duckdb", frame)
+    assert _materialize(tmp_path).success
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT version, algorithm, cv_auc, cv_auc_std, is_champion FROM ml.model_versions"
+                           ).fetchall()
+    finally:
+        con.close()
+    assert sorted(r[1] for r in rows) == ["ensemble", "lightgbm", "logistic_regression", "random_forest", "xgboost"]
+    assert all(0.5 < r[2] < 1 and r[3] >= 0 for r in rows)
+    best = min(rows, key=lambda r: (-r[2], r[0]))
+    assert [r[0] for r in rows if r[4]] == [best[0]]

@@ -71,7 +71,10 @@ def test_a_small_random_split_is_tuned_by_cross_validation_and_refitted_on_train
 
     assert split.strategy == "stratified_random" and result.strategy == "cross_validation"
     assert model.params["fitted_on"] == "train+valid"
-    assert len(model.params["cv_fold_aucs"]) == 3
+    # Trials use 3 folds; the refit's cross-fitting uses the 5 folds every candidate is
+    # compared on (cv_auc).
+    assert len(model.params["cv_fold_aucs"]) == 5 == len(model.cross_validation["fold_aucs"])
+    assert metrics["cv_auc"] == pytest.approx(model.params["cv_auc"])
     assert model.estimator.num_boosted_rounds() == model.params["num_boost_round"]
     # The validation rows are training rows of the refit; their metrics come from the
     # cross-fitted models, so they are not the (optimistic) in-sample scores.

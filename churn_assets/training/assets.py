@@ -43,6 +43,8 @@ def _candidate_metadata(record: dict) -> dict[str, Any]:
         f"{prefix}/test_auc": dg.MetadataValue.float(record["test_auc"]),
         f"{prefix}/test_logloss": dg.MetadataValue.float(record["test_logloss"]),
         f"{prefix}/valid_auc": dg.MetadataValue.float(record["valid_auc"]),
+        **({f"{prefix}/cv_auc": dg.MetadataValue.float(record["cv_auc"])} if record.get("cv_auc") is not None
+           else {}),
         f"{prefix}/calibration": record["calibration"],
     }
 
@@ -107,10 +109,10 @@ def model_versions(context: dg.AssetExecutionContext, warehouse: Warehouse,
         register_versions(con, records)
         total = con.execute(f"SELECT count(*) FROM {VERSIONS_TABLE}").fetchone()[0]
         rows = con.execute(
-            f"SELECT version, algorithm, role, valid_auc, test_auc, test_logloss, is_champion, last_trained_at "
+            f"SELECT version, algorithm, role, cv_auc, valid_auc, test_auc, test_logloss, is_champion, last_trained_at "
             f"FROM {VERSIONS_TABLE} ORDER BY last_trained_at DESC, valid_auc DESC LIMIT 20"
         ).df().to_dict("records")
-    columns = ["version", "algorithm", "role", "valid_auc", "test_auc", "test_logloss", "is_champion",
+    columns = ["version", "algorithm", "role", "cv_auc", "valid_auc", "test_auc", "test_logloss", "is_champion",
                "last_trained_at"]
     return dg.MaterializeResult(metadata={
         **table_metadata(row_count=total, table_name=VERSIONS_TABLE),
@@ -132,7 +134,8 @@ def _gate_metadata(decision: GateDecision, context: dict) -> dict[str, Any]:
 
 
 @dg.asset_check(asset=MODEL_VERSIONS_KEY, name=PROMOTION_GATE, blocking=True,
-                description="The best candidate of the latest run (by validation ROC-AUC) beats the champion "
+                description="The best candidate of the latest run (by 5-fold cv_auc on one snapshot, else "
+                            "validation ROC-AUC) beats the champion "
                             "(or, with none, the best baseline) on the same test rows by the margin; reports a "
                             "bootstrap CI of the AUC difference.")
 def promotion_gate(promotion_policy: PromotionPolicy, warehouse: Warehouse,

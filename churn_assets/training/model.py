@@ -48,6 +48,10 @@ class ChurnModel:
     # Facts about the fit a candidate wants kept (a tuning study, say): saved as extra.json
     # and shown on the training asset.
     report: dict = field(default_factory=dict, repr=False)
+    # On small random splits: out-of-fold raw predictions of train + valid (in that order) by
+    # models with the same settings that did not see the row, and each fold's AUC. Every
+    # candidate is then compared by the same K-fold cross-validation (``cv_auc``).
+    cross_validation: dict = field(default_factory=dict, repr=False)
 
     @property
     def algorithm(self) -> str:
@@ -168,6 +172,13 @@ def evaluate(model: ChurnModel, split: Split) -> dict[str, float]:
             probabilities = model.predict_proba(part)
         for metric, value in binary_metrics(part[label].to_numpy(), probabilities).items():
             metrics[f"{name}_{metric}"] = value
+    if model.cross_validation:
+        import numpy as np
+        from sklearn.metrics import roc_auc_score
+
+        pool = train_and_valid(split)
+        metrics["cv_auc"] = float(roc_auc_score(pool[label].to_numpy(), model.cross_validation["raw"]))
+        metrics["cv_auc_std"] = float(np.std(model.cross_validation["fold_aucs"]))
     return metrics
 
 
@@ -179,6 +190,27 @@ def calibrate(model: ChurnModel, split: Split, seed: int) -> ChurnModel:
 
 
 # -- folds ----------------------------------------------------------------------------
+
+# Small random splits (one snapshot, up to this many train + valid rows) compare candidates by
+# K-fold cross-validation over train + valid: one validation split of a few hundred rows is
+# too noisy to choose between models that differ by less than its standard error.
+CV_FOLDS = 5
+CV_MAX_ROWS = 20_000
+
+
+def cross_validates(split: Split) -> bool:
+    """Whether candidates on this split are compared by K-fold CV over train + valid."""
+    return split.strategy != "out_of_time" and len(split.train) + len(split.valid) <= CV_MAX_ROWS
+
+
+def cross_validation_record(raw: np.ndarray, labels: np.ndarray,
+                            folds: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """What ``ChurnModel.cross_validation`` holds: the pooled out-of-fold predictions and fold AUCs."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    return {"raw": np.asarray(raw, dtype="float64"),
+            "fold_aucs": [float(roc_auc_score(labels[held], raw[held])) for _, held in folds]}
 
 
 def train_and_valid(split: Split) -> pd.DataFrame:

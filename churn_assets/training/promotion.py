@@ -1,7 +1,8 @@
 """The promotion policy and gate: does the challenger beat the reference on the same test rows?
 
 The challenger is the best candidate of the latest training run by the selection rule
-(validation ROC-AUC, out-of-sample for every candidate; see ``registry.best_of_latest_run``).
+(``registry.select_best``: 5-fold ``cv_auc`` on small random splits, else validation ROC-AUC;
+out of sample for every candidate).
 The reference is the current champion or, with no champion yet, the best baseline other
 than the challenger (so a baseline that wins the selection still faces the other baseline;
 the best candidate becomes the first champion unopposed only when no other baseline ran). Both score the challenger's recorded test rows; the gate passes when the challenger's ROC-AUC
@@ -176,8 +177,9 @@ def gate_decision(con, artifacts_root, policy: PromotionPolicy) -> tuple[GateDec
     """Evaluate the promotion gate for the latest run's best candidate against the warehouse's state."""
     from churn_assets.training.columns import RolesError
     from churn_assets.training.registry import (
-        best_of_latest_run, champion_version, latest_run_versions, load_model_folder,
-        models_root, read_artifact, rebuild_split, registered_manifest_sha, training_data_version,
+        best_of_latest_run, champion_version, latest_run_records, latest_run_versions, load_model_folder,
+        models_root, read_artifact, rebuild_split, registered_manifest_sha, selection_metric,
+        training_data_version,
     )
     from churn_assets.training.train import read_training_set
 
@@ -185,6 +187,7 @@ def gate_decision(con, artifacts_root, policy: PromotionPolicy) -> tuple[GateDec
         return load_model_folder(models_root(artifacts_root) / version, version,
                                  registered_manifest_sha(con, version))
 
+    latest = latest_run_records(con)
     challenger_version = best_of_latest_run(con)
     if challenger_version is None:
         raise dg.Failure("No candidate in ml.model_versions: materialize the ml group's candidates "
@@ -194,7 +197,7 @@ def gate_decision(con, artifacts_root, policy: PromotionPolicy) -> tuple[GateDec
     test = rebuild_split(challenger, frame).test
     current_data = training_data_version(frame, challenger.feature_spec.roles.key_columns)
     context = {
-        "selected_by": "best validation ROC-AUC of the latest training run",
+        "selected_by": f"best {selection_metric(latest)} of the latest training run",
         "training_data_matches_challenger": current_data == challenger.manifest["training_data_version"],
         "challenger_recorded_test_auc": read_artifact(artifacts_root, challenger_version, "metrics.json")["test_auc"],
     }

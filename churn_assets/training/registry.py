@@ -47,6 +47,9 @@ CHAMPION_TABLE = f"{ML_SCHEMA}.champion"
 # Out-of-fold validation predictions of a model fitted on its validation rows (the small-data
 # path of the boosters): what a stacking candidate needs to use them honestly.
 HELD_OUT_VALID = "held_out_valid.json"
+# Out-of-fold predictions of train + valid and fold AUCs (small random splits): what the
+# selection rule's ``cv_auc`` and a stacking candidate's pooled fit read.
+CROSS_VALIDATION = "cross_validation.json"
 
 # LoadedModel is what readers of the registry get back: a ChurnModel with its version set.
 LoadedModel = ChurnModel
@@ -151,6 +154,11 @@ def save_model(
         held_out = model.held_out_raw.get("valid")
         if held_out is not None and len(held_out) == len(split.valid):
             files[HELD_OUT_VALID] = [round(float(v), 12) for v in held_out]
+        if model.cross_validation:
+            files[CROSS_VALIDATION] = {
+                "raw": [round(float(v), 12) for v in model.cross_validation["raw"]],
+                "fold_aucs": [round(float(v), 12) for v in model.cross_validation["fold_aucs"]],
+            }
         for name, value in files.items():
             _write_json(staging / name, value)
         model_file = model.candidate.save(model, staging)
@@ -234,6 +242,12 @@ def load_model_folder(folder: Path, version: str, expected_manifest_sha256: str 
         import numpy as np
 
         held_out["valid"] = np.asarray(json.loads((folder / HELD_OUT_VALID).read_text()), dtype="float64")
+    cross_validation = {}
+    if CROSS_VALIDATION in manifest["files"]:
+        import numpy as np
+
+        stored = json.loads((folder / CROSS_VALIDATION).read_text())
+        cross_validation = {"raw": np.asarray(stored["raw"], dtype="float64"), "fold_aucs": stored["fold_aucs"]}
     return ChurnModel(
         candidate=trained_by,
         feature_spec=spec,
@@ -243,6 +257,7 @@ def load_model_folder(folder: Path, version: str, expected_manifest_sha256: str 
         version=version,
         manifest=manifest,
         held_out_raw=held_out,
+        cross_validation=cross_validation,
     )
 
 
@@ -261,6 +276,8 @@ VERSIONS_COLUMNS = {
     "test_logloss": "DOUBLE",
     "valid_auc": "DOUBLE",
     "valid_logloss": "DOUBLE",
+    "cv_auc": "DOUBLE",
+    "cv_auc_std": "DOUBLE",
     "is_champion": "BOOLEAN NOT NULL",
     "created_at": "TIMESTAMP NOT NULL",
     "last_trained_at": "TIMESTAMP NOT NULL",
@@ -295,6 +312,9 @@ def ensure_registry_tables(con: duckdb.DuckDBPyConnection) -> None:
     for table, columns in ((VERSIONS_TABLE, VERSIONS_COLUMNS), (CHAMPION_TABLE, CHAMPION_COLUMNS)):
         body = ", ".join(f"{name} {kind}" for name, kind in columns.items())
         con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
+    # Registries made before cv_auc existed gain the column (NULL for their old rows).
+    for name in ("cv_auc", "cv_auc_std"):
+        con.execute(f"ALTER TABLE {VERSIONS_TABLE} ADD COLUMN IF NOT EXISTS {name} DOUBLE")
 
 
 def version_record(saved: SavedModel, model: ChurnModel, role: str, split: Split, metrics: dict) -> dict:
@@ -307,6 +327,8 @@ def version_record(saved: SavedModel, model: ChurnModel, role: str, split: Split
         "test_logloss": metrics.get("test_logloss"),
         "valid_auc": metrics.get("valid_auc"),
         "valid_logloss": metrics.get("valid_logloss"),
+        "cv_auc": metrics.get("cv_auc"),
+        "cv_auc_std": metrics.get("cv_auc_std"),
         "split_strategy": split.strategy,
         "split_description": canonical_json(split.description),
         "params": canonical_json(model.params),
@@ -327,7 +349,7 @@ def register_versions(con: duckdb.DuckDBPyConnection, records: list[dict], now: 
     columns = [c for c in VERSIONS_COLUMNS if c not in ("is_champion", "created_at", "last_trained_at")]
     placeholders = ", ".join("?" for _ in range(len(columns) + 3))
     for record in records:
-        values = [record[c] for c in columns]
+        values = [record.get(c) for c in columns]
         con.execute(
             f"INSERT INTO {VERSIONS_TABLE} ({', '.join(columns)}, is_champion, created_at, last_trained_at) "
             f"VALUES ({placeholders}) ON CONFLICT (version) DO UPDATE SET last_trained_at = excluded.last_trained_at",
@@ -353,18 +375,38 @@ def latest_run_versions(con: duckdb.DuckDBPyConnection, role: str | None = None)
     ).fetchall()]
 
 
-def best_of_latest_run(con: duckdb.DuckDBPyConnection) -> str | None:
-    """The selection rule: of the latest run's candidates, the best validation ROC-AUC (out of
-    sample for every candidate: held-out month, or cross-fitted predictions where a model was
-    refitted on its validation rows). Ties go to the lexically first version."""
-    if not table_exists(con, VERSIONS_TABLE):
+def selection_metric(candidates: list[dict]) -> str:
+    """What the selection rule compares: ``cv_auc`` when every candidate has one (small random
+    splits: the same K-fold CV over train + valid for all), else ``valid_auc`` (out of sample
+    for every candidate: the held-out month, or cross-fitted predictions where a model was
+    refitted on its validation rows)."""
+    return "cv_auc" if candidates and all(c.get("cv_auc") is not None for c in candidates) else "valid_auc"
+
+
+def select_best(candidates: list[dict]) -> dict | None:
+    """The selection rule over ``ml.model_versions``-shaped rows; ties go to the first version."""
+    if not candidates:
         return None
-    row = con.execute(
-        f"SELECT version FROM {VERSIONS_TABLE} WHERE last_trained_at = "
-        f"(SELECT max(last_trained_at) FROM {VERSIONS_TABLE}) "
-        "ORDER BY valid_auc DESC NULLS LAST, version LIMIT 1"
-    ).fetchone()
-    return row[0] if row else None
+    metric = selection_metric(candidates)
+    return min(candidates, key=lambda c: (-(c.get(metric) if c.get(metric) is not None else float("-inf")),
+                                          c["version"]))
+
+
+def latest_run_records(con: duckdb.DuckDBPyConnection) -> list[dict]:
+    """Version and selection scores of every candidate of the latest ``ml/model_versions`` run."""
+    if not table_exists(con, VERSIONS_TABLE):
+        return []
+    cursor = con.execute(
+        f"SELECT version, cv_auc, valid_auc FROM {VERSIONS_TABLE} WHERE last_trained_at = "
+        f"(SELECT max(last_trained_at) FROM {VERSIONS_TABLE})"
+    )
+    return [dict(zip(["version", "cv_auc", "valid_auc"], row, strict=True)) for row in cursor.fetchall()]
+
+
+def best_of_latest_run(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The challenger: the latest run's best candidate by the selection rule (``select_best``)."""
+    best = select_best(latest_run_records(con))
+    return best["version"] if best else None
 
 
 def versions_trained_with(con: duckdb.DuckDBPyConnection, training_data_version: str, role: str) -> list[str]:

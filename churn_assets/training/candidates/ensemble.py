@@ -1,12 +1,13 @@
 """A stacked ensemble of the other candidates: a regularised logistic meta-model on their
 margins (uncalibrated log-odds).
 
-The meta-model is fitted on out-of-sample predictions of the validation split: members
-trained on the training split predict it directly; members refitted on train + valid
-(the small-data path of the boosters) bring their cross-fitted out-of-fold predictions,
-which the registry keeps with them. The meta-model's own validation score is cross-fitted
-too (K folds over the validation rows), so the selection rule compares like with like and
-the ensemble wins only when stacking really adds something. The test split is never used.
+The meta-model is fitted on out-of-sample predictions. On small random splits every member
+brings its out-of-fold predictions of train + valid (``ChurnModel.cross_validation``, kept by
+the registry), and the meta-model is cross-fitted over all those rows, so the ensemble gets a
+``cv_auc`` like every other candidate. On out-of-time splits it is fitted on the validation
+month: members trained on the training months predict it directly. Either way its own score
+is cross-fitted (K folds), so the selection rule compares like with like and the ensemble wins
+only when stacking really adds something. The test split is never used.
 
 The ensemble's margin is ``intercept + sum(weight_i * margin_i)``, linear in its members'
 margins, so with members that have exact attributions (the boosters' TreeSHAP, the linear
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from churn_assets.training.candidates.base import Candidate, CandidateParams, CandidateSkipped, FitContext
-from churn_assets.training.model import ChurnModel, choose_calibration, logit, stratified_folds
+from churn_assets.training.model import (
+    ChurnModel,
+    choose_calibration,
+    cross_validation_record,
+    logit,
+    stratified_folds,
+    train_and_valid,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -97,11 +105,20 @@ def train_ensemble(split: Split, spec: FeatureSpec, trained: list[ChurnModel], *
     chosen.sort(key=lambda m: (m.algorithm, str(m.version)))
     if len(chosen) < 2:
         raise CandidateSkipped(f"a stacked ensemble needs at least two members; got {[m.algorithm for m in chosen]}")
-    labels = split.valid[spec.roles.label_column].to_numpy()
-    features = np.column_stack([validation_margins(m, split) for m in chosen])
+    label = spec.roles.label_column
+    # On small random splits every member brings out-of-fold predictions of train + valid:
+    # the meta-model is fitted on all of those rows, not only the validation split.
+    pooled = all(m.cross_validation for m in chosen)
+    if pooled:
+        labels = train_and_valid(split)[label].to_numpy()
+        features = np.column_stack([logit(m.cross_validation["raw"]) for m in chosen])
+    else:
+        labels = split.valid[label].to_numpy()
+        features = np.column_stack([validation_margins(m, split) for m in chosen])
     out_of_fold = np.empty(len(labels))
     folds = max(2, min(settings.folds, int(labels.sum()), int(len(labels) - labels.sum())))
-    for fit_rows, held_rows in stratified_folds(labels, folds, seed):
+    fold_pairs = stratified_folds(labels, folds, seed)
+    for fit_rows, held_rows in fold_pairs:
         meta = _meta(settings.C, seed).fit(features[fit_rows], labels[fit_rows])
         out_of_fold[held_rows] = meta.predict_proba(features[held_rows])[:, 1]
     meta = _meta(settings.C, seed).fit(features, labels)
@@ -109,11 +126,15 @@ def train_ensemble(split: Split, spec: FeatureSpec, trained: list[ChurnModel], *
     params = {
         "C": settings.C, "folds": folds, "members": [m.version for m in chosen],
         "weights": dict(zip([m.algorithm for m in chosen], stacked.coef, strict=True)),
-        "fitted_on": "valid (cross-fitted)", "seed": seed,
+        "fitted_on": "train+valid out-of-fold (cross-fitted)" if pooled else "valid (cross-fitted)", "seed": seed,
     }
     model = ChurnModel(CANDIDATE, spec, stacked, params)
     model.calibration = choose_calibration(out_of_fold, labels, seed)
-    model.held_out_raw = {"valid": out_of_fold}
+    if pooled:
+        model.held_out_raw = {"valid": out_of_fold[len(split.train):]}
+        model.cross_validation = cross_validation_record(out_of_fold, labels, fold_pairs)
+    else:
+        model.held_out_raw = {"valid": out_of_fold}
     return model
 
 

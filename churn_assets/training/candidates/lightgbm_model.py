@@ -21,9 +21,12 @@ from pydantic import Field
 from churn_assets.training.candidates.base import Candidate, CandidateParams, FitContext
 from churn_assets.training.columns import feature_frame
 from churn_assets.training.model import (
+    CV_FOLDS,
     ChurnModel,
     calibrate,
     choose_calibration,
+    cross_validates,
+    cross_validation_record,
     stratified_folds,
     train_and_valid,
 )
@@ -50,8 +53,6 @@ class LightGBMParams(CandidateParams):
     cat_smooth: float = Field(default=10.0, description="Smoothing of categorical split statistics.")
     max_rounds: int = Field(default=1000, description="Boosting rounds at most.")
     early_stopping_rounds: int = Field(default=50, description="Rounds without AUC gain before stopping.")
-    cv_folds: int = Field(default=5, description="Folds of the small-data path.")
-    cv_max_rows: int = Field(default=20_000, description="Random splits up to this many train + valid rows use CV.")
     num_threads: int = Field(default=2, description="LightGBM threads (1 below 20k rows).")
 
 
@@ -101,7 +102,7 @@ def train_lightgbm(split: Split, spec: FeatureSpec, *, seed: int = 42, **setting
     pool_rows = len(split.train) + len(split.valid)
     threads = 1 if pool_rows < 20_000 else settings.num_threads
     stop = lgb.early_stopping(settings.early_stopping_rounds, verbose=False)
-    if split.strategy == "out_of_time" or pool_rows > settings.cv_max_rows or settings.cv_folds < 2:
+    if not cross_validates(split):
         train = _dataset(split.train, spec)
         params = booster_params(settings, split.train[spec.roles.label_column].to_numpy(), seed, threads)
         booster = lgb.train(params, train, num_boost_round=settings.max_rounds,
@@ -114,7 +115,7 @@ def train_lightgbm(split: Split, spec: FeatureSpec, *, seed: int = 42, **setting
     pool = train_and_valid(split)
     labels = pool[spec.roles.label_column].to_numpy()
     params = booster_params(settings, labels, seed, threads)
-    folds = stratified_folds(labels, settings.cv_folds, seed)
+    folds = stratified_folds(labels, CV_FOLDS, seed)
     data = _dataset(pool, spec)
     history = lgb.cv(params, data, num_boost_round=settings.max_rounds, folds=folds, callbacks=[stop])
     rounds = len(history["valid auc-mean"])
@@ -125,13 +126,14 @@ def train_lightgbm(split: Split, spec: FeatureSpec, *, seed: int = 42, **setting
     booster = lgb.train(params, data, num_boost_round=rounds)
     recorded = {
         **params, "num_boost_round": rounds, "fitted_on": "train+valid",
-        "calibration_fit": f"cross-fitted, {settings.cv_folds} folds over train+valid",
+        "calibration_fit": f"cross-fitted, {CV_FOLDS} folds over train+valid",
         "cv_auc": float(roc_auc_score(labels, out_of_fold)),
         "cv_auc_std": float(history["valid auc-stdv"][-1]),
     }
     model = ChurnModel(CANDIDATE, spec, booster, recorded)
     model.calibration = choose_calibration(out_of_fold, labels, seed)
     model.held_out_raw = {"train": out_of_fold[: len(split.train)], "valid": out_of_fold[len(split.train):]}
+    model.cross_validation = cross_validation_record(out_of_fold, labels, folds)
     return model
 
 

@@ -10,6 +10,7 @@ from pydantic import Field
 from churn_assets.training.candidates.base import BASELINE, CandidateParams, FitContext
 from churn_assets.training.candidates.sklearn_common import (
     SklearnCandidate,
+    cross_validate_pipeline,
     fit_pipeline,
     sklearn_input,
     sklearn_preprocessor,
@@ -44,12 +45,14 @@ def train_logistic_regression(split: Split, spec: FeatureSpec, *, seed: int = 42
         ("prepare", sklearn_preprocessor(spec, scale=True, one_hot=True)),
         ("model", LogisticRegression(random_state=seed, **params)),
     ])
+    cross_validation = cross_validate_pipeline(pipeline, split, spec, seed)
     fit_pipeline(pipeline, split, spec)
     # The training rows' mean of every model input column: the reference of the exact
     # linear attributions (coefficient x distance from it), kept with the parameters.
     encoded = pipeline.named_steps["prepare"].transform(sklearn_input(feature_frame(split.train, spec), spec))
     means = [round(float(v), 12) for v in encoded.mean(axis=0)]
     model = ChurnModel(CANDIDATE, spec, pipeline, {**params, "seed": seed, "input_means": means})
+    model.cross_validation = cross_validation
     return calibrate(model, split, seed)
 
 

@@ -8,7 +8,12 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 
 from churn_assets.training.candidates.base import BASELINE, CandidateParams, FitContext
-from churn_assets.training.candidates.sklearn_common import SklearnCandidate, fit_pipeline, sklearn_preprocessor
+from churn_assets.training.candidates.sklearn_common import (
+    SklearnCandidate,
+    cross_validate_pipeline,
+    fit_pipeline,
+    sklearn_preprocessor,
+)
 from churn_assets.training.model import ChurnModel, calibrate
 
 if TYPE_CHECKING:
@@ -47,12 +52,14 @@ def train_random_forest(split: Split, spec: FeatureSpec, *, seed: int = 42, **se
         ("prepare", sklearn_preprocessor(spec, scale=False, one_hot=False)),
         ("model", RandomForestClassifier(random_state=seed, n_jobs=settings.n_jobs, **params)),
     ])
+    cross_validation = cross_validate_pipeline(pipeline, split, spec, seed)
     fit_pipeline(pipeline, split, spec)
     # Trees are grown in parallel (deterministic per random_state), but summing their votes
     # in parallel changes the last bits of a probability from call to call, hence the
     # calibration and the model version: predictions use one thread.
     pipeline.named_steps["model"].n_jobs = 1
     model = ChurnModel(CANDIDATE, spec, pipeline, {**params, "seed": seed})
+    model.cross_validation = cross_validation
     return calibrate(model, split, seed)
 
 

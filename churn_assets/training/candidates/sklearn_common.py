@@ -61,6 +61,28 @@ def fit_pipeline(pipeline, split, spec: FeatureSpec):
     return pipeline.fit(features, split.train[spec.roles.label_column].to_numpy())
 
 
+def cross_validate_pipeline(pipeline, split, spec: FeatureSpec, seed: int) -> dict:
+    """Out-of-fold predictions over train + valid from unfitted clones of ``pipeline``
+    (``ChurnModel.cross_validation``); empty where the split is not cross-validated."""
+    import numpy as np
+    from sklearn.base import clone
+
+    from churn_assets.training.model import CV_FOLDS, cross_validates, cross_validation_record, stratified_folds
+    from churn_assets.training.model import train_and_valid
+
+    if not cross_validates(split):
+        return {}
+    pool = train_and_valid(split)
+    labels = pool[spec.roles.label_column].to_numpy()
+    features = sklearn_input(feature_frame(pool, spec), spec)
+    folds = stratified_folds(labels, CV_FOLDS, seed)
+    raw = np.empty(len(pool))
+    for fit_rows, held_rows in folds:
+        fold_model = clone(pipeline).fit(features.iloc[fit_rows], labels[fit_rows])
+        raw[held_rows] = fold_model.predict_proba(features.iloc[held_rows])[:, 1]
+    return cross_validation_record(raw, labels, folds)
+
+
 class SklearnCandidate(Candidate):
     """A scikit-learn pipeline ending in a classifier with ``predict_proba``."""
 

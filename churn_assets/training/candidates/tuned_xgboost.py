@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 from churn_assets.training.candidates.base import Candidate, CandidateParams, FitContext
 from churn_assets.training.columns import FeatureSpec, feature_frame
 from churn_assets.training.model import (
+    CV_FOLDS,
     ChurnModel,
     calibrate,
     choose_calibration,
+    cross_validation_record,
     stratified_folds,
     train_and_valid,
 )
@@ -147,7 +149,8 @@ def refit_xgboost_cross_fitted(
     dpool = xgboost_matrix(pool, spec, nthread)
     out_of_fold = np.empty(len(pool))
     fold_aucs = []
-    for fit_rows, held_rows in stratified_folds(labels, folds, seed):
+    fold_pairs = stratified_folds(labels, folds, seed)
+    for fit_rows, held_rows in fold_pairs:
         booster = xgb.train(full_params, dpool.slice(fit_rows), num_boost_round=num_boost_round,
                             verbose_eval=False)
         out_of_fold[held_rows] = booster.predict(dpool.slice(held_rows))
@@ -164,6 +167,7 @@ def refit_xgboost_cross_fitted(
     model = ChurnModel(CANDIDATE, spec, booster, recorded)
     model.calibration = choose_calibration(out_of_fold, labels, seed)
     model.held_out_raw = {"train": out_of_fold[: len(split.train)], "valid": out_of_fold[len(split.train):]}
+    model.cross_validation = cross_validation_record(out_of_fold, labels, fold_pairs)
     return model
 
 
@@ -228,7 +232,7 @@ def tune_xgboost(
         model = refit_xgboost_cross_fitted(
             split, spec, params_of(chosen.params),
             num_boost_round=int(chosen.user_attrs["num_boost_round"]),
-            folds=settings.cv_folds, nthread=nthread, seed=settings.seed,
+            folds=CV_FOLDS, nthread=nthread, seed=settings.seed,
         )
     else:
         model = train_xgboost(
