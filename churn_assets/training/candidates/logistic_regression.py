@@ -15,7 +15,6 @@ from churn_assets.training.candidates.sklearn_common import (
     sklearn_input,
     sklearn_preprocessor,
 )
-from churn_assets.training.columns import feature_frame
 from churn_assets.training.model import ChurnModel, calibrate
 
 if TYPE_CHECKING:
@@ -46,10 +45,10 @@ def train_logistic_regression(split: Split, spec: FeatureSpec, *, seed: int = 42
         ("model", LogisticRegression(random_state=seed, **params)),
     ])
     cross_validation = cross_validate_pipeline(pipeline, split, spec, seed)
-    fit_pipeline(pipeline, split, spec)
+    features = fit_pipeline(pipeline, split, spec)
     # The training rows' mean of every model input column: the reference of the exact
     # linear attributions (coefficient x distance from it), kept with the parameters.
-    encoded = pipeline.named_steps["prepare"].transform(sklearn_input(feature_frame(split.train, spec), spec))
+    encoded = pipeline.named_steps["prepare"].transform(features)
     means = [round(float(v), 12) for v in encoded.mean(axis=0)]
     model = ChurnModel(CANDIDATE, spec, pipeline, {**params, "seed": seed, "input_means": means})
     model.cross_validation = cross_validation

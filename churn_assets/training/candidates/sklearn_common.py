@@ -55,10 +55,11 @@ def sklearn_preprocessor(spec: FeatureSpec, *, scale: bool, one_hot: bool):
 
 
 
-def fit_pipeline(pipeline, split, spec: FeatureSpec):
-    """Fit ``pipeline`` on the training split's features and labels."""
+def fit_pipeline(pipeline, split, spec: FeatureSpec) -> pd.DataFrame:
+    """Fit ``pipeline`` on the training split's features and labels; returns those features."""
     features = sklearn_input(feature_frame(split.train, spec), spec)
-    return pipeline.fit(features, split.train[spec.roles.label_column].to_numpy())
+    pipeline.fit(features, split.train[spec.roles.label_column].to_numpy())
+    return features
 
 
 def cross_validate_pipeline(pipeline, split, spec: FeatureSpec, seed: int) -> dict:
