@@ -251,7 +251,7 @@ def auc_floor(artifacts: ArtifactStore, evaluation_policy: EvaluationPolicy) -> 
 
 @dg.asset_check(asset=EVALUATION_REPORT_KEY, name="beats_baselines",
                 description="Test ROC-AUC at least the best baseline's plus the promotion margin (warning: the "
-                            "champion is chosen on validation rows, so a near-tie on test is noise, not a defect).")
+                            "champion is chosen by the selection rule, not on test, so a near-tie here is noise, not a defect).")
 def beats_baselines(artifacts: ArtifactStore, promotion_policy: PromotionPolicy) -> dg.AssetCheckResult:
     from churn_assets.evaluation.metrics import check_beats_baselines
 

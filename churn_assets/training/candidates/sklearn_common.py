@@ -68,8 +68,13 @@ def cross_validate_pipeline(pipeline, split, spec: FeatureSpec, seed: int) -> di
     import numpy as np
     from sklearn.base import clone
 
-    from churn_assets.training.model import CV_FOLDS, cross_validates, cross_validation_record, stratified_folds
-    from churn_assets.training.model import train_and_valid
+    from churn_assets.training.model import (
+        CV_FOLDS,
+        cross_validates,
+        cross_validation_record,
+        stratified_folds,
+        train_and_valid,
+    )
 
     if not cross_validates(split):
         return {}
