@@ -144,18 +144,15 @@ def test_landing_drift_and_retraining(churn_home):
             assert again.run_key == retrain.run_key
             assert _launch(defs, instance, again, resources_config=SMALL_TRAINING) is None
 
-        # The gate alone decides whether the new model takes over.
-        gate = next(
-            e.event_specific_data
-            for e in result.all_events
-            if e.event_type_value == "ASSET_CHECK_EVALUATION"
-            and e.event_specific_data.check_name == "promotion_gate"
-        )
+        # The promotion decision alone says whether the new model takes over; either way the
+        # run succeeds.
+        assert result.success
+        decision = result.asset_materializations_for_node("ml__champion")[0].metadata
         champion_now = _champion(warehouse)
-        if gate.passed:
-            assert result.success and champion_now != first_champion
+        if decision["decision"].value == "promoted":
+            assert champion_now != first_champion
         else:
-            assert not result.success and champion_now == first_champion
+            assert decision["decision"].value == "kept_champion" and champion_now == first_champion
 
         with warehouse.read() as con:
             versions = con.execute("SELECT count(*) FROM ml.model_versions").fetchone()[0]

@@ -1,4 +1,4 @@
-"""Promotion gate on crafted cases, and the paired bootstrap behind its confidence interval."""
+"""The promotion decision on crafted cases, and the paired bootstrap behind its confidence interval."""
 
 from __future__ import annotations
 
@@ -32,40 +32,40 @@ def models():
     return split, strong, weak
 
 
-def test_gate_passes_when_the_challenger_is_better_and_fails_otherwise(models):
+def test_the_decision_promotes_a_better_challenger_and_keeps_the_champion_otherwise(models):
     split, strong, weak = models
     settings = PromotionPolicy(bootstrap_samples=300)
 
-    against_baseline = evaluate_gate(strong, split.test, champion=None, baselines=[weak], settings=settings)
-    assert against_baseline.passed and against_baseline.reference_kind == "best_baseline"
-    assert against_baseline.ci_low <= against_baseline.auc_difference <= against_baseline.ci_high
-    assert against_baseline.ci_low > 0
+    better = evaluate_gate(strong, split.test, champion=weak, settings=settings)
+    assert better.outcome == "promoted" and better.promotes and better.champion_after == strong.version
+    assert better.ci_low <= better.auc_difference <= better.ci_high
+    assert better.ci_low > 0
 
-    weaker_challenger = evaluate_gate(weak, split.test, champion=strong, baselines=[], settings=settings)
-    assert not weaker_challenger.passed and weaker_challenger.reference_kind == "champion"
-    assert weaker_challenger.auc_difference < 0
+    weaker_challenger = evaluate_gate(weak, split.test, champion=strong, settings=settings)
+    assert weaker_challenger.outcome == "kept_champion" and not weaker_challenger.promotes
+    assert weaker_challenger.champion_after == strong.version and weaker_challenger.auc_difference < 0
+    assert "stays" in weaker_challenger.reason and f"{weaker_challenger.challenger_auc:.4f}" in weaker_challenger.reason
 
-    too_small_a_gain = evaluate_gate(strong, split.test, champion=weak, baselines=[],
+    too_small_a_gain = evaluate_gate(strong, split.test, champion=weak,
                                      settings=PromotionPolicy(bootstrap_samples=300, margin=0.5))
-    assert not too_small_a_gain.passed and "margin" in too_small_a_gain.reason
+    assert too_small_a_gain.outcome == "kept_champion" and "margin 0.5" in too_small_a_gain.reason
 
-    already_champion = evaluate_gate(strong, split.test, champion=strong, baselines=[weak], settings=settings)
-    assert already_champion.passed and already_champion.reference_kind == "self"
+    already_champion = evaluate_gate(strong, split.test, champion=strong, settings=settings)
+    assert already_champion.outcome == "unchanged" and already_champion.promotes
 
-    # With no champion, a baseline that wins the selection has no other baseline to beat.
-    first_baseline = evaluate_gate(weak, split.test, champion=None, baselines=[weak], settings=settings)
-    assert first_baseline.passed and first_baseline.reference_kind == "none"
-    # ...but a better baseline beside it is still the reference.
-    better_baseline = evaluate_gate(weak, split.test, champion=None, baselines=[weak, strong], settings=settings)
-    assert not better_baseline.passed and better_baseline.reference_version == strong.version
+    # With no champion, the best candidate by the selection rule becomes the first, whichever it is.
+    first = evaluate_gate(weak, split.test, champion=None, settings=settings)
+    assert first.outcome == "first_champion" and first.champion_after == weak.version
+    unusable = evaluate_gate(weak, split.test, champion=None, settings=settings, champion_unusable="old: no column x")
+    assert unusable.outcome == "first_champion" and "no column x" in unusable.reason
 
 
 def test_significance_requirement_refuses_a_tie(models):
     split, strong, _ = models
     twin = replace(strong, version="xgboost-twin")
-    decision = evaluate_gate(twin, split.test, champion=strong, baselines=[],
+    decision = evaluate_gate(twin, split.test, champion=strong,
                              settings=PromotionPolicy(margin=-0.01, bootstrap_samples=200, require_significance=True))
-    assert decision.auc_difference == 0 and not decision.passed and "not significant" in decision.reason
+    assert decision.auc_difference == 0 and not decision.promotes and "not significant" in decision.reason
 
 
 def test_weighted_auc_matches_sklearn_with_sample_weights():

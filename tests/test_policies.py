@@ -107,7 +107,7 @@ def test_a_drift_level_reaches_the_check_the_sensor_and_the_summary(tmp_path):
     assert readers(_policies(tmp_path, "drift:\n  psi_error: 0.7\n")) == (False, False, False)
 
 
-def test_the_promotion_margin_reaches_the_gate_and_the_evaluation_check(tmp_path, monitored_warehouse):
+def test_the_promotion_margin_reaches_the_decision_and_the_evaluation_check(tmp_path, monitored_warehouse):
     from churn_assets.evaluation.assets import EVALUATION_FILE, LATEST_POINTER, REPORTS_DIR, beats_baselines
     from churn_assets.training.promotion import gate_decision
 
@@ -122,10 +122,10 @@ def test_the_promotion_margin_reaches_the_gate_and_the_evaluation_check(tmp_path
         with warehouse.read() as con:
             decision, _ = gate_decision(con, artifacts.root_path, policies.promotion)
         check = beats_baselines(artifacts=artifacts, promotion_policy=policies.promotion)
-        return decision.passed, check.passed
+        return decision.promotes, check.passed
 
-    # The champion is the only (and best) candidate: the gate keeps it ("self") whatever the
-    # margin; the evaluation check compares 0.80 with 0.79 + margin.
+    # The champion is the only (and best) candidate: the decision keeps it ("unchanged") whatever
+    # the margin; the evaluation check compares 0.80 with 0.79 + margin.
     assert readers(Policies()) == (True, True)
     assert readers(_policies(tmp_path, "promotion:\n  margin: 0.05\n")) == (True, False)
     decision_margin = gate_decision(duckdb.connect(str(warehouse.db_path), read_only=True), artifacts.root_path,

@@ -4,18 +4,19 @@ the promotion gate and the champion pointer.
 Graph::
 
     features/training_set --> ml/baseline_models --\\
-                          \\-> ml/tuned_xgboost -----+--> ml/ensemble --> ml/model_versions
-                          \\-> ml/lightgbm ---------/                          |
-                                                            [promotion_gate] --> ml/champion
+                          \\-> ml/tuned_xgboost -----+--> ml/ensemble --> ml/model_versions --> ml/champion
+                          \\-> ml/lightgbm ---------/
 
 The candidate assets come from the candidate registry (``training/candidates``): every
 ``Candidate.asset`` name is one ``ml/<asset>``; a stacking candidate's asset depends on the
 others. They write model folders under ``$CHURN_HOME/artifacts/models/`` (not the warehouse,
 so they run in parallel with no writer lock). ``ml/model_versions`` registers what they
-produced in one transaction. The blocking ``promotion_gate`` check on it compares the best
-candidate by the selection rule with the champion; ``ml/champion`` runs only when it
-passes, checks the same decision again and moves the pointer. The logic lives in
-``train.py``, ``registry.py`` and ``promotion.py``; this module only wires it.
+produced in one transaction. ``ml/champion`` decides who is champion (``promotion.py``): the
+best candidate by the selection rule becomes the first, and later replaces the champion only
+when it beats it on the same test rows by the margin. A challenger that loses is a normal
+outcome: the champion stays, the decision and its numbers are the materialization's metadata
+(and ``artifacts/models/promotion.json`` for the CLI), and everything downstream carries on.
+The logic lives in ``train.py``, ``registry.py`` and ``promotion.py``; this module only wires it.
 """
 
 import json
@@ -27,11 +28,10 @@ from churn_assets.core.keys import CHAMPION_KEY, MODEL_VERSIONS_KEY, TRAINING_SE
 from churn_assets.core.metadata import markdown_table, table_metadata
 from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 from churn_assets.training.candidates import candidate_assets
-from churn_assets.training.promotion import GateDecision, PromotionPolicy, gate_decision
+from churn_assets.training.promotion import FIRST_CHAMPION, PROMOTED, GateDecision, PromotionPolicy, gate_decision
 from churn_assets.training.train import TrainingPolicy, read_pointer, read_training_set, train_candidates, write_pointer
 from churn_assets.training.tuning import TuningPolicy
 
-PROMOTION_GATE = "promotion_gate"
 GROUP = "ml"
 CANDIDATE_ASSET_KEYS = [dg.AssetKey([GROUP, name]) for name in candidate_assets()]
 
@@ -121,9 +121,9 @@ def model_versions(context: dg.AssetExecutionContext, warehouse: Warehouse,
     })
 
 
-def _gate_metadata(decision: GateDecision, context: dict) -> dict[str, Any]:
+def _decision_metadata(decision: GateDecision, context: dict) -> dict[str, Any]:
     values = decision.to_dict()
-    metadata: dict[str, Any] = {"reason": values.pop("reason")}
+    metadata: dict[str, Any] = {"decision": values.pop("outcome"), "reason": values.pop("reason")}
     for name, value in values.items():
         if isinstance(value, float):
             metadata[name] = dg.MetadataValue.float(value)
@@ -133,48 +133,37 @@ def _gate_metadata(decision: GateDecision, context: dict) -> dict[str, Any]:
     return metadata
 
 
-@dg.asset_check(asset=MODEL_VERSIONS_KEY, name=PROMOTION_GATE, blocking=True,
-                description="The best candidate of the latest run (by 5-fold cv_auc on one snapshot, else "
-                            "validation ROC-AUC) beats the champion "
-                            "(or, with none, the best baseline) on the same test rows by the margin; reports a "
-                            "bootstrap CI of the AUC difference.")
-def promotion_gate(promotion_policy: PromotionPolicy, warehouse: Warehouse,
-                   artifacts: ArtifactStore) -> dg.AssetCheckResult:
-    with warehouse.read() as con:
-        decision, context = gate_decision(con, artifacts.root_path, promotion_policy)
-    return dg.AssetCheckResult(passed=decision.passed, metadata=_gate_metadata(decision, context))
-
-
 @dg.asset(
     key=CHAMPION_KEY,
     deps=[MODEL_VERSIONS_KEY],
     group_name=GROUP,
     kinds={"duckdb"},
     pool=WAREHOUSE_POOL,
-    description="ml.champion: history of promotions; the current champion is flagged in ml.model_versions.",
+    description="ml.champion: history of promotions; the current champion is flagged in ml.model_versions. "
+                "Each materialization decides whether the latest run's best candidate (by the selection rule) "
+                "replaces the champion: with none it becomes the first; otherwise it must beat the champion on "
+                "the same test rows by the promotion margin. Its metadata is the decision with its numbers.",
 )
 def champion(context: dg.AssetExecutionContext, promotion_policy: PromotionPolicy, warehouse: Warehouse,
              artifacts: ArtifactStore) -> dg.MaterializeResult:
-    from churn_assets.training.registry import CHAMPION_TABLE, promote
+    from churn_assets.training.registry import CHAMPION_TABLE, promote, write_decision
 
     with warehouse.write() as con:
-        # Decided inside the write transaction so nothing can slip in between gate and pointer.
-        decision, gate_context = gate_decision(con, artifacts.root_path, promotion_policy)
-        if not decision.passed:
-            raise dg.Failure(
-                f"Promotion refused: {decision.reason}", metadata=_gate_metadata(decision, gate_context)
-            )
-        changed = decision.reference_kind != "self"
+        # Decided inside the write transaction so nothing can slip in between decision and pointer.
+        decision, decision_context = gate_decision(con, artifacts.root_path, promotion_policy)
+        changed = decision.outcome in (PROMOTED, FIRST_CHAMPION)
         if changed:
             promote(con, decision.challenger_version, decision.to_dict())
         promotions = con.execute(f"SELECT count(*) FROM {CHAMPION_TABLE}").fetchone()[0]
+    write_decision(artifacts.root_path, decision.to_dict())
+    context.log.info(f"Promotion decision: {decision.outcome}: {decision.reason}")
     return dg.MaterializeResult(metadata={
         **table_metadata(row_count=promotions, table_name=CHAMPION_TABLE),
-        "champion": decision.challenger_version,
+        "champion": decision.champion_after,
         "changed": changed,
-        **_gate_metadata(decision, gate_context),
+        **_decision_metadata(decision, decision_context),
     })
 
 
 ml_assets = [*candidate_models, model_versions, champion]
-ml_asset_checks = [promotion_gate]
+ml_asset_checks: list[dg.AssetChecksDefinition] = []

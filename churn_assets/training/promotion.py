@@ -1,14 +1,18 @@
-"""The promotion policy and gate: does the challenger beat the reference on the same test rows?
+"""The promotion policy and decision: who is champion after a training run?
 
 The challenger is the best candidate of the latest training run by the selection rule
 (``registry.select_best``: 5-fold ``cv_auc`` on small random splits, else validation ROC-AUC;
-out of sample for every candidate).
-The reference is the current champion or, with no champion yet, the best baseline other
-than the challenger (so a baseline that wins the selection still faces the other baseline;
-the best candidate becomes the first champion unopposed only when no other baseline ran). Both score the challenger's recorded test rows; the gate passes when the challenger's ROC-AUC
-exceeds the reference's by more than ``margin`` (and, if asked, when the lower end of the
-paired bootstrap confidence interval of the difference is above zero). A challenger that
-already is the champion passes without a change.
+out of sample for every candidate, so any algorithm can win).
+
+- No champion yet (or one that cannot read today's columns): the challenger becomes champion.
+  The selection rule already compared every candidate the same way; a second comparison on
+  the test rows would only add that split's noise.
+- A champion: both score the challenger's recorded test rows, and the challenger replaces it
+  when its ROC-AUC is higher by more than ``margin`` (and, if asked, when the lower end of the
+  paired bootstrap confidence interval of the difference is above zero). Otherwise the
+  champion stays: a normal outcome, reported with its numbers, not a failure.
+- A challenger that already is the champion (the same data, seed and settings trained the
+  same model again) changes nothing.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ if TYPE_CHECKING:
 
 
 class PromotionPolicy(dg.ConfigurableResource):
-    """When a challenger may replace the champion: read by the blocking ``promotion_gate``
-    check, the ``ml/champion`` asset that re-decides before it moves the pointer, and the
-    evaluation report's ``beats_baselines`` check, so they can never be configured apart."""
+    """When a challenger may replace the champion: read by ``ml/champion``, which decides and
+    records the decision, and by the evaluation report's ``beats_baselines`` check, so they
+    can never be configured apart."""
 
-    margin: float = Field(default=0.0, description="ROC-AUC the challenger must gain over the reference.")
+    margin: float = Field(default=0.0, description="ROC-AUC the challenger must gain over the champion.")
     require_significance: bool = Field(
         default=False, description="Also require the bootstrap CI of the AUC difference to exclude 0.")
     bootstrap_samples: int = Field(default=1000, description="Paired bootstrap resamples of the test rows.")
@@ -39,23 +43,38 @@ class PromotionPolicy(dg.ConfigurableResource):
     seed: int = Field(default=42, description="Seed of the bootstrap.")
 
 
+# What a decision did.
+PROMOTED = "promoted"  # the challenger beat the champion and replaced it
+FIRST_CHAMPION = "first_champion"  # no (usable) champion: the challenger became it
+KEPT = "kept_champion"  # the challenger did not beat the champion, which stays
+UNCHANGED = "unchanged"  # the challenger is the champion
+
+
 @dataclass(frozen=True)
 class GateDecision:
-    passed: bool
+    outcome: str
     reason: str
     challenger_version: str
-    reference_version: str | None
-    reference_kind: str  # "champion", "best_baseline", "self" or "none" (no champion, no other baseline)
+    champion_version: str | None  # the champion before the decision
     challenger_auc: float | None
-    reference_auc: float | None
+    champion_auc: float | None
     auc_difference: float | None
     ci_low: float | None
     ci_high: float | None
     margin: float
     test_rows: int
 
+    @property
+    def promotes(self) -> bool:
+        """Whether the challenger is champion after the decision (it may already have been)."""
+        return self.outcome in (PROMOTED, FIRST_CHAMPION, UNCHANGED)
+
+    @property
+    def champion_after(self) -> str:
+        return self.challenger_version if self.promotes else self.champion_version
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "champion_after": self.champion_after}
 
 
 def _weighted_auc(scores_sorted_groups: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -127,59 +146,60 @@ def evaluate_gate(
     test: pd.DataFrame,
     *,
     champion: ChurnModel | None,
-    baselines: list[ChurnModel],
     settings: PromotionPolicy,
+    champion_unusable: str | None = None,
 ) -> GateDecision:
-    """Decide whether ``challenger`` may become champion, scoring every model on ``test``."""
+    """Decide whether ``challenger`` becomes (or stays) champion, scoring both on ``test``."""
     from sklearn.metrics import roc_auc_score
 
     label = challenger.feature_spec.roles.label_column
     labels = test[label].to_numpy().astype("int64")
     rows = len(test)
-    if champion is not None and champion.version == challenger.version:
-        auc = float(roc_auc_score(labels, challenger.predict_proba(test)))
-        return GateDecision(True, "the challenger already is the champion", challenger.version,
-                            champion.version, "self", auc, auc, 0.0, 0.0, 0.0, settings.margin, rows)
     challenger_scores = challenger.predict_proba(test)
     challenger_auc = float(roc_auc_score(labels, challenger_scores))
-    if champion is not None:
-        reference, kind = champion, "champion"
-        reference_scores = champion.predict_proba(test)
-    elif others := [b for b in baselines if b.version != challenger.version]:
-        scored = [(float(roc_auc_score(labels, b.predict_proba(test))), b.version or "", b) for b in others]
-        _, _, reference = max(scored, key=lambda item: (item[0], item[1]))
-        kind = "best_baseline"
-        reference_scores = reference.predict_proba(test)
-    else:
-        return GateDecision(True, "no champion yet and no other baseline to beat: the best candidate by the "
-                            "selection rule becomes the first", challenger.version, None, "none", challenger_auc,
-                            None, None, None, None, settings.margin, rows)
+    if champion is not None and champion.version == challenger.version:
+        return GateDecision(UNCHANGED, "the challenger already is the champion (same model version)",
+                            challenger.version, champion.version, challenger_auc, challenger_auc, 0.0, 0.0, 0.0,
+                            settings.margin, rows)
+    if champion is None:
+        reason = ("no champion yet: the best candidate by the selection rule becomes the first"
+                  if champion_unusable is None else
+                  f"the champion cannot score today's columns ({champion_unusable}): the best candidate replaces it")
+        return GateDecision(FIRST_CHAMPION, reason, challenger.version, None, challenger_auc, None, None, None,
+                            None, settings.margin, rows)
+    champion_scores = champion.predict_proba(test)
     difference, low, high = paired_bootstrap_auc_difference(
-        labels, challenger_scores, reference_scores,
+        labels, challenger_scores, champion_scores,
         samples=settings.bootstrap_samples, confidence=settings.confidence, seed=settings.seed,
     )
-    reference_auc = float(roc_auc_score(labels, reference_scores))
+    champion_auc = float(roc_auc_score(labels, champion_scores))
     beats = difference > settings.margin
     significant = low > 0 or not settings.require_significance
-    passed = bool(beats and significant)
-    if passed:
-        reason = f"challenger beats the {kind} by {difference:+.4f} AUC (margin {settings.margin})"
+    interval = f"95% CI [{low:+.4f}, {high:+.4f}]" if settings.confidence == 0.95 else \
+        f"{settings.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
+    if beats and significant:
+        outcome = PROMOTED
+        reason = (f"challenger {challenger.version} beats champion {champion.version}: test AUC {challenger_auc:.4f} "
+                  f"vs {champion_auc:.4f}, difference {difference:+.4f} > margin {settings.margin} ({interval})")
     elif not beats:
-        reason = (f"challenger AUC {challenger_auc:.4f} does not beat the {kind}'s {reference_auc:.4f} "
-                  f"by the margin {settings.margin} (difference {difference:+.4f})")
+        outcome = KEPT
+        reason = (f"champion {champion.version} stays: challenger {challenger.version} test AUC {challenger_auc:.4f} "
+                  f"vs {champion_auc:.4f}, difference {difference:+.4f} is not above the margin {settings.margin} "
+                  f"({interval})")
     else:
-        reason = f"difference {difference:+.4f} is not significant: CI [{low:+.4f}, {high:+.4f}] includes 0"
-    return GateDecision(passed, reason, challenger.version, reference.version, kind, challenger_auc,
-                        reference_auc, difference, low, high, settings.margin, rows)
+        outcome = KEPT
+        reason = (f"champion {champion.version} stays: the difference {difference:+.4f} is not significant "
+                  f"({interval} includes 0)")
+    return GateDecision(outcome, reason, challenger.version, champion.version, challenger_auc, champion_auc,
+                        difference, low, high, settings.margin, rows)
 
 
 def gate_decision(con, artifacts_root, policy: PromotionPolicy) -> tuple[GateDecision, dict]:
-    """Evaluate the promotion gate for the latest run's best candidate against the warehouse's state."""
+    """The promotion decision for the latest run's best candidate against the warehouse's state."""
     from churn_assets.training.columns import RolesError
     from churn_assets.training.registry import (
-        best_of_latest_run, champion_version, latest_run_records, latest_run_versions, load_model_folder,
-        models_root, read_artifact, rebuild_split, registered_manifest_sha, selection_metric,
-        training_data_version,
+        best_of_latest_run, champion_version, latest_run_records, load_model_folder, models_root,
+        read_artifact, rebuild_split, registered_manifest_sha, selection_metric, training_data_version,
     )
     from churn_assets.training.train import read_training_set
 
@@ -198,19 +218,17 @@ def gate_decision(con, artifacts_root, policy: PromotionPolicy) -> tuple[GateDec
     current_data = training_data_version(frame, challenger.feature_spec.roles.key_columns)
     context = {
         "selected_by": f"best {selection_metric(latest)} of the latest training run",
+        "candidates": {r["version"]: r[selection_metric(latest)] for r in latest},
         "training_data_matches_challenger": current_data == challenger.manifest["training_data_version"],
         "challenger_recorded_test_auc": read_artifact(artifacts_root, challenger_version, "metrics.json")["test_auc"],
     }
     champion_name = champion_version(con)
-    champion = None
+    champion, unusable = None, None
     if champion_name:
         champion = load(champion_name)
         try:
             champion.predict_proba(test.head(1))
         except RolesError as error:
-            # A champion that cannot read today's columns cannot be compared; the best
-            # baseline trained on the same data stands in for it.
-            context["champion_unusable"] = f"{champion_name}: {error}"
+            unusable = f"{champion_name}: {error}"
             champion = None
-    baselines = [load(v) for v in latest_run_versions(con, "baseline")]
-    return evaluate_gate(challenger, test, champion=champion, baselines=baselines, settings=policy), context
+    return evaluate_gate(challenger, test, champion=champion, settings=policy, champion_unusable=unusable), context

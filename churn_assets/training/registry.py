@@ -417,7 +417,7 @@ def versions_trained_with(con: duckdb.DuckDBPyConnection, training_data_version:
 
 
 def promote(con: duckdb.DuckDBPyConnection, version: str, decision: dict, now: datetime | None = None) -> None:
-    """Make ``version`` the champion. Call only after the promotion gate passed, inside the
+    """Make ``version`` the champion. Call only after the promotion decision chose it, inside the
     caller's transaction so flag and history change together."""
     ensure_registry_tables(con)
     now = now or datetime.now(timezone.utc).replace(tzinfo=None)
@@ -428,12 +428,30 @@ def promote(con: duckdb.DuckDBPyConnection, version: str, decision: dict, now: d
     con.execute(
         f"INSERT INTO {CHAMPION_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [
-            version, now, previous, decision.get("reference_version"),
-            decision.get("challenger_auc"), decision.get("reference_auc"),
+            version, now, previous, decision.get("champion_version"),
+            decision.get("challenger_auc"), decision.get("champion_auc"),
             decision.get("auc_difference"), decision.get("ci_low"), decision.get("ci_high"),
             decision.get("margin"), decision.get("test_rows"),
         ],
     )
+
+
+DECISION_FILE = "promotion.json"
+
+
+def write_decision(artifacts_root: str | Path, decision: dict) -> Path:
+    """The latest promotion decision, for the CLI's summary (the same decision rewrites the same bytes)."""
+    target = models_root(artifacts_root) / DECISION_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_suffix(f".{os.getpid()}.tmp")
+    _write_json(staging, decision)
+    os.replace(staging, target)
+    return target
+
+
+def read_decision(artifacts_root: str | Path) -> dict | None:
+    target = models_root(artifacts_root) / DECISION_FILE
+    return json.loads(target.read_text()) if target.exists() else None
 
 
 # -- the API other stages use -------------------------------------------------------------

@@ -59,8 +59,10 @@ ONE_HOT_MAX_LEVELS = 64
 @dataclass(frozen=True)
 class TuningSettings:
     n_trials: int = 25
-    # Wall-clock budget for one tuning run; trials stop starting once it is spent.
-    timeout_s: float | None = 25.0
+    # A safety cap on one tuning run, not the budget: n_trials decides which model is trained,
+    # so the same data and settings give the same model on any machine. A run that hits the cap
+    # says so (and the next run resumes the study until n_trials have finished).
+    timeout_s: float | None = 600.0
     max_rounds: int = 1500
     early_stopping_rounds: int = 50
     # Trials train on at most this many (seeded, randomly chosen) training rows; the final
@@ -139,6 +141,7 @@ class TuningResult:
     study_name: str
     storage_url: str | None
     trials: list[dict] = field(default_factory=list)
+    stopped_by_time_cap: bool = False
     strategy: str = HOLDOUT
 
     @property
@@ -201,13 +204,12 @@ def study_name_for(training_data_version: str, settings: TuningSettings) -> str:
 def trial_rows(study: optuna.Study) -> list[dict]:
     rows = []
     for trial in study.trials:
-        duration = trial.duration.total_seconds() if trial.duration else None
+        # No durations: the rows are part of the model's files, and so of its version.
         rows.append({
             "number": trial.number,
             "state": trial.state.name,
             "value": trial.value,
             "last_round": max(trial.intermediate_values) if trial.intermediate_values else None,
-            "duration_s": round(duration, 3) if duration is not None else None,
             "params": trial.params,
         })
     return rows
@@ -236,7 +238,7 @@ def study_metadata(report: dict) -> dict[str, Any]:
     """Dagster metadata of a tuning study recorded in a model's report."""
     from churn_assets.core.metadata import markdown_table
 
-    trial_columns = ["number", "state", "value", "last_round", "duration_s", "params"]
+    trial_columns = ["number", "state", "value", "last_round", "params"]
     trials = report.get("trials", [])
     metadata: dict[str, Any] = {
         "chosen_params": dg.MetadataValue.json(report["chosen_params"]),
@@ -249,9 +251,11 @@ def study_metadata(report: dict) -> dict[str, Any]:
         "trials": dg.MetadataValue.json(trial_counts(trials)),
         "tuning_history": dg.MetadataValue.md(markdown_table(trial_columns, trials)),
         "study_name": report["study_name"],
+        "time_cap": dg.MetadataValue.text(
+            f"hit: the study stopped at timeout_s with {len(trials)} of {report['n_trials']} trials; the model "
+            "depends on machine speed until a later run finishes the study" if report.get("stopped_by_time_cap")
+            else f"not reached: all {report.get('n_trials', len(trials))} trials ran"),
     }
-    if report.get("storage_url"):
-        metadata["optuna_dashboard"] = dg.MetadataValue.text(f"optuna-dashboard {report['storage_url']}")
     plot = history_plot(trials)
     if plot:
         metadata["optimisation_history"] = dg.MetadataValue.md(plot)

@@ -221,6 +221,7 @@ def tune_xgboost(
         objective = _holdout_objective(split, spec, settings, nthread, XGBoostPruningCallback)
     if remaining > 0:
         study.optimize(objective, n_trials=remaining, timeout=settings.timeout_s, gc_after_trial=False)
+    finished_now = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     completed = [t for t in study.trials if t.state == TrialState.COMPLETE]
     if not completed:
         raise RuntimeError(
@@ -260,6 +261,7 @@ def tune_xgboost(
         storage_url=storage_url,
         trials=trial_rows(study),
         strategy=strategy,
+        stopped_by_time_cap=len(finished_now) < settings.n_trials,
     )
 
 
@@ -324,12 +326,20 @@ class TunedXGBoostCandidate(Candidate):
         storage = storage_url_for(context.study_dir) if context.study_dir else None
         result = tune_xgboost(split, spec, context.tuning, training_data_version=context.training_data_version,
                               storage_url=storage)
+        # The report is saved with the model, so it holds nothing that differs between two runs
+        # of the same study (no durations, no paths).
         result.model.report = {
-            "study_name": result.study_name, "storage_url": result.storage_url,
+            "study_name": result.study_name, "n_trials": context.tuning.n_trials,
+            "stopped_by_time_cap": result.stopped_by_time_cap,
             "chosen_params": result.chosen_params, "chosen_trial": result.chosen_trial,
             "chosen_value": result.chosen_value, "best_trial": result.best_trial,
             "best_value": result.best_value, "trial_selection": result.selection, "trials": result.trials,
         }
+        if result.stopped_by_time_cap:
+            import warnings
+
+            warnings.warn(f"tuned_xgboost: the Optuna study hit the time cap (timeout_s={context.tuning.timeout_s}) "
+                          f"after {len(result.trials)} of {context.tuning.n_trials} trials", stacklevel=1)
         return result.model
 
     def metadata(self, model: ChurnModel) -> dict[str, Any]:
