@@ -1,5 +1,6 @@
-"""The code location: each layer's Definitions merged into one ``defs``, with the policies
-(``$CHURN_POLICIES``, else every default) as its resources."""
+"""The code location: each layer's Definitions merged into one ``defs`` for the active project
+(``$CHURN_PROJECT``, else the built-in one), with its policies (its churn.yaml, or
+``$CHURN_POLICIES``, else every default) as resources."""
 
 import warnings
 
@@ -11,22 +12,28 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 
 from churn_assets.automation.definitions import defs as automation_defs  # noqa: E402
 from churn_assets.core.definitions import defs as core_defs  # noqa: E402
+from churn_assets.core.project import Project, active_project  # noqa: E402
 from churn_assets.evaluation.definitions import defs as evaluation_defs  # noqa: E402
 from churn_assets.monitoring.definitions import defs as monitoring_defs  # noqa: E402
-from churn_assets.policies import load_policies  # noqa: E402
+from churn_assets.policies import Policies, load_policies, policy_file  # noqa: E402
 from churn_assets.scoring.definitions import defs as scoring_defs  # noqa: E402
-from churn_assets.source.definitions import defs as source_defs  # noqa: E402
-from churn_assets.sql_models.definitions import defs as sql_defs  # noqa: E402
+from churn_assets.source import definitions as source_definitions  # noqa: E402
+from churn_assets.sql_models import definitions as sql_definitions  # noqa: E402
 from churn_assets.training.definitions import defs as training_defs  # noqa: E402
 
-LAYERS = [core_defs, source_defs, sql_defs, training_defs, evaluation_defs, scoring_defs, monitoring_defs,
-          automation_defs]
+
+def layers(project: Project, policies: Policies) -> list[dg.Definitions]:
+    """Each layer's Definitions, lowest first; the source and SQL layers depend on the project."""
+    return [core_defs, source_definitions.definitions_for(project, policies.source),
+            sql_definitions.definitions_for(project, policies.source), training_defs, evaluation_defs,
+            scoring_defs, monitoring_defs, automation_defs]
 
 
-def build_defs(policies=None) -> dg.Definitions:
-    """Every layer's Definitions; the layers' default policies replaced by ``policies``."""
-    merged = dg.Definitions.merge(*LAYERS)
-    policies = policies or load_policies()
+def build_defs(policies: Policies | None = None, project: Project | None = None) -> dg.Definitions:
+    """Every layer's Definitions for ``project``; the layers' default policies replaced by ``policies``."""
+    project = project or active_project()
+    policies = policies or load_policies(policy_file(project))
+    merged = dg.Definitions.merge(*layers(project, policies))
     return dg.Definitions(
         assets=merged.assets,
         asset_checks=merged.asset_checks,

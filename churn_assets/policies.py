@@ -4,6 +4,8 @@ beside the code it governs and exposed as one Dagster resource (``<section>_poli
 =============  ==================================================  =========================
 section        governs                                             defined in
 =============  ==================================================  =========================
+project        the project's name and first monthly partition      core/project.py
+source         a dataset project's export file and its months      source/export.py
 training       column roles, split, candidates and their params    training/train.py
 tuning         the tuned boosters' budget and trial selection      training/tuning.py
 promotion      margin, significance and bootstrap of the gate      training/promotion.py
@@ -15,8 +17,9 @@ retraining     decay level, when a new model is due                monitoring/re
 
 A YAML file with any of these sections (``drift: {psi_error: 0.4}``) replaces the defaults
 it names; unknown sections or keys and values of the wrong type are refused with the key
-named. The code location reads the file named by ``$CHURN_POLICIES`` (none: every default);
-the CLI reads the same file, so assets, checks, sensors and the summary agree.
+named. A dataset project's ``churn.yaml`` is such a file (``churn init`` writes every
+section); ``$CHURN_POLICIES`` names another one to use instead. The code location and the CLI
+read the same file, so assets, checks, sensors and the summary agree.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from churn_assets.core.project import Project, ProjectSection, active_project
 from churn_assets.evaluation.metrics import EvaluationPolicy
 from churn_assets.monitoring.drift import DriftPolicy
 from churn_assets.monitoring.retraining import RetrainingPolicy
 from churn_assets.scoring.batch import ScoringPolicy
+from churn_assets.source.export import SourcePolicy
 from churn_assets.training.promotion import PromotionPolicy
 from churn_assets.training.train import TrainingPolicy
 from churn_assets.training.tuning import TuningPolicy
@@ -47,6 +52,8 @@ class Policies(BaseModel):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
+    project: ProjectSection = Field(default_factory=ProjectSection)
+    source: SourcePolicy = Field(default_factory=SourcePolicy)
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
     tuning: TuningPolicy = Field(default_factory=TuningPolicy)
     promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
@@ -56,7 +63,8 @@ class Policies(BaseModel):
     retraining: RetrainingPolicy = Field(default_factory=RetrainingPolicy)
 
     def resources(self) -> dict[str, Any]:
-        return {f"{name}_policy": getattr(self, name) for name in type(self).model_fields}
+        # project: is read when the code location is built (partitions), not by assets.
+        return {f"{name}_policy": getattr(self, name) for name in type(self).model_fields if name != "project"}
 
     def check(self) -> Policies:
         """Cross-field rules each policy enforces when it is used, run once up front."""
@@ -106,22 +114,56 @@ def _unknown_key(model: type[BaseModel], values: dict, prefix: str = "") -> str 
     return None
 
 
-def policy_file() -> Path | None:
+def policy_file(project: Project | None = None) -> Path | None:
+    """``$CHURN_POLICIES``, else the (active) dataset project's churn.yaml (None: built-in defaults)."""
     value = os.environ.get(POLICY_FILE_ENV)
-    return Path(value).expanduser() if value else None
+    return Path(value).expanduser() if value else (project or active_project()).config_file
 
 
 def load_policies(path: str | Path | None = None) -> Policies:
-    """The policies in ``path`` (default: ``$CHURN_POLICIES``; none: every default)."""
+    """The policies in ``path`` (default: ``policy_file()``; none: every default)."""
     path = Path(path) if path else policy_file()
     if path is None:
         return Policies().check()
     import yaml
 
     if not path.is_file():
-        raise PolicyError(f"Policy file {path} does not exist (set by ${POLICY_FILE_ENV})")
+        raise PolicyError(f"Policy file {path} does not exist")
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise PolicyError(f"{path}: not valid YAML: {error}") from None
     return Policies.from_mapping(values, source=str(path))
+
+
+def _yaml_scalar(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000, allow_unicode=True).strip().removesuffix(
+        "\n...").removesuffix("...").strip()
+
+
+def _section_lines(model: BaseModel, indent: str) -> list[str]:
+    lines = []
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if info.description:
+            lines.append(f"{indent}# {info.description}")
+        if isinstance(value, BaseModel):
+            lines.append(f"{indent}{name}:")
+            lines += _section_lines(value, indent + "  ")
+        else:
+            lines.append(f"{indent}{name}: {_yaml_scalar(value)}")
+    return lines
+
+
+def policies_yaml(policies: Policies, header: str = "") -> str:
+    """Every setting of ``policies`` as a commented YAML document that ``load_policies`` reads back."""
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for name, section in policies:
+        import textwrap
+
+        summary = " ".join((type(section).__doc__ or name).strip().split("\n\n")[0].split())
+        lines += ["", *(f"# {line}" for line in textwrap.wrap(summary, 98)), f"{name}:"]
+        lines += _section_lines(section, "  ")
+    return "\n".join(lines).lstrip("\n") + "\n"

@@ -30,7 +30,7 @@ def test_sql_csv_and_json(warehouse, capsys):
     assert main(["sql", "select n, label from raw.t order by n", "--format", "csv"]) == 0
     assert capsys.readouterr().out.splitlines() == ["n,label", "0,x0", "1,x1", "2,x2"]
     assert main(["sql", "select n from raw.t where n = 2", "--format", "json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"n": 2}
+    assert json.loads(capsys.readouterr().out) == [{"n": 2}]
 
 
 def test_sql_is_read_only(warehouse, capsys):

@@ -41,9 +41,12 @@ def test_definitions_validate():
 
 
 def test_each_layer_exports_its_own_definitions():
-    from churn_assets.definitions import LAYERS, defs
+    from churn_assets.core.project import active_project
+    from churn_assets.definitions import defs, layers
+    from churn_assets.policies import load_policies
 
-    assets = {key for layer in LAYERS for asset in (layer.assets or []) for key in asset.keys}
+    assets = {key for layer in layers(active_project(), load_policies()) for asset in (layer.assets or [])
+              for key in asset.keys}
     assert assets == set(defs.resolve_asset_graph().get_all_asset_keys())
     candidate_assets = {k.to_user_string() for k in assets if k.path[0] == "ml"}
     assert {"ml/baseline_models", "ml/tuned_xgboost", "ml/lightgbm", "ml/ensemble"} <= candidate_assets

@@ -1,4 +1,9 @@
-"""The `churn` command: demo, run, ingest, sql, check, ui."""
+"""The `churn` command: init, demo, run, ingest, sql, check, ui.
+
+Every command serves one project: ``--project DIR`` (or ``$CHURN_PROJECT``), else the built-in
+synthetic telecom one. The project is chosen before anything of the code location is imported,
+because the monthly partitions start at the project's first month.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +28,28 @@ def _load_defs():
 
 
 def _months_to_run() -> list[str]:
+    """The months the project's data describes: its export's, or the built-in deliveries'."""
     from churn_assets.core.partitions import monthly_partitions
     from churn_assets.core.paths import source_dir
+    from churn_assets.core.project import active_project
+    from churn_assets.policies import load_policies
     from churn_assets.source.deliveries import available_months
+    from churn_assets.source.export import export_months
 
+    project = active_project()
+    source = load_policies().source
+    if source.from_export:
+        months = export_months(project.root, source)
+        where = f"{project.config_file}'s project.first_month"
+    else:
+        months = available_months(source_dir())
+        where = "CHURN_FIRST_MONTH"
     valid = set(monthly_partitions.get_partition_keys())
-    months = available_months(source_dir())
     outside = [m for m in months if m not in valid]
     if outside:
         raise SystemExit(
-            f"Deliveries outside the partition range ({', '.join(m[:7] for m in outside)}): "
-            "set CHURN_FIRST_MONTH to an earlier month."
+            f"Months outside the partition range ({', '.join(m[:7] for m in outside)}): "
+            f"set {where} to an earlier month."
         )
     return months
 
@@ -43,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     months = _months_to_run()
     if not months:
-        _say("No deliveries found: run `churn demo` or `churn ingest` first.")
+        _say("No deliveries found: run `churn demo` or `churn ingest` first, or `churn init` a project.")
         return 1
     _say(f"Materializing every asset for {months[0][:7]} .. {months[-1][:7]} ({len(months)} months)")
     started = time.monotonic()
@@ -67,13 +83,45 @@ def _print_summary() -> None:
     from churn_assets.core.warehouse import Warehouse
     from churn_assets.policies import load_policies
 
+    from churn_assets.core.paths import artifacts_dir
+    from churn_assets.core.project import active_project
+    from churn_assets.training.registry import read_decision
+
     policies = load_policies()
+    print(f"Project: {active_project().name}")
     with Warehouse().read() as con:
-        for line in summary_lines(con, policies.drift):
+        for line in summary_lines(con, policies.drift, read_decision(artifacts_dir())):
             print(line)
 
 
+def _refuse_in_dataset_project(command: str) -> int | None:
+    from churn_assets.core.project import active_project
+
+    project = active_project()
+    if project.builtin:
+        return None
+    _say(f"`churn {command}` feeds the built-in synthetic project; {project.root} reads its export "
+         f"({project.config_file.name} source.file): replace that file and run `churn run`.")
+    return 2
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from churn_assets.cli.init import InitError, create_project, report_lines
+
+    try:
+        result = create_project(args.dir, args.source, id_column=args.id, label=args.label,
+                                positive=args.positive, month=args.month, time_column=args.time)
+    except InitError as error:
+        _say(f"churn init refused: {error}")
+        return 2
+    for line in report_lines(result):
+        print(line)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    if (refused := _refuse_in_dataset_project("demo")) is not None:
+        return refused
     from churn_assets.core.paths import source_dir
     from churn_assets.source.deliveries import available_months
     from churn_assets.source.synthetic import GeneratorConfig, refuse_partial_replacement, write_source
@@ -115,6 +163,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from churn_assets.source.deliveries import ContractError
 
     path = Path(args.path)
+    if args.format and (refused := _refuse_in_dataset_project("ingest --format telco")) is not None:
+        return refused
     if bool(args.table) == bool(args.format or args.month):
         _say("Give either --table raw.NAME, or --format telco --month YYYY-MM.")
         return 2
@@ -153,11 +203,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
     from churn_assets.cli.sql_console import print_relation
 
     if args.dialect:
-        from churn_assets.core.paths import BUILTIN_SQL_DIR
+        from churn_assets.core.project import active_project
         from churn_assets.sql_models import SqlProjectError, transpile_model
 
         try:
-            print(transpile_model(BUILTIN_SQL_DIR, args.query, args.dialect))
+            print(transpile_model(active_project().sql_dir, args.query, args.dialect))
         except SqlProjectError as error:
             _say(str(error))
             return 1
@@ -206,13 +256,33 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    project = argparse.ArgumentParser(add_help=False)
+    project.add_argument(
+        "--project", metavar="DIR", default=argparse.SUPPRESS,
+        help="dataset project folder made by `churn init` (default: $CHURN_PROJECT, else the built-in one)",
+    )
     parser = argparse.ArgumentParser(
-        prog="churn",
-        description="Churn prediction on Dagster + DuckDB. Data lives under $CHURN_HOME (default ./data).",
+        prog="churn", parents=[project],
+        description="Churn prediction on Dagster + DuckDB. A project's data lives under $CHURN_HOME "
+                    "(default: the project's data/, or ./data for the built-in project).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="create the embedded data if missing, then `churn run`")
+    def add(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[project], **kwargs)
+
+    init = sub.add_parser("init", help="create a dataset project from your own CSV/Parquet export")
+    init.add_argument("dir", help="the project folder to create (must not exist or be empty)")
+    init.add_argument("--from", dest="source", required=True, metavar="FILE", help="the export (CSV or Parquet)")
+    init.add_argument("--id", metavar="COL", help="column identifying a customer (default: a stable row id is made)")
+    init.add_argument("--label", metavar="COL", help="the churn label column (default: guessed from the names)")
+    init.add_argument("--positive", metavar="VALUE",
+                      help="the label value meaning churned (inferred for 1/true/yes)")
+    init.add_argument("--month", metavar="YYYY-MM", help="month a one-snapshot file describes (default: this month)")
+    init.add_argument("--time", metavar="COL", help="column giving each row's month (default: detected)")
+    init.set_defaults(func=cmd_init)
+
+    demo = add("demo", help="create the embedded data if missing, then `churn run`")
     demo.add_argument("--customers", type=int, default=10_000, help="initial customer base")
     demo.add_argument("--months", type=int, default=24, help="months of history")
     demo.add_argument("--seed", type=int, default=42)
@@ -220,10 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--regenerate", action="store_true", help="replace existing deliveries")
     demo.set_defaults(func=cmd_demo)
 
-    run = sub.add_parser("run", help="materialize the whole graph for every delivered month")
+    run = add("run", help="materialize the whole graph for every delivered month")
     run.set_defaults(func=cmd_run)
 
-    ingest = sub.add_parser("ingest", help="load a file: a Telco-format month, or any table as is")
+    ingest = add("ingest", help="load a file: a Telco-format month, or any table as is")
     ingest.add_argument("path")
     ingest.add_argument("--format", choices=["telco"], help="file layout (with --month)")
     ingest.add_argument("--month", help="YYYY-MM the file describes (with --format telco)")
@@ -234,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=cmd_ingest)
 
-    sql = sub.add_parser("sql", help="read-only query of the warehouse")
+    sql = add("sql", help="read-only query of the warehouse")
     sql.add_argument("query", help="a SELECT, or with --dialect a model name / .sql file")
     sql.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sql.add_argument("--max-rows", type=int, default=50, help="rows shown in table format")
@@ -245,24 +315,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sql.set_defaults(func=cmd_sql)
 
-    check = sub.add_parser("check", help="run every asset check against the current warehouse")
+    check = add("check", help="run every asset check against the current warehouse")
     check.add_argument("--junit", help="write JUnit XML to this path")
     check.add_argument("--verbose", action="store_true", help="print each check as it runs")
     check.set_defaults(func=cmd_check)
 
-    ui = sub.add_parser("ui", help="start `dagster dev` on this CHURN_HOME's instance")
+    ui = add("ui", help="start `dagster dev` on this CHURN_HOME's instance")
     ui.add_argument("--port", type=int)
     ui.set_defaults(func=cmd_ui)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from churn_assets.policies import PolicyError
-
     args = build_parser().parse_args(argv)
+    # Before any import of the code location: the project decides the partitions.
+    from churn_assets.core.project import ProjectError, select_project
+
+    try:
+        select_project(getattr(args, "project", None))
+    except ProjectError as error:
+        _say(f"churn: {error}")
+        return 2
+    from churn_assets.policies import PolicyError
+    from churn_assets.source.export import ExportError
+
     try:
         return args.func(args)
-    except PolicyError as error:
+    except (PolicyError, ProjectError, ExportError) as error:
         _say(f"churn: {error}")
         return 2
 

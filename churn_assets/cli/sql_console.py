@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 
 def print_relation(con: duckdb.DuckDBPyConnection, query: str, fmt: str, *, max_rows: int = 50, out=None) -> int:
-    """Run ``query`` and print its result as a table, CSV or JSON lines; returns the row count."""
+    """Run ``query`` and print its result as a table, CSV or one JSON document (an array of
+    objects, one per row); returns the row count."""
     out = out or sys.stdout
     cursor = con.execute(query)
     columns = [d[0] for d in cursor.description or []]
@@ -22,8 +23,9 @@ def print_relation(con: duckdb.DuckDBPyConnection, query: str, fmt: str, *, max_
         writer.writerow(columns)
         writer.writerows(rows)
     elif fmt == "json":
-        for row in rows:
-            out.write(json.dumps(dict(zip(columns, row)), default=str) + "\n")
+        records = [{c: (None if isinstance(v, float) and v != v else v) for c, v in zip(columns, row)} for row in rows]
+        json.dump(records, out, default=str, indent=1, allow_nan=False)
+        out.write("\n")
     else:
         shown = rows[:max_rows]
         cells = [[_cell(v) for v in row] for row in shown]

@@ -10,9 +10,10 @@ if TYPE_CHECKING:
     from churn_assets.monitoring.drift import DriftPolicy
 
 
-def summary_lines(con: duckdb.DuckDBPyConnection, drift_policy: DriftPolicy) -> list[str]:
-    """Rows per table, the champion, and the months whose drift reached an error level of
-    ``drift_policy`` (the same levels the drift checks and the retraining sensor use)."""
+def summary_lines(con: duckdb.DuckDBPyConnection, drift_policy: DriftPolicy, decision: dict | None = None) -> list[str]:
+    """Rows per table, the champion and the latest promotion ``decision``, and the months whose
+    drift reached an error level of ``drift_policy`` (the same levels the drift checks and the
+    retraining sensor use)."""
     from churn_assets.core.warehouse import table_exists
 
     lines = ["", "Summary"]
@@ -25,11 +26,15 @@ def summary_lines(con: duckdb.DuckDBPyConnection, drift_policy: DriftPolicy) -> 
         count = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
         lines.append(f"  {name:<34} {count:>12,} rows")
     if table_exists(con, "ml.model_versions"):
-        champion = con.execute(
-            "SELECT version, algorithm, test_auc FROM ml.model_versions WHERE is_champion LIMIT 1"
-        ).fetchone()
-        if champion:
-            lines.append(f"  champion: {champion[1]} {champion[0]} (test ROC-AUC {champion[2]:.3f})")
+        cursor = con.execute("SELECT * FROM ml.model_versions WHERE is_champion LIMIT 1")
+        row = cursor.fetchone()
+        if row:
+            champion = dict(zip([d[0] for d in cursor.description], row))
+            cv = f"CV ROC-AUC {champion['cv_auc']:.4f}, " if champion.get("cv_auc") is not None else ""
+            lines.append(f"  champion: {champion['algorithm']} {champion['version']} "
+                         f"({cv}test ROC-AUC {champion['test_auc']:.4f})")
+    if decision:
+        lines.append(f"  promotion: {decision['outcome'].replace('_', ' ')}: {decision['reason']}")
     if table_exists(con, "monitoring.drift_summary"):
         levels = drift_policy.thresholds()
         drifted = con.execute(

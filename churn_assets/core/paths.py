@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from churn_assets.core.project import BUILTIN_SQL_DIR, REPO_ROOT, active_project  # noqa: F401
+
 DEFAULT_HOME = "data"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-# The built-in synthetic telecom project's SQL models (the repository's sql/).
-BUILTIN_SQL_DIR = REPO_ROOT / "sql"
 # What `churn ui` hands to `dagster dev`.
 WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
 
 
 def churn_home() -> Path:
-    """``$CHURN_HOME`` as an absolute path (default ``./data``), created on first use."""
-    home = Path(os.environ.get("CHURN_HOME") or DEFAULT_HOME).expanduser().resolve()
+    """``$CHURN_HOME`` as an absolute path, created on first use. Default: the active dataset
+    project's ``data/`` folder, or ``./data`` for the built-in project."""
+    value = os.environ.get("CHURN_HOME")
+    if not value:
+        value = active_project().data_dir or DEFAULT_HOME
+    home = Path(value).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
 

@@ -354,16 +354,20 @@ def _check_telco_columns(frame: pd.DataFrame, origin: str) -> None:
     if not missing:
         return
     unexpected = [n for n in names if n not in TELCO_COLUMNS]
-    hints = []
+    hints, hinted = [], set()
     for name in unexpected:
         match = _closest(name, missing)
-        if match:
+        if match and match not in hinted:
+            hinted.add(match)
             hints.append(f"'{name}' looks like '{match}' (rename it)")
     message = f"{origin}: missing Telco column(s) {', '.join(missing)}"
     if hints:
         message += "; " + "; ".join(hints)
     elif unexpected:
         message += f"; unexpected column(s): {', '.join(unexpected)}"
+    if len(missing) > len(hints) + 2:
+        # Not a Telco file with a few renamed columns: a different export altogether.
+        message += ". For any other churn export, make a dataset project: `churn init DIR --from FILE`"
     raise IngestError(message + f". Expected columns: {', '.join(TELCO_COLUMNS)}")
 
 
@@ -374,7 +378,8 @@ def _closest(name: str, candidates: list[str]) -> str | None:
     by_normal = {normalise(c): c for c in candidates}
     if normalise(name) in by_normal:
         return by_normal[normalise(name)]
-    match = difflib.get_close_matches(normalise(name), list(by_normal), n=1, cutoff=0.6)
+    # Only a near-identical spelling is a rename; 0.85 keeps 'Tenure_Months' ~ 'tenure' out.
+    match = difflib.get_close_matches(normalise(name), list(by_normal), n=1, cutoff=0.85)
     return by_normal[match[0]] if match else None
 
 
@@ -664,6 +669,13 @@ def _read_csv(path: Path) -> pa.Table:
     return data
 
 
+def read_table_file(path: Path) -> pa.Table:
+    """A CSV (strictly scanned, types sniffed over the whole file) or Parquet file as Arrow;
+    IngestError names the file and what is wrong with it."""
+    path = Path(path)
+    return _read_parquet(path) if _file_format(path) == "parquet" else _read_csv(path)
+
+
 def ingest_table(path: Path, table: str, warehouse: Warehouse) -> IngestReport:
     """Load any CSV or Parquet file as the table ``raw.NAME``, replacing it atomically.
 
@@ -672,7 +684,7 @@ def ingest_table(path: Path, table: str, warehouse: Warehouse) -> IngestReport:
     """
     path = Path(path)
     name = parse_raw_table_name(table)
-    data = _read_parquet(path) if _file_format(path) == "parquet" else _read_csv(path)
+    data = read_table_file(path)
     qualified = f'raw."{name}"'
     with warehouse.write() as con:
         existed = con.execute(
@@ -714,6 +726,7 @@ __all__ = [
     "ingest_telco",
     "parse_raw_table_name",
     "partition_month",
+    "read_table_file",
     "read_telco_csv",
     "telco_to_delivery",
     "validate_telco_frame",

@@ -3,14 +3,21 @@ tests as checks, and the blocking point-in-time leakage check."""
 
 import dagster as dg
 
-from churn_assets.core.paths import BUILTIN_SQL_DIR
-from churn_assets.source.raw_assets import RAW_ASSET_KEYS
+from churn_assets.core.project import Project
+from churn_assets.source.definitions import raw_asset_keys, raw_time_columns
+from churn_assets.source.export import SourcePolicy
 from churn_assets.sql_models.point_in_time_check import build_point_in_time_check
-from churn_assets.sql_models.project import load_sql_project
+from churn_assets.sql_models.project import SqlProject, load_sql_project
 
-sql_project = load_sql_project(BUILTIN_SQL_DIR, RAW_ASSET_KEYS)
 
-defs = dg.Definitions(
-    assets=sql_project.assets,
-    asset_checks=[*sql_project.asset_checks, build_point_in_time_check(sql_project)],
-)
+def sql_project_for(project: Project, source: SourcePolicy) -> SqlProject:
+    return load_sql_project(project.sql_dir, raw_asset_keys(project, source))
+
+
+def definitions_for(project: Project, source: SourcePolicy) -> dg.Definitions:
+    sql_project = sql_project_for(project, source)
+    return dg.Definitions(
+        assets=sql_project.assets,
+        asset_checks=[*sql_project.asset_checks,
+                      build_point_in_time_check(sql_project, raw_time_columns(project, source))],
+    )

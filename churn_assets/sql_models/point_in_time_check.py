@@ -17,9 +17,11 @@ class PointInTimeConfig(dg.Config):
     months: list[str] | None = None
 
 
-def build_point_in_time_check(project: "SqlProject | Path") -> dg.AssetChecksDefinition:
+def build_point_in_time_check(project: "SqlProject | Path",
+                              source_time_columns: dict[str, str] | None = None) -> dg.AssetChecksDefinition:
     """The check over the loader's project: ``load_sql_project``'s result, or a sql folder
-    that the check reads with ``load_sql_project`` each time it runs."""
+    that the check reads with ``load_sql_project`` each time it runs. ``source_time_columns``:
+    raw relation -> the column its rows are truncated on (default: the built-in raw contract's)."""
 
     @dg.asset_check(
         asset=CUSTOMER_FEATURES_KEY,
@@ -42,6 +44,7 @@ def build_point_in_time_check(project: "SqlProject | Path") -> dg.AssetChecksDef
                 model=CUSTOMER_FEATURES_KEY.to_user_string().replace("/", "."),
                 months=config.months,
                 sample=config.sample_rows_per_month,
+                time_columns=source_time_columns,
             )
         return dg.AssetCheckResult(
             passed=result.passed,
