@@ -52,7 +52,7 @@ def run_all_checks(
     """Execute every asset check in ``defs``; returns the outcomes and the wall time."""
     import dagster as dg
 
-    from churn_assets.cli.runner import _progress_logger, get_instance
+    from churn_assets.cli.runner import _progress_logger, check_result_text, failure_message, get_instance
 
     declared = sorted(
         defs.resolve_asset_graph().asset_check_keys,
@@ -67,12 +67,9 @@ def run_all_checks(
         ),
     )
     job = job_defs.resolve_job_def(CHECKS_JOB)
-    if progress is not None:
-        job = job.with_logger_defs({"progress": _progress_logger(progress)})
-        run_config = {"loggers": {"progress": {}}}
-    else:
-        job = job.with_logger_defs({})
-        run_config = {}
+    # Only our own logger: Dagster's default console logger would print DEBUG lines.
+    job = job.with_logger_defs({"progress": _progress_logger(progress or (lambda line: None))})
+    run_config = {"loggers": {"progress": {}}}
     started = time.monotonic()
     result = job.execute_in_process(
         instance=get_instance(), raise_on_error=False, run_config=run_config
@@ -86,9 +83,7 @@ def run_all_checks(
             evaluation = event.event_specific_data
             evaluations[(evaluation.asset_key, evaluation.check_name)] = evaluation
         elif event.event_type_value == "STEP_FAILURE":
-            error = event.event_specific_data.error
-            cause = error.cause if error and error.cause else error
-            errors_by_step[event.step_key] = cause.message.strip() if cause else "failed"
+            errors_by_step[event.step_key] = failure_message(event.event_specific_data.error)
 
     graph = job_defs.resolve_asset_graph()
     outcomes = []
@@ -102,7 +97,8 @@ def run_all_checks(
                     check=key.name,
                     status="passed" if evaluation.passed else "failed",
                     severity=evaluation.severity.value,
-                    description=evaluation.description or description,
+                    description=check_result_text(evaluation) if not evaluation.passed
+                    else (evaluation.description or description),
                     metadata=_metadata_text(evaluation.metadata),
                 )
             )

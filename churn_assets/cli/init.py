@@ -34,10 +34,10 @@ class InitResult:
 
 
 def _table_name(path: Path) -> str:
-    from churn_assets.source.profile import snake_case
+    from churn_assets.source.profile import plain_identifier, snake_case
 
-    stem = path.name.split(".")[0]
-    return snake_case(stem)
+    name = snake_case(path.name.split(".")[0])
+    return name if plain_identifier(name) else f"{name}_export"
 
 
 def create_project(root: str | Path, source_file: str | Path, *, id_column: str | None = None,

@@ -66,11 +66,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = materialize(_load_defs(), months=months, raise_on_error=False)
     elapsed = time.monotonic() - started
     if not result.success:
+        from churn_assets.cli.runner import check_result_text, failure_message
+
         _say(f"Run {result.run_id} FAILED after {elapsed:.0f}s; see the run in `churn ui`.")
         for event in result.all_events:
             if event.event_type_value == "STEP_FAILURE":
-                error = event.event_specific_data.error
-                _say(f"  {event.step_key}: {error.message.strip() if error else 'failed'}")
+                _say(f"  {event.step_key}: {failure_message(event.event_specific_data.error)}")
+            elif event.event_type_value == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed \
+                    and event.event_specific_data.severity.value == "ERROR":
+                data = event.event_specific_data
+                _say(f"  check {data.asset_key.to_user_string()}:{data.check_name}: {check_result_text(data)}")
         return 1
     _say(f"Run {result.run_id} succeeded in {elapsed:.0f}s.")
     _print_summary()

@@ -52,6 +52,29 @@ def get_instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
+def failure_message(error) -> str:
+    """The user's error in a step failure: the innermost cause's message (Dagster wraps it in
+    "Error occurred while executing op ..."), with Dagster's Failure description when there is one."""
+    if error is None:
+        return "failed"
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    text = (error.message or "").strip()
+    # "dagster._core.definitions.events.Failure: text" -> "text"; "ValueError: text" stays.
+    prefix, _, rest = text.partition(": ")
+    if prefix.startswith("dagster.") and rest:
+        text = rest
+    return " ".join(text.split()) or (error.cls_name or "failed")
+
+
+def check_result_text(evaluation) -> str:
+    """What a check measured against what (its result's description), else its metadata."""
+    if evaluation.description:
+        return " ".join(evaluation.description.split())
+    values = [f"{k}={getattr(v, 'value', v)}" for k, v in (evaluation.metadata or {}).items()][:4]
+    return ", ".join(values) or "no result details"
+
+
 def _progress_logger(emit: Callable[[str], None]):
     """A Dagster logger printing one line per finished step (with its checks) and per failure."""
     import dagster as dg
@@ -79,7 +102,7 @@ def _progress_logger(emit: Callable[[str], None]):
                 checks = f", {passed} checks passed" if passed else ""
                 emit(f"{stamp} done    {step} ({took:.1f}s{checks})")
             elif kind == "STEP_FAILURE":
-                emit(f"{stamp} FAILED  {step}")
+                emit(f"{stamp} FAILED  {step}: {failure_message(event.event_specific_data.error)}")
             elif kind == "ASSET_CHECK_EVALUATION":
                 data = event.event_specific_data
                 if data.passed:
@@ -87,7 +110,7 @@ def _progress_logger(emit: Callable[[str], None]):
                 else:
                     emit(
                         f"{stamp} check   {data.asset_key.to_user_string()}:{data.check_name} "
-                        f"FAILED ({data.severity.value.lower()})"
+                        f"FAILED ({data.severity.value.lower()}): {check_result_text(data)}"
                     )
 
     @dg.logger(description="One line per step and failed check, for the terminal.")

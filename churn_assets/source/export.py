@@ -84,11 +84,12 @@ def detect_time_format(con, relation: str, column: str, column_type: str) -> str
         failures = con.execute(
             f"SELECT count(*) FROM {relation} WHERE {value} IS NOT NULL "
             f"AND try_strptime(CAST({value} AS VARCHAR), '{layout}') IS NULL"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if failures == 0:
             return layout
-    sample = con.execute(f"SELECT CAST({value} AS VARCHAR) FROM {relation} WHERE {value} IS NOT NULL LIMIT 1"
-                         ).fetchone()
+    # fetchall: a result left half-read would block the connection's next statement.
+    sample = next(iter(con.execute(
+        f"SELECT CAST({value} AS VARCHAR) FROM {relation} WHERE {value} IS NOT NULL LIMIT 1").fetchall()), None)
     raise ExportError(f"time column '{column}': values such as {sample[0] if sample else None!r} are not dates "
                       f"in any layout tried ({', '.join(TIME_FORMATS)}); set source.time_format")
 
@@ -108,11 +109,11 @@ def _with_months(data: pa.Table, policy: SourcePolicy, where: str):
             raise ExportError(f"{where}: no time column '{policy.time_column}' (columns: {', '.join(data.column_names)})")
         column = names[policy.time_column.lower()]
         column_type = con.execute(
-            f"SELECT typeof({quoted(column)}) FROM export_file LIMIT 1").fetchone()[0]
+            f"SELECT typeof({quoted(column)}) FROM export_file LIMIT 1").fetchall()[0][0]
         expression = month_sql(column, column_type, policy.time_format)
         try:
             con.execute(f"CREATE VIEW export AS SELECT *, {expression} AS {DELIVERY_MONTH_COLUMN} FROM export_file")
-            empty = con.execute(f"SELECT count(*) FROM export WHERE {DELIVERY_MONTH_COLUMN} IS NULL").fetchone()[0]
+            empty = con.execute(f"SELECT count(*) FROM export WHERE {DELIVERY_MONTH_COLUMN} IS NULL").fetchall()[0][0]
         except duckdb.Error as error:
             raise ExportError(f"{where}: time column '{column}' does not parse as dates "
                               f"({policy.time_format or 'no layout'}): {error}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from churn_assets.source.export import DELIVERY_MONTH_COLUMN, ExportError, SourcePolicy, detect_time_format, quoted
@@ -101,12 +102,35 @@ def snake_case(name: str) -> str:
     return text
 
 
+def plain_identifier(name: str) -> bool:
+    """Whether ``name`` works unquoted as a column and a table name in DuckDB and in sqlglot
+    (which reads the SQL models): not a keyword, not an operator such as ``xor``."""
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        tree = sqlglot.parse_one(f"SELECT a AS {name} FROM s.{name}", read="duckdb")
+    except sqlglot.errors.SqlglotError:
+        return False
+    table = tree.find(exp.Table)
+    return (tree.selects[0].alias == name and table is not None and table.name == name
+            and name not in _duckdb_keywords())
+
+
+@lru_cache(maxsize=1)
+def _duckdb_keywords() -> frozenset[str]:
+    import duckdb
+
+    return frozenset(row[0] for row in duckdb.sql(
+        "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'").fetchall())
+
+
 def _sql_names(names: list[str], reserved: set[str]) -> dict[str, str]:
     taken = set(RESERVED_NAMES) | reserved
     result = {}
     for name in names:
         base = snake_case(name)
-        if base in taken:
+        if base in taken or not plain_identifier(base):
             base = f"{base}_value"
         candidate, n = base, 2
         while candidate in taken:
@@ -176,7 +200,7 @@ def _time_candidates(con, names: dict[str, str], types: dict[str, str]) -> list[
         if not (_is_date(column_type) or column_type == "VARCHAR" or column_type in INTEGER_TYPES):
             continue
         if column_type in INTEGER_TYPES:
-            low, high = con.execute(f"SELECT min({quoted(name)}), max({quoted(name)}) FROM export_file").fetchone()
+            low, high = con.execute(f"SELECT min({quoted(name)}), max({quoted(name)}) FROM export_file").fetchall()[0]
             if low is None or not (190001 <= low <= high <= 210012):  # only YYYYMM integers count
                 continue
         try:
@@ -189,9 +213,10 @@ def _time_candidates(con, names: dict[str, str], types: dict[str, str]) -> list[
 
 def _duplicate(con, keys: list[str]) -> tuple | None:
     columns = ", ".join(keys)
-    return con.execute(
+    found = con.execute(
         f"SELECT {columns}, count(*) FROM export GROUP BY ALL HAVING count(*) > 1 ORDER BY count(*) DESC, "
-        f"{columns} LIMIT 1").fetchone()
+        f"{columns} LIMIT 1").fetchall()
+    return found[0] if found else None
 
 
 def profile_export(path: str | Path, *, id_column: str | None = None, label: str | None = None,
@@ -232,7 +257,7 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
     ids_repeat = False
     if id_name is not None:
         ids_repeat = con.execute(
-            f"SELECT count(DISTINCT {quoted(id_name)}) < count(*) FROM export_file").fetchone()[0]
+            f"SELECT count(DISTINCT {quoted(id_name)}) < count(*) FROM export_file").fetchall()[0][0]
     if time_name is None and month is None:
         candidates = [c for c in _time_candidates(con, names, types) if c not in (id_name, label_name)]
         if ids_repeat:
@@ -243,7 +268,7 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
 
                 unique = con.execute(
                     f"SELECT count(*) = count(DISTINCT ({quoted(id_name)}, {month_sql(candidate, types[candidate], fmt)})) "
-                    "FROM export_file").fetchone()[0]
+                    "FROM export_file").fetchall()[0][0]
                 if unique:
                     time_name = candidate
                     break
@@ -268,7 +293,7 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
     _check_months(path, months)
 
     if id_name is not None:
-        empty = con.execute(f"SELECT count(*) FROM export WHERE {quoted(id_name)} IS NULL").fetchone()[0]
+        empty = con.execute(f"SELECT count(*) FROM export WHERE {quoted(id_name)} IS NULL").fetchall()[0][0]
         if empty:
             raise ExportError(f"{path}: id column '{id_name}' is empty in {empty:,} row(s)")
         duplicate = _duplicate(con, [f"CAST({quoted(id_name)} AS VARCHAR)", DELIVERY_MONTH_COLUMN])
@@ -283,7 +308,7 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
 
     labelled, positives = con.execute(
         f"SELECT count({LABEL_COLUMN}), sum({LABEL_COLUMN}) FROM (SELECT {label_sql(label_name, positive_value)} "
-        f"AS {LABEL_COLUMN} FROM export)").fetchone()
+        f"AS {LABEL_COLUMN} FROM export)").fetchall()[0]
     positives = int(positives or 0)
     for outcome, count in (("churned", positives), ("stayed", labelled - positives)):
         if count < MIN_ROWS_PER_CLASS:
@@ -291,9 +316,7 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
                               f"{MIN_ROWS_PER_CLASS} of each outcome are needed to train and test a model")
 
     roles = {id_name: "id", time_name: "time", label_name: "label"}
-    keywords = {row[0] for row in con.execute(
-        "SELECT keyword_name FROM duckdb_keywords() WHERE keyword_category <> 'unreserved'").fetchall()}
-    sql_names = _sql_names([n for n in data.column_names if n not in (id_name, label_name)], keywords)
+    sql_names = _sql_names([n for n in data.column_names if n not in (id_name, label_name)], set())
     sql_names.update({id_name: ID_COLUMN, label_name: LABEL_COLUMN})
     columns = [_profile_column(con, name, types[name], roles.get(name, "feature"), sql_names[name], rows)
                for name in data.column_names]
@@ -334,16 +357,16 @@ def _check_months(path: Path, months: list[str]) -> None:
 def _profile_column(con, name: str, column_type: str, role: str, sql_name: str, rows: int) -> Column:
     value = quoted(name)
     distinct, nulls = con.execute(
-        f"SELECT count(DISTINCT {value}), count(*) - count({value}) FROM export").fetchone()
+        f"SELECT count(DISTINCT {value}), count(*) - count({value}) FROM export").fetchall()[0]
     column = Column(name=name, sql_name=sql_name, type=column_type, role=role, distinct=distinct, nulls=nulls)
     if role != "feature":
         return column
     non_null = rows - nulls
     if column_type == "VARCHAR":
-        blanks = con.execute(f"SELECT count(*) FROM export WHERE trim({value}) = ''").fetchone()[0]
+        blanks = con.execute(f"SELECT count(*) FROM export WHERE trim({value}) = ''").fetchall()[0][0]
         not_numbers = con.execute(
             f"SELECT count(*) FROM export WHERE trim({value}) <> '' AND TRY_CAST(trim({value}) AS DOUBLE) IS NULL"
-        ).fetchone()[0]
+        ).fetchall()[0][0]
         if not_numbers == 0 and non_null - blanks > 0:
             column.numeric_text = True
             column.nulls += blanks
