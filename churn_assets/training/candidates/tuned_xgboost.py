@@ -19,6 +19,7 @@ from churn_assets.training.model import (
     ChurnModel,
     calibrate,
     choose_calibration,
+    cross_validates,
     cross_validation_record,
     stratified_folds,
     train_and_valid,
@@ -229,7 +230,10 @@ def tune_xgboost(
             "raise timeout_s or lower max_rounds"
         )
     chosen = select_trial(completed, strategy, settings)
-    if strategy == CROSS_VALIDATION:
+    if strategy == CROSS_VALIDATION or cross_validates(split):
+        # One snapshot: the model every candidate is compared with brings the same 5-fold
+        # out-of-fold predictions, whether its trials were cross-validated or (on a table too
+        # large for that) judged on the validation rows.
         model = refit_xgboost_cross_fitted(
             split, spec, params_of(chosen.params),
             num_boost_round=int(chosen.user_attrs["num_boost_round"]),
