@@ -68,6 +68,7 @@ class Policies(BaseModel):
 
     def check(self) -> Policies:
         """Cross-field rules each policy enforces when it is used, run once up front."""
+        self.source.check()
         self.training.validate_names()
         self.tuning.settings(self.training.split.seed)
         self.evaluation.assumptions()
@@ -83,6 +84,7 @@ class Policies(BaseModel):
             values = {}
         if not isinstance(values, dict):
             raise PolicyError(f"{source}: expected a mapping of policy sections, got {type(values).__name__}")
+        values = _dates_as_text(values)
         # Dagster resources accept keys they do not know; a misspelt one would silently
         # leave its default in force.
         unknown = _unknown_key(cls, values)
@@ -98,6 +100,17 @@ class Policies(BaseModel):
             return policies.check()
         except (ValueError, KeyError) as error:
             raise PolicyError(f"{source}: {error}") from None
+
+
+def _dates_as_text(value: Any) -> Any:
+    """YAML reads ``2024-06-01`` as a date; every month setting is text ('2024-06' or '2024-06-01')."""
+    import datetime as dt
+
+    if isinstance(value, dict):
+        return {key: _dates_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_dates_as_text(item) for item in value]
+    return value.isoformat() if isinstance(value, dt.date) else value
 
 
 def _unknown_key(model: type[BaseModel], values: dict, prefix: str = "") -> str | None:

@@ -235,3 +235,17 @@ def test_any_algorithm_can_win_and_a_losing_challenger_keeps_the_champion(worksp
     assert [r[0] for r in after if r[4]] == [r[0] for r in rows if r[4]]
     champion = [r[0] for r in rows if r[4]][0]
     assert query(project, "SELECT DISTINCT model_version FROM ml.predictions") == [(champion,)]
+
+
+def test_a_newer_export_without_a_column_is_refused_naming_it(workspace, capsys):
+    export = workspace / "book.csv"
+    customers(120, seed=8).to_csv(export, index=False)
+    project = workspace / "book"
+    assert main(["init", str(project), "--from", str(export), "--label", "churned", "--month", "2024-02"]) == 0
+    customers(120, seed=9).drop(columns=["Country"]).to_csv(project / "source" / "book.csv", index=False)
+    capsys.readouterr()
+    assert main(["--project", str(project), "run"]) == 1
+    err = capsys.readouterr().err
+    assert "column(s) Country missing" in err and "Traceback" not in err
+    # The refused load left the previous raw table as it was.
+    assert query(project, "SELECT count(*), count(Country) FROM raw.book") == [(120, 120)]

@@ -56,6 +56,22 @@ class SourcePolicy(dg.ConfigurableResource):
     def path(self, project_root: Path) -> Path:
         return (Path(project_root) / self.file).resolve()
 
+    def check(self) -> None:
+        """Cross-field rules, run when the policies load; the message names the key."""
+        import re
+
+        from churn_assets.core.project import month_key
+
+        if not re.fullmatch(r"raw\.[A-Za-z_][A-Za-z0-9_]*", self.table):
+            raise ValueError(f"source.table: expected raw.NAME, got {self.table!r}")
+        if self.month is not None:
+            try:
+                month_key(self.month)
+            except ValueError as error:
+                raise ValueError(f"source.month: {error}") from None
+        if self.file and not self.time_column and not self.month:
+            raise ValueError("source: a file without a time_column needs a month (YYYY-MM)")
+
 
 def quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -160,6 +176,16 @@ def load_export(warehouse_con, project_root: Path, policy: SourcePolicy) -> dict
         data = source.sql("SELECT * FROM export").to_arrow_table()
     finally:
         source.close()
+    previous = [row[0] for row in warehouse_con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'raw' AND table_name = ? "
+        "ORDER BY ordinal_position", [policy.table_name]).fetchall()]
+    missing = [c for c in previous if c.lower() not in {n.lower() for n in data.column_names}]
+    if missing:
+        # The project's SQL was written for these columns; a newer export without them would
+        # fail there with a binder error far from the cause.
+        raise ExportError(f"{policy.path(project_root)}: column(s) {', '.join(missing)} missing: {policy.table} has "
+                          "them and the project's SQL reads them; put them back, or make a new project from this "
+                          "file with `churn init`")
     warehouse_con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     warehouse_con.register("export_rows", data)
     try:

@@ -158,7 +158,11 @@ def _label_values(con, column: str, path: Path, positive: str | None) -> tuple[s
     values = [_plain(row[0]) for row in con.execute(
         f"SELECT DISTINCT CAST({quoted(column)} AS VARCHAR) FROM export_file WHERE {quoted(column)} IS NOT NULL "
         "ORDER BY 1").fetchall()]
-    values = sorted(set(v.strip() for v in values))
+    # One value per spelling up to case and blanks: ' Yes' and 'yes' are the same answer.
+    by_case: dict[str, str] = {}
+    for value in (v.strip() for v in values):
+        by_case.setdefault(value.lower(), value)
+    values = sorted(by_case.values())
     if len(values) > 2:
         shown = ", ".join(repr(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
         raise ExportError(f"{path}: label '{column}' has {len(values)} values ({shown}); a churn label has two")
@@ -321,11 +325,11 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
     columns = [_profile_column(con, name, types[name], roles.get(name, "feature"), sql_names[name], rows)
                for name in data.column_names]
     if id_name is None:
-        for column in columns:
-            if column.reason and column.reason.startswith("unique per row"):
-                notes.append(f"id: column '{column.name}' is unique per row; pass --id {column.name} if it "
-                             "identifies the customer")
-                break
+        unique = [c for c in columns if c.reason and c.reason.startswith("unique per row")]
+        unique.sort(key=lambda c: not re.search(r"(^|_)id($|_)", c.sql_name))
+        if unique:
+            notes.append(f"id: column '{unique[0].name}' is unique per row; pass --id {unique[0].name} if it "
+                         "identifies the customer")
     con.close()
     return ExportProfile(
         path=path, rows=rows, columns=columns, id_column=id_name, label_column=label_name,
