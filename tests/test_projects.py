@@ -114,7 +114,7 @@ def test_export_with_id_and_01_label(workspace, capsys):
     assert query(project, "SELECT count(*), min(delivery_month) FROM raw.bank_export") == [
         (500, pd.Timestamp("2024-06-01").date())]
 
-    fast(project, evaluation={"slice_columns": ["country"]}, promotion={"margin": 0.01})
+    fast(project, evaluation={"slice_columns": ["country"]}, promotion={"margin": 0.01}, drift={"psi_error": 0.45})
     rows = run_twice(project, capsys)
     assert sorted(r[1] for r in rows) == ["ensemble", "lightgbm", "logistic_regression", "random_forest", "xgboost"]
     # One snapshot: every candidate scored by the same 5-fold CV; the champion is the best cv_auc.
@@ -127,6 +127,11 @@ def test_export_with_id_and_01_label(workspace, capsys):
     assert "country" in json.dumps(json.loads(report_path.read_text())["slices"])
     decision = json.loads((project / "data" / "artifacts" / "models" / "promotion.json").read_text())
     assert decision["margin"] == 0.01
+    from churn_assets.core.project import load_project
+    from churn_assets.definitions import build_defs
+
+    resources = build_defs(project=load_project(project)).resources
+    assert resources["drift_policy"].psi_error == 0.45 and resources["promotion_policy"].margin == 0.01
     [(xgboost,)] = query(project, "SELECT version FROM ml.model_versions WHERE algorithm = 'xgboost'")
     study = json.loads((project / "data" / "artifacts" / "models" / xgboost / "extra.json").read_text())
     assert len(study["trials"]) == 3 and not study["stopped_by_time_cap"]

@@ -110,7 +110,7 @@ def detect_time_format(con, relation: str, column: str, column_type: str) -> str
                       f"in any layout tried ({', '.join(TIME_FORMATS)}); set source.time_format")
 
 
-def _with_months(data: pa.Table, policy: SourcePolicy, where: str):
+def with_months(data: pa.Table, policy: SourcePolicy, where: str):
     """A DuckDB connection holding the export as ``export`` with its ``delivery_month`` column."""
     import duckdb
 
@@ -136,7 +136,7 @@ def _with_months(data: pa.Table, policy: SourcePolicy, where: str):
         if empty:
             raise ExportError(f"{where}: time column '{column}' is empty in {empty:,} row(s)")
     else:
-        from churn_assets.core.partitions import month_key
+        from churn_assets.core.project import month_key
 
         if not policy.month:
             raise ExportError(f"{where}: source.month is required when there is no source.time_column")
@@ -156,7 +156,7 @@ def read_export(project_root: Path, policy: SourcePolicy):
         data = read_table_file(path)
     except IngestError as error:
         raise ExportError(str(error)) from None
-    return _with_months(data, policy, str(path))
+    return with_months(data, policy, str(path))
 
 
 def export_months(project_root: Path, policy: SourcePolicy) -> list[str]:
@@ -171,6 +171,8 @@ def export_months(project_root: Path, policy: SourcePolicy) -> list[str]:
 
 def load_export(warehouse_con, project_root: Path, policy: SourcePolicy) -> dict[str, Any]:
     """Replace ``raw.<table>`` with the export, on the caller's (transactional) connection."""
+    from churn_assets.source.ingest import replace_raw_table
+
     source = read_export(project_root, policy)
     try:
         data = source.sql("SELECT * FROM export").to_arrow_table()
@@ -186,12 +188,7 @@ def load_export(warehouse_con, project_root: Path, policy: SourcePolicy) -> dict
         raise ExportError(f"{policy.path(project_root)}: column(s) {', '.join(missing)} missing: {policy.table} has "
                           "them and the project's SQL reads them; put them back, or make a new project from this "
                           "file with `churn init`")
-    warehouse_con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-    warehouse_con.register("export_rows", data)
-    try:
-        warehouse_con.execute(f"CREATE OR REPLACE TABLE raw.{quoted(policy.table_name)} AS SELECT * FROM export_rows")
-    finally:
-        warehouse_con.unregister("export_rows")
+    replace_raw_table(warehouse_con, policy.table_name, data)
     months = warehouse_con.execute(
         f"SELECT {DELIVERY_MONTH_COLUMN}, count(*) FROM raw.{quoted(policy.table_name)} GROUP BY 1 ORDER BY 1"
     ).fetchall()

@@ -676,6 +676,16 @@ def read_table_file(path: Path) -> pa.Table:
     return _read_parquet(path) if _file_format(path) == "parquet" else _read_csv(path)
 
 
+def replace_raw_table(con, name: str, data: pa.Table) -> None:
+    """``raw.<name>`` replaced by ``data`` on the caller's (transactional) connection."""
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    con.register("incoming_file", data)
+    try:
+        con.execute(f'CREATE OR REPLACE TABLE raw."{name}" AS SELECT * FROM incoming_file')
+    finally:
+        con.unregister("incoming_file")
+
+
 def ingest_table(path: Path, table: str, warehouse: Warehouse) -> IngestReport:
     """Load any CSV or Parquet file as the table ``raw.NAME``, replacing it atomically.
 
@@ -691,12 +701,7 @@ def ingest_table(path: Path, table: str, warehouse: Warehouse) -> IngestReport:
             "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'raw' AND table_name = ?",
             [name],
         ).fetchone()[0]
-        con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-        con.register("incoming_file", data)
-        try:
-            con.execute(f"CREATE OR REPLACE TABLE {qualified} AS SELECT * FROM incoming_file")
-        finally:
-            con.unregister("incoming_file")
+        replace_raw_table(con, name, data)
         rows = con.execute(f"SELECT count(*) FROM {qualified}").fetchone()[0]
         columns = {
             column: dtype

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from churn_assets.source.export import DELIVERY_MONTH_COLUMN, ExportError, SourcePolicy, detect_time_format, quoted
+from churn_assets.core.project import month_key
+from churn_assets.source.export import (
+    DELIVERY_MONTH_COLUMN, ExportError, SourcePolicy, detect_time_format, month_sql, quoted, with_months,
+)
 
 ID_COLUMN, MONTH_COLUMN, LABEL_COLUMN = "customer_id", "snapshot_month", "churned"
 RESERVED_NAMES = (ID_COLUMN, MONTH_COLUMN, LABEL_COLUMN, DELIVERY_MONTH_COLUMN)
@@ -229,8 +232,6 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
     """Read ``path`` and decide every column's role; ExportError on anything unusable."""
     import duckdb
 
-    from churn_assets.core.partitions import month_key
-    from churn_assets.source.export import _with_months
     from churn_assets.source.ingest import IngestError, read_table_file
 
     path = Path(path)
@@ -268,8 +269,6 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
             # Several rows per id: the month column is the one that tells them apart.
             for candidate in candidates:
                 fmt = detect_time_format(con, "export_file", candidate, types[candidate])
-                from churn_assets.source.export import month_sql
-
                 unique = con.execute(
                     f"SELECT count(*) = count(DISTINCT ({quoted(id_name)}, {month_sql(candidate, types[candidate], fmt)})) "
                     "FROM export_file").fetchall()[0][0]
@@ -291,7 +290,7 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
     policy = SourcePolicy(file=str(path), time_column=time_name, time_format=time_format,
                           month=snapshot[:7] if snapshot else None)
     con.close()
-    con = _with_months(data, policy, str(path))
+    con = with_months(data, policy, str(path))
     months = [str(row[0]) for row in con.execute(
         f"SELECT DISTINCT {DELIVERY_MONTH_COLUMN} FROM export ORDER BY 1").fetchall()]
     _check_months(path, months)
