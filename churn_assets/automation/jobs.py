@@ -5,7 +5,7 @@
   scoring and monitoring once a champion exists).
 - retraining_sensor: when drift or decay crossed the error line, or enough new labelled
   months arrived since the champion was trained, it launches the training job once per
-  cause (the run key names the cause, month and champion); the promotion gate decides.
+  cause (the run key names the cause, month and champion); ml/champion decides.
 - monthly_scoring_schedule: scores each month when it closes.
 Both sensors start stopped; switch them on in the UI (Automation) or with
 `dagster sensor start`.
@@ -49,7 +49,7 @@ monthly_scoring_job = dg.define_asset_job(
 training_job = dg.define_asset_job(
     "retrain",
     selection=dg.AssetSelection.assets(*TRAINING_KEYS),
-    description="Train every candidate model; the promotion gate decides the champion.",
+    description="Train every candidate model; ml/champion decides whether the best becomes champion.",
 )
 
 monthly_scoring_schedule = dg.build_schedule_from_partitioned_job(

@@ -1,5 +1,5 @@
 """Dagster wiring of the training layer: one asset per candidate group, the registry table,
-the promotion gate and the champion pointer.
+the promotion decision and the champion pointer.
 
 Graph::
 

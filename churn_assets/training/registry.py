@@ -11,7 +11,7 @@ anything is unpickled. The manifest holds nothing time-dependent, so the same da
 and settings give the same version.
 
 The champion pointer (``ml.champion`` history plus ``is_champion`` in ``ml.model_versions``)
-changes only through ``promote``, which the champion asset calls after the promotion gate.
+changes only through ``promote``, which the champion asset calls after the promotion decision.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class ArtifactIntegrityError(RuntimeError):
 
 
 class NoChampionError(LookupError):
-    """No model has passed the promotion gate yet."""
+    """No model has been made champion yet."""
 
 
 class UnknownVersionError(LookupError):
@@ -502,7 +502,7 @@ def load_champion(
         version = champion_version(con)
         if version is None:
             raise NoChampionError(
-                "No champion model yet: materialize ml/champion (its promotion gate must pass)"
+                "No champion model yet: materialize ml/champion"
             )
         return version, registered_manifest_sha(con, version)
 

@@ -41,19 +41,23 @@ event_in_window_months AS (
       AND e.event_type IN ('support_call', 'late_payment', 'outage')
 ),
 
+-- Sums of DOUBLEs are rounded to 6 decimals: DuckDB adds them in a thread-dependent order,
+-- and the last bits would differ between two builds of the same data (the inputs have at
+-- most 2 decimals, so nothing of value is lost), which would change the training data's
+-- hash and every model version.
 trailing_windows AS (
     SELECT
         s.customer_id,
         s.snapshot_month,
         count(*) FILTER (WHERE e.event_type = 'support_call' AND e.event_time >= s.month_end - INTERVAL 30 DAY) AS support_calls_30d,
         count(*) FILTER (WHERE e.event_type = 'support_call') AS support_calls_90d,
-        sum(e.value) FILTER (WHERE e.event_type = 'support_call') AS support_minutes_90d,
+        round(sum(e.value) FILTER (WHERE e.event_type = 'support_call'), 6) AS support_minutes_90d,
         count(*) FILTER (WHERE e.event_type = 'late_payment' AND e.event_time >= s.month_end - INTERVAL 30 DAY) AS late_payments_30d,
         count(*) FILTER (WHERE e.event_type = 'late_payment') AS late_payments_90d,
-        sum(e.value) FILTER (WHERE e.event_type = 'late_payment') AS overdue_amount_90d,
+        round(sum(e.value) FILTER (WHERE e.event_type = 'late_payment'), 6) AS overdue_amount_90d,
         count(*) FILTER (WHERE e.event_type = 'outage' AND e.event_time >= s.month_end - INTERVAL 30 DAY) AS outages_30d,
         count(*) FILTER (WHERE e.event_type = 'outage') AS outages_90d,
-        sum(e.value) FILTER (WHERE e.event_type = 'outage') AS outage_hours_90d
+        round(sum(e.value) FILTER (WHERE e.event_type = 'outage'), 6) AS outage_hours_90d
     FROM snapshots AS s
     JOIN event_in_window_months AS e
       ON e.customer_id = s.customer_id
@@ -68,7 +72,7 @@ monthly_events AS (
         customer_id,
         CAST(date_trunc('month', event_time) AS DATE) AS month,
         count(*) FILTER (WHERE event_type = 'plan_change') AS plan_changes,
-        coalesce(sum(value) FILTER (WHERE event_type = 'usage'), 0) AS usage_gb,
+        coalesce(round(sum(value) FILTER (WHERE event_type = 'usage'), 6), 0) AS usage_gb,
         max(event_time) FILTER (WHERE event_type = 'support_call') AS last_support_call_at,
         max(event_time) FILTER (WHERE event_type = 'late_payment') AS last_late_payment_at,
         max(event_time) FILTER (WHERE event_type = 'outage') AS last_outage_at
@@ -83,7 +87,7 @@ event_timeline AS (
         customer_id,
         month,
         sum(plan_changes) AS plan_changes,
-        sum(usage_gb) AS usage_gb,
+        round(sum(usage_gb), 6) AS usage_gb,
         max(last_support_call_at) AS last_support_call_at,
         max(last_late_payment_at) AS last_late_payment_at,
         max(last_outage_at) AS last_outage_at
