@@ -82,3 +82,30 @@ def test_ui_hands_dagster_the_repository_workspace():
 
     assert WORKSPACE_FILE.is_file() and "churn_assets.definitions" in WORKSPACE_FILE.read_text()
     assert BUILTIN_SQL_DIR.is_dir()
+
+
+def test_sql_cannot_touch_files_extensions_or_its_own_configuration(warehouse, tmp_path, capsys):
+    before = warehouse.db_path.read_bytes()
+    hostile = [
+        f"copy (select 42 as x) to '{warehouse.db_path}' (format csv)",
+        f"export database '{tmp_path / 'dump'}'",
+        f"attach '{tmp_path / 'other.duckdb'}' as other",
+        "select * from read_csv('/etc/passwd')",
+        "install httpfs",
+        "load httpfs",
+        "set enable_external_access = true",
+    ]
+    for query in hostile:
+        assert main(["sql", query]) == 1, query
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.strip(), query
+    assert warehouse.db_path.read_bytes() == before
+    assert not (tmp_path / "dump").exists() and not (tmp_path / "other.duckdb").exists()
+
+
+def test_sql_runs_exactly_one_statement(warehouse, capsys):
+    assert main(["sql", "select 1; select 2"]) == 2
+    assert "2 statements" in capsys.readouterr().err
+    for empty in ("", "   ", "-- nothing"):
+        assert main(["sql", empty]) == 2
+        assert "No SQL given" in capsys.readouterr().err

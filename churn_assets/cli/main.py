@@ -205,7 +205,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 def cmd_sql(args: argparse.Namespace) -> int:
     from churn_assets.core.warehouse import Warehouse, WarehouseBusyError, WarehouseMissingError
-    from churn_assets.cli.sql_console import print_relation
+    from churn_assets.cli.sql_console import QueryError, print_relation
 
     if args.dialect:
         from churn_assets.core.project import active_project
@@ -218,11 +218,14 @@ def cmd_sql(args: argparse.Namespace) -> int:
             return 1
         return 0
     try:
-        with Warehouse(read_wait_s=args.wait).read() as con:
+        with Warehouse(read_wait_s=args.wait).read(sandboxed=True) as con:
             print_relation(con, args.query, args.format, max_rows=args.max_rows)
     except (WarehouseBusyError, WarehouseMissingError) as error:
         _say(str(error))
         return 3
+    except QueryError as error:
+        _say(str(error))
+        return 2
     except Exception as error:  # duckdb.Error subclasses: show DuckDB's own message
         if type(error).__module__.startswith(("duckdb", "_duckdb")):
             _say(f"SQL error: {error}")

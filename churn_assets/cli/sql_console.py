@@ -15,7 +15,7 @@ def print_relation(con: duckdb.DuckDBPyConnection, query: str, fmt: str, *, max_
     """Run ``query`` and print its result as a table, CSV or one JSON document (an array of
     objects, one per row); returns the row count."""
     out = out or sys.stdout
-    cursor = con.execute(query)
+    cursor = con.execute(single_statement(con, query))
     columns = [d[0] for d in cursor.description or []]
     rows = cursor.fetchall()
     if fmt == "csv":
@@ -38,6 +38,21 @@ def print_relation(con: duckdb.DuckDBPyConnection, query: str, fmt: str, *, max_
         more = f" (showing {len(shown)})" if len(rows) > len(shown) else ""
         out.write(f"({len(rows)} row{'s' if len(rows) != 1 else ''}{more})\n")
     return len(rows)
+
+
+class QueryError(ValueError):
+    """A query `churn sql` does not run (empty, or several statements)."""
+
+
+def single_statement(con: duckdb.DuckDBPyConnection, query: str) -> str:
+    """``query`` when it is exactly one statement; QueryError otherwise (only the last result of
+    several would be shown, and the others would run unseen)."""
+    statements = con.extract_statements(query) if query.strip() else []
+    if not statements:
+        raise QueryError("No SQL given: pass one statement, e.g. churn sql \"select * from ml.model_versions\"")
+    if len(statements) > 1:
+        raise QueryError(f"{len(statements)} statements given; churn sql runs one per call")
+    return query
 
 
 def _cell(value) -> str:

@@ -125,8 +125,13 @@ class Warehouse(dg.ConfigurableResource):
             con.execute("COMMIT")
 
     @contextmanager
-    def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection; waits up to ``read_wait_s`` while a writer holds the file."""
+    def read(self, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection; waits up to ``read_wait_s`` while a writer holds the file.
+
+        ``sandboxed`` (for queries a user types): a read-only connection still runs ``COPY ... TO``,
+        ``EXPORT DATABASE``, ``ATTACH`` and extension installs, so external access and extension
+        loading are switched off and the configuration is locked, before the query can change it.
+        """
         import duckdb
 
         if not self.db_path.exists():
@@ -136,7 +141,8 @@ class Warehouse(dg.ConfigurableResource):
         deadline = time.monotonic() + self.read_wait_s
         while True:
             try:
-                con = duckdb.connect(str(self.db_path), read_only=True, config=self._settings())
+                con = duckdb.connect(str(self.db_path), read_only=True,
+                                     config={**self._settings(), **(SANDBOX_SETTINGS if sandboxed else {})})
                 break
             except (duckdb.IOException, duckdb.ConnectionException) as error:
                 if not _is_lock_conflict(error):
@@ -152,6 +158,14 @@ class Warehouse(dg.ConfigurableResource):
             yield con
         finally:
             con.close()
+
+
+SANDBOX_SETTINGS = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "lock_configuration": True,
+}
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
