@@ -72,7 +72,7 @@ def test_training_data_version_ignores_row_order_but_not_values(trained):
     assert training_data_version(changed, keys) != data_version
 
 
-@pytest.mark.parametrize("target", ["model.joblib", "metrics.json", "manifest.json"])
+@pytest.mark.parametrize("target", ["model.skops", "metrics.json", "manifest.json"])
 def test_tampered_artifacts_are_refused_before_loading(trained, tmp_path, target):
     _, split, data_version, train_all = trained
     saved = _save(train_all()[0], split, tmp_path, data_version)
@@ -111,3 +111,57 @@ def test_registry_rows_and_champion_pointer(trained, tmp_path):
     (victim / "manifest.json").write_bytes((saved[0].path / "manifest.json").read_bytes())
     with pytest.raises(ArtifactIntegrityError):
         load_champion(tmp_path, con)
+
+
+class _Trap:
+    """Unpickling this writes a file: proof that a pickle ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _forge(saved, model_file: str, payload: bytes, *, hash_it: bool = True):
+    """A folder as an attacker with write access would make it: manifest hashes recomputed,
+    the folder renamed to the new content address."""
+    import hashlib
+    import shutil
+
+    from churn_assets.training.registry import canonical_json, sha256_file
+
+    folder = saved.path.parent / "forging"
+    shutil.copytree(saved.path, folder)
+    (folder / model_file).write_bytes(payload)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["model_file"] = model_file
+    if hash_it:
+        manifest["files"][model_file] = sha256_file(folder / model_file)
+    text = canonical_json(manifest)
+    (folder / "manifest.json").write_text(text)
+    version = f"{manifest['algorithm']}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    folder.rename(saved.path.parent / version)
+    return version
+
+
+def test_a_forged_model_folder_never_runs_code(trained, tmp_path):
+    import pickle
+
+    from churn_assets.training.candidates.sklearn_common import UntrustedModelError
+    from churn_assets.training.registry import load_model_folder, models_root
+
+    _, split, data_version, train_all = trained
+    saved = _save(train_all()[0], split, tmp_path, data_version)
+    assert saved.manifest["model_file"] == "model.skops"
+    marker = tmp_path / "code-ran"
+    pickled = _forge(saved, "model.joblib", pickle.dumps(_Trap(str(marker))))
+    with pytest.raises(UntrustedModelError, match="would run code"):
+        load_model_folder(models_root(tmp_path) / pickled, pickled)
+    assert not marker.exists()
+    # A model file that is not among the hashed files, and a version that is a path, are refused too.
+    unhashed = _forge(saved, "other.skops", b"x", hash_it=False)
+    with pytest.raises(ArtifactIntegrityError, match="not one of the hashed files"):
+        load_model_folder(models_root(tmp_path) / unhashed, unhashed)
+    with pytest.raises(ArtifactIntegrityError, match="not a model version"):
+        load_model(f"../{saved.version}", tmp_path)

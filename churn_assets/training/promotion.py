@@ -196,9 +196,10 @@ def evaluate_gate(
 
 def gate_decision(con, artifacts_root, policy: PromotionPolicy) -> tuple[GateDecision, dict]:
     """The promotion decision for the latest run's best candidate against the warehouse's state."""
+    from churn_assets.training.candidates.sklearn_common import UntrustedModelError
     from churn_assets.training.columns import RolesError
     from churn_assets.training.registry import (
-        best_of_latest_run, champion_version, latest_run_records, load_model_folder, models_root,
+        ArtifactIntegrityError, best_of_latest_run, champion_version, latest_run_records, load_model_folder, models_root,
         read_artifact, rebuild_split, registered_manifest_sha, selection_metric, training_data_version,
     )
     from churn_assets.training.train import read_training_set
@@ -225,10 +226,12 @@ def gate_decision(con, artifacts_root, policy: PromotionPolicy) -> tuple[GateDec
     champion_name = champion_version(con)
     champion, unusable = None, None
     if champion_name:
-        champion = load(champion_name)
         try:
+            champion = load(champion_name)
             champion.predict_proba(test.head(1))
-        except RolesError as error:
+        except (RolesError, ArtifactIntegrityError, UntrustedModelError) as error:
+            # A champion that cannot read today's columns, or whose files are refused (damaged,
+            # or pickles from before skops), cannot be compared: the challenger replaces it.
             unusable = f"{champion_name}: {error}"
             champion = None
     return evaluate_gate(challenger, test, champion=champion, settings=policy, champion_unusable=unusable), context

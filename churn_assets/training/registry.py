@@ -1,13 +1,13 @@
 """The model registry: content-addressed artifacts on disk and ``ml.model_versions`` in DuckDB.
 
 A model's folder ``artifacts/models/<version>/`` holds the model (in its candidate's format:
-boosters in their own UBJ / text formats, the ensemble as JSON, sklearn pipelines as joblib
-pickles), the feature spec, parameters, metrics,
+boosters in their own UBJ / text formats, the ensemble as JSON, sklearn pipelines with skops
+and a trusted-types list: no format that runs code on load), the feature spec, parameters, metrics,
 calibration, split and a ``manifest.json`` listing the SHA-256 of every file together with
 the training data version and code version. The version is ``<algorithm>-`` plus the
 first 16 hex digits of the SHA-256 of the manifest, so it names the exact bytes: loading
 recomputes every hash and refuses a folder whose files, manifest or name disagree, before
-anything is unpickled. The manifest holds nothing time-dependent, so the same data, seed
+anything is read. The manifest holds nothing time-dependent, so the same data, seed
 and settings give the same version.
 
 The champion pointer (``ml.champion`` history plus ``is_champion`` in ``ml.model_versions``)
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 import shutil
 import uuid
@@ -53,6 +54,9 @@ CROSS_VALIDATION = "cross_validation.json"
 
 # LoadedModel is what readers of the registry get back: a ChurnModel with its version set.
 LoadedModel = ChurnModel
+
+
+VERSION_NAME = re.compile(r"[a-z][a-z0-9_]*-[0-9a-f]{16}")
 
 
 class ArtifactIntegrityError(RuntimeError):
@@ -197,9 +201,17 @@ def save_model(
     return SavedModel(version, final, manifest, manifest_sha)
 
 
+def check_version_name(version: str) -> str:
+    """A version is ``<algorithm>-<16 hex digits>``: a name, never a path."""
+    if not isinstance(version, str) or not VERSION_NAME.fullmatch(version):
+        raise ArtifactIntegrityError(f"{version!r} is not a model version (expected <algorithm>-<16 hex digits>)")
+    return version
+
+
 def verify_model_folder(folder: Path, version: str, expected_manifest_sha256: str | None = None) -> dict:
     """Check the manifest against the version (and the registry's hash), then every file
     against the manifest. Returns the manifest; raises ArtifactIntegrityError on any mismatch."""
+    check_version_name(version)
     manifest_path = folder / MANIFEST
     if not manifest_path.exists():
         raise ArtifactIntegrityError(f"{folder}: no {MANIFEST}; refusing to load model {version}")
@@ -216,7 +228,13 @@ def verify_model_folder(folder: Path, version: str, expected_manifest_sha256: st
             f"version {version}; refusing to load"
         )
     manifest = json.loads(manifest_bytes)
+    if manifest.get("model_file") not in manifest.get("files", {}):
+        raise ArtifactIntegrityError(f"{manifest_path}: model_file {manifest.get('model_file')!r} is not one of the "
+                                     f"hashed files; refusing to load model {version}")
     for name, expected in manifest["files"].items():
+        if Path(name).name != name:
+            raise ArtifactIntegrityError(f"{manifest_path}: file name {name!r} has path parts; refusing to load "
+                                         f"model {version}")
         path = folder / name
         if not path.exists():
             raise ArtifactIntegrityError(f"{path} is missing; refusing to load model {version}")
@@ -263,7 +281,7 @@ def load_model_folder(folder: Path, version: str, expected_manifest_sha256: str 
 
 def read_artifact(artifacts_root: str | Path, version: str, name: str) -> Any:
     """A JSON file of a model folder (metrics.json, split.json, extra.json, ...)."""
-    return json.loads((models_root(artifacts_root) / version / name).read_text())
+    return json.loads((models_root(artifacts_root) / check_version_name(version) / name).read_text())
 
 
 # -- the registry tables ----------------------------------------------------------------
@@ -483,6 +501,7 @@ def load_model(
     With a warehouse (resource or DuckDB connection) the manifest must also match the
     SHA-256 recorded in ``ml.model_versions``.
     """
+    check_version_name(version)
     folder = models_root(artifacts_root) / version
     if not folder.exists():
         raise UnknownVersionError(f"No artifacts for model version {version} under {folder.parent}")
