@@ -109,3 +109,35 @@ def test_sql_runs_exactly_one_statement(warehouse, capsys):
     for empty in ("", "   ", "-- nothing"):
         assert main(["sql", empty]) == 2
         assert "No SQL given" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["check"], ["run"], ["sql", "select 1"]])
+def test_a_churn_home_that_is_a_file_is_one_line(tmp_path, monkeypatch, capsys, argv):
+    home = tmp_path / "not-a-folder"
+    home.write_text("")
+    monkeypatch.setenv("CHURN_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_damaged_warehouse_is_never_opened_or_written(churn_home, tmp_path, capsys):
+    (churn_home / "warehouse.duckdb").write_bytes(b"")
+    table = tmp_path / "t.csv"
+    table.write_text("a,b\n1,2\n")
+    assert main(["ingest", str(table), "--table", "raw.t"]) == 2
+    assert "is not a DuckDB database" in capsys.readouterr().err
+    assert main(["sql", "select 1"]) == 2
+    assert (churn_home / "warehouse.duckdb").read_bytes() == b""
+
+
+def test_check_without_a_warehouse_and_bad_demo_arguments_are_one_line(churn_home, capsys):
+    assert main(["check"]) == 1
+    assert "No warehouse" in capsys.readouterr().err
+    for bad in (["demo", "--customers", "0"], ["demo", "--months", "-5"], ["demo", "--customers", "x"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(bad)
+        assert exit_info.value.code == 2
+        assert "Traceback" not in capsys.readouterr().err
+    assert not (churn_home / "source").exists()

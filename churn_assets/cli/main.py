@@ -236,8 +236,13 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from churn_assets.cli.check_runner import exit_code, format_table, run_all_checks, write_junit
+    from churn_assets.core.warehouse import Warehouse
 
-    outcomes, elapsed = run_all_checks(_load_defs(), progress=_say if args.verbose else None)
+    defs = _load_defs()
+    if "warehouse" in (defs.resources or {}) and not Warehouse().db_path.exists():
+        _say(f"No warehouse at {Warehouse().db_path}: nothing to check; run `churn run` (or `churn demo`) first.")
+        return 1
+    outcomes, elapsed = run_all_checks(defs, progress=_say if args.verbose else None)
     if not outcomes:
         _say("No asset checks are defined.")
         return 0
@@ -261,6 +266,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if args.port:
         command += ["-p", str(args.port)]
     return subprocess.call(command, env=os.environ.copy(), cwd=REPO_ROOT)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_init)
 
     demo = add("demo", help="create the embedded data if missing, then `churn run`")
-    demo.add_argument("--customers", type=int, default=10_000, help="initial customer base")
-    demo.add_argument("--months", type=int, default=24, help="months of history")
+    demo.add_argument("--customers", type=_positive_int, default=10_000, help="initial customer base")
+    demo.add_argument("--months", type=_positive_int, default=24, help="months of history")
     demo.add_argument("--seed", type=int, default=42)
     demo.add_argument("--no-drift", action="store_true", help="switch off the price-rise drift event")
     demo.add_argument("--regenerate", action="store_true", help="replace existing deliveries")
@@ -344,12 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     except ProjectError as error:
         _say(f"churn: {error}")
         return 2
+    from churn_assets.core.paths import HomeError
+    from churn_assets.core.warehouse import WarehouseDamagedError
     from churn_assets.policies import PolicyError
     from churn_assets.source.export import ExportError
 
     try:
         return args.func(args)
-    except (PolicyError, ProjectError, ExportError) as error:
+    except (PolicyError, ProjectError, ExportError, HomeError, WarehouseDamagedError) as error:
         _say(f"churn: {error}")
         return 2
 

@@ -8,6 +8,10 @@ from pathlib import Path
 from churn_assets.core.project import BUILTIN_SQL_DIR, REPO_ROOT, active_project  # noqa: F401
 
 DEFAULT_HOME = "data"
+
+
+class HomeError(OSError):
+    """``$CHURN_HOME`` cannot hold the platform's files; the message says why and what to do."""
 # What `churn ui` hands to `dagster dev`.
 WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
 
@@ -19,7 +23,14 @@ def churn_home() -> Path:
     if not value:
         value = active_project().data_dir or DEFAULT_HOME
     home = Path(value).expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise HomeError(f"CHURN_HOME {home} is a file, not a folder: point CHURN_HOME at a folder") from None
+    except PermissionError:
+        raise HomeError(f"CHURN_HOME {home} cannot be created: permission denied") from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise HomeError(f"CHURN_HOME {home} is not writable: point CHURN_HOME at a folder you can write")
     return home
 
 

@@ -33,6 +33,10 @@ class WarehouseBusyError(RuntimeError):
     """Another process has held the warehouse for longer than the caller wanted to wait."""
 
 
+class WarehouseDamagedError(RuntimeError):
+    """The warehouse file is not a DuckDB database; nothing reads or writes it."""
+
+
 class WarehouseMissingError(FileNotFoundError):
     """The warehouse file does not exist yet."""
 
@@ -91,11 +95,27 @@ class Warehouse(dg.ConfigurableResource):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _refuse_damaged_file(self) -> None:
+        """A file that is not a DuckDB database (empty, truncated, something else) is never opened
+        for writing: DuckDB would refuse it with a traceback, or a zero-byte file would be taken."""
+        path = self.db_path
+        if not path.exists():
+            return
+        with open(path, "rb") as handle:
+            header = handle.read(16)
+        # DuckDB files carry "DUCK" at byte 8 of their first block.
+        if len(header) < 12 or header[8:12] != b"DUCK":
+            raise WarehouseDamagedError(
+                f"{path} is not a DuckDB database (empty, truncated or another file): move it aside and "
+                "rebuild with `churn run` (or restore it from a backup)"
+            )
+
     @contextmanager
     def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection held under the writer lock (no transaction opened)."""
         import duckdb
 
+        self._refuse_damaged_file()
         with self._writer_lock():
             deadline = time.monotonic() + self.read_wait_s
             while True:
@@ -138,6 +158,7 @@ class Warehouse(dg.ConfigurableResource):
             raise WarehouseMissingError(
                 f"No warehouse at {self.db_path}: run `churn demo` (or `churn run`) first."
             )
+        self._refuse_damaged_file()
         deadline = time.monotonic() + self.read_wait_s
         while True:
             try:
@@ -203,6 +224,7 @@ __all__ = [
     "ArtifactStore",
     "Warehouse",
     "WarehouseBusyError",
+    "WarehouseDamagedError",
     "WarehouseMissingError",
     "churn_home",
 ]
