@@ -125,7 +125,8 @@ def evaluate_model(con: Any, artifacts_root: Path, policy: EvaluationPolicy, ver
         source = "savings-optimal on the validation split"
     baselines = {}
     data_version = model.manifest.get("training_data_version", "")
-    for version in versions_trained_with(con, data_version, "baseline"):
+    # The baselines of the champion's own training run: same data, same training code.
+    for version in versions_trained_with(con, data_version, "baseline", model.manifest.get("code_version")):
         if version != model.version:
             baseline = load_model(version, artifacts_root, con)
             baselines[baseline.algorithm] = baseline.predict_proba(split.test)

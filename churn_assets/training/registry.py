@@ -427,10 +427,13 @@ def best_of_latest_run(con: duckdb.DuckDBPyConnection) -> str | None:
     return best["version"] if best else None
 
 
-def versions_trained_with(con: duckdb.DuckDBPyConnection, training_data_version: str, role: str) -> list[str]:
+def versions_trained_with(con: duckdb.DuckDBPyConnection, training_data_version: str, role: str,
+                          code_version: str | None = None) -> list[str]:
+    """Versions of ``role`` trained on this data (and, if given, by this training code)."""
     return [r[0] for r in con.execute(
-        f"SELECT version FROM {VERSIONS_TABLE} WHERE training_data_version = ? AND role = ? ORDER BY version",
-        [training_data_version, role],
+        f"SELECT version FROM {VERSIONS_TABLE} WHERE training_data_version = ? AND role = ? "
+        "AND (? IS NULL OR code_version = ?) ORDER BY version",
+        [training_data_version, role, code_version, code_version],
     ).fetchall()]
 
 
