@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import dagster as dg
 
 PARTITION_RANGE_START = "dagster/asset_partition_range_start"
+# Who runs a CLI run: a run whose process is gone cannot finish and is marked failed.
+PROCESS_TAG = "churn/pid"
+HOST_TAG = "churn/host"
 PARTITION_RANGE_END = "dagster/asset_partition_range_end"
 
 INSTANCE_YAML = """\
@@ -73,6 +76,38 @@ def check_result_text(evaluation) -> str:
         return " ".join(evaluation.description.split())
     values = [f"{k}={getattr(v, 'value', v)}" for k, v in (evaluation.metadata or {}).items()][:4]
     return ", ".join(values) or "no result details"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark failed every run the CLI started on this host whose process is gone (killed, crashed),
+    and free the concurrency slots it held, so the next run neither waits on them nor shows a
+    run that is STARTED forever. Returns their run ids."""
+    import socket
+
+    import dagster as dg
+
+    recovered = []
+    host = socket.gethostname()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED,
+                                                                  dg.DagsterRunStatus.STARTING])):
+        pid = run.tags.get(PROCESS_TAG)
+        if not pid or run.tags.get(HOST_TAG) != host or int(pid) == os.getpid() or _process_alive(int(pid)):
+            continue
+        instance.report_run_failed(run, message=f"The process running it (pid {pid}) is gone: marked failed by "
+                                                "the next `churn` command.")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        recovered.append(run.run_id)
+    return recovered
 
 
 def _progress_logger(emit: Callable[[str], None]):
@@ -136,10 +171,14 @@ def materialize(
     Partitioned assets have a single-run backfill policy, so the whole range is one step
     per asset; unpartitioned assets run once, in graph order.
     """
+    import socket
+
     emit = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     instance = get_instance()
+    for run_id in recover_dead_runs(instance):
+        emit(f"Run {run_id} died with its process; marked failed and its slots freed.")
     job = defs.resolve_implicit_global_asset_job_def()
-    run_tags = dict(tags or {})
+    run_tags = {**(tags or {}), PROCESS_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     if months:
         ordered = sorted(months)
         run_tags[PARTITION_RANGE_START] = ordered[0]
