@@ -40,3 +40,28 @@ def test_a_run_whose_process_died_is_failed_and_its_slot_freed(churn_home):
     assert instance.get_run_by_id(alive).status == dg.DagsterRunStatus.STARTED
     assert storage.get_concurrency_info("warehouse").active_slot_count == 0
     assert recover_dead_runs(instance) == []  # nothing left to recover
+
+
+def test_a_killed_tuning_trial_is_failed_and_the_study_completes(tmp_path):
+    import optuna
+
+    from churn_assets.training.candidates.tuned_xgboost import tune_xgboost
+    from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+    from churn_assets.training.sample_data import synthetic_training_frame
+    from churn_assets.training.split import split_training_set
+    from churn_assets.training.tuning import TuningSettings, storage_url_for, study_name_for
+
+    frame = synthetic_training_frame(n_customers=200, n_months=4, seed=9)
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    split = split_training_set(frame, roles)
+    spec = build_feature_spec(split.train, roles)
+    settings = TuningSettings(n_trials=3, timeout_s=None, max_rounds=20, early_stopping_rounds=5, nthread=1)
+    storage = storage_url_for(tmp_path)
+    # What a kill -9 during a trial leaves behind: the study with one trial RUNNING forever.
+    study = optuna.create_study(study_name=study_name_for("data-v1", settings), storage=storage,
+                                direction="maximize")
+    study.ask()
+    result = tune_xgboost(split, spec, settings, training_data_version="data-v1", storage_url=storage)
+    states = [t["state"] for t in result.trials]
+    assert states.count("FAIL") == 1 and "RUNNING" not in states
+    assert states.count("COMPLETE") + states.count("PRUNED") == 3

@@ -213,6 +213,10 @@ def tune_xgboost(
         ),
         load_if_exists=True,
     )
+    # A trial still RUNNING in a stored study belongs to a run that was killed (runs of one
+    # study do not overlap: the training data version is in its name): it will never finish.
+    for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(stale.number, state=TrialState.FAIL)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     remaining = settings.n_trials - len(finished)
 
