@@ -106,3 +106,24 @@ def test_write_delivery_validates_and_refuses_duplicates(churn_home, make_delive
     with pytest.raises(FileExistsError, match="2024-01"):
         write_delivery(source, "2024-01-01", make_delivery("2024-01-01"))
     assert [p.name for p in source.iterdir()] == ["2024-01"]
+
+
+def test_a_delivery_must_describe_its_own_month(churn_home, make_delivery):
+    source = source_dir()
+    other_month = make_delivery("2024-03-01")
+    with pytest.raises(ContractError, match="dated 2024-03, not the delivery month 2024-11"):
+        write_delivery(source, "2024-11-01", other_month)
+    future = make_delivery("2024-03-01")
+    future["events"].loc[0, "event_time"] = "2099-01-01"
+    with pytest.raises(ContractError, match="events.event_time are dated after the delivery month 2024-03"):
+        write_delivery(source, "2024-03-01", future)
+    assert not source.exists() or not any(source.iterdir())
+
+
+def test_months_are_delivered_without_gaps(churn_home, make_delivery):
+    source = source_dir()
+    write_delivery(source, "2024-08-01", make_delivery("2024-08-01"))
+    with pytest.raises(ContractError, match="no delivery for 2024-09"):
+        write_delivery(source, "2024-10-01", make_delivery("2024-10-01"))
+    write_delivery(source, "2024-09-01", make_delivery("2024-09-01"))
+    write_delivery(source, "2024-10-01", make_delivery("2024-10-01"))

@@ -134,6 +134,41 @@ def available_months(source: Path) -> list[str]:
     )
 
 
+def check_dates_in_month(frames: dict[str, pd.DataFrame], month: str, origin: str) -> None:
+    """A month's delivery describes that month: every snapshot is dated in it, and no event or
+    signup is dated after it ends (a row from the future would make later labels wrong).
+    Cancellations may fall in the next month: a one-month file (the Telco format) carries its
+    label that way."""
+    import pandas as pd
+
+    start = pd.Timestamp(month)
+    end = start + pd.offsets.MonthBegin(1)
+    snapshots = pd.to_datetime(frames["subscriptions"]["snapshot_month"])
+    wrong = snapshots[(snapshots < start) | (snapshots >= end)]
+    if len(wrong):
+        raise ContractError(f"{origin}: {len(wrong):,} subscription snapshot(s) are dated "
+                            f"{wrong.iloc[0]:%Y-%m}, not the delivery month {month[:7]}")
+    for table, column in (("events", "event_time"), ("customers", "signup_date")):
+        values = pd.to_datetime(frames[table][column])
+        late = values[values >= end]
+        if len(late):
+            raise ContractError(f"{origin}: {len(late):,} row(s) of {table}.{column} are dated after the delivery "
+                                f"month {month[:7]} ends (e.g. {late.iloc[0]:%Y-%m-%d})")
+
+
+def check_month_order(source: Path, month: str) -> None:
+    """Months are delivered without gaps: the features' trailing windows and the labels read the
+    months on either side. A month that would leave one out is refused, naming it."""
+    import pandas as pd
+
+    months = sorted({*available_months(source), month})
+    expected = [f"{m:%Y-%m-01}" for m in pd.date_range(months[0], months[-1], freq="MS")]
+    missing = [m for m in expected if m not in months]
+    if missing:
+        raise ContractError(f"delivery {month[:7]} would leave a gap: no delivery for "
+                            f"{', '.join(m[:7] for m in missing)} (deliver the months in order)")
+
+
 def write_delivery(
     source: Path,
     month: str,
@@ -162,6 +197,9 @@ def write_delivery(
         raise ContractError(f"delivery {month[:7]} lacks table(s): {', '.join(missing)}")
     if validated["subscriptions"].empty:
         raise ContractError(f"delivery {month[:7]} is empty: no subscription snapshots")
+    if validate:
+        check_dates_in_month(validated, month, f"delivery {month[:7]}")
+    check_month_order(source, month)
     target = delivery_dir(source, month)
     if target.exists() and not replace:
         raise FileExistsError(f"A delivery for {month[:7]} already exists at {target}")
@@ -206,4 +244,5 @@ def read_delivery(source: Path, month: str) -> dict[str, pd.DataFrame]:
         frames[name] = coerce_to_contract(table, frame, str(path))
     if frames["subscriptions"].empty:
         raise ContractError(f"{folder}: the month is empty (no subscription snapshots)")
+    check_dates_in_month(frames, month, str(folder))
     return frames
