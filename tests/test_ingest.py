@@ -460,8 +460,12 @@ def test_reingest_replaces_and_failed_reingest_keeps_the_old_table(tmp_path, war
         ingest_table(ragged, "raw.plans", warehouse)
     assert warehouse_state(warehouse) == before
 
-    report = ingest_table(write(tmp_path, "plans_v3.csv", "plan_id\n7\n"), "raw.plans", warehouse)
-    assert report.warnings == ("replaced the previous raw.plans",)
+    narrower = write(tmp_path, "plans_v3.csv", "plan_id\n7\n")
+    with pytest.raises(IngestError, match="would change schema"):
+        ingest_table(narrower, "raw.plans", warehouse)
+    assert warehouse_state(warehouse) == before
+    report = ingest_table(narrower, "raw.plans", warehouse, allow_schema_change=True)
+    assert report.warnings[0].startswith("replaced the previous raw.plans (schema changed: -")
     assert table_rows(warehouse, "raw.plans") == [(7,)]
 
 
@@ -554,3 +558,23 @@ def test_contract_tables_are_refused_with_a_pointer_to_deliveries(table):
 def test_invalid_table_names_are_refused(table):
     with pytest.raises(IngestError, match="expected raw.NAME"):
         parse_raw_table_name(table)
+
+
+def test_a_table_reingest_that_changes_the_schema_is_refused_with_the_difference(churn_home, tmp_path):
+    from churn_assets.core.warehouse import Warehouse
+    from churn_assets.source.ingest import IngestError, ingest_table
+
+    warehouse = Warehouse()
+    first = tmp_path / "prices.csv"
+    first.write_text("plan,price\nbasic,10\npro,20\n")
+    ingest_table(first, "raw.prices", warehouse)
+    changed = tmp_path / "prices2.csv"
+    changed.write_text("plan,price,region\nbasic,ten,EU\n")
+    with pytest.raises(IngestError, match=r"price BIGINT -> VARCHAR.*\+region VARCHAR|\+region VARCHAR.*price BIGINT -> VARCHAR"):
+        ingest_table(changed, "raw.prices", warehouse)
+    with warehouse.read() as con:
+        assert con.execute("SELECT count(*), sum(price) FROM raw.prices").fetchone() == (2, 30)
+    report = ingest_table(changed, "raw.prices", warehouse, allow_schema_change=True)
+    assert "schema changed" in report.warnings[0]
+    # The same schema again replaces the rows without a question.
+    ingest_table(changed, "raw.prices", warehouse)

@@ -175,7 +175,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.table:
-            print(ingest.ingest_table(path, args.table, Warehouse()))
+            print(ingest.ingest_table(path, args.table, Warehouse(), allow_schema_change=args.replace))
             return 0
         if args.format != "telco" or not args.month:
             _say("A Telco file needs both --format telco and --month YYYY-MM.")
@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--format", choices=["telco"], help="file layout (with --month)")
     ingest.add_argument("--month", help="YYYY-MM the file describes (with --format telco)")
     ingest.add_argument("--table", help="raw.NAME: load a CSV/Parquet as is into this table")
-    ingest.add_argument("--replace", action="store_true", help="replace an existing delivery")
+    ingest.add_argument("--replace", action="store_true",
+                        help="replace an existing delivery; with --table, accept a change of columns or types")
     ingest.add_argument(
         "--no-load", action="store_true", help="write the delivery only; do not load raw tables"
     )

@@ -686,32 +686,45 @@ def replace_raw_table(con, name: str, data: pa.Table) -> None:
         con.unregister("incoming_file")
 
 
-def ingest_table(path: Path, table: str, warehouse: Warehouse) -> IngestReport:
+def _raw_columns(con, name: str) -> dict[str, str]:
+    return dict(con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = 'raw' AND table_name = ? "
+        "ORDER BY column_index", [name]).fetchall())
+
+
+def schema_diff(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """What changes between two column -> type mappings, one phrase per column."""
+    changes = [f"-{c} {t}" for c, t in before.items() if c not in after]
+    changes += [f"+{c} {t}" for c, t in after.items() if c not in before]
+    changes += [f"{c} {before[c]} -> {after[c]}" for c in before if c in after and before[c] != after[c]]
+    return changes
+
+
+def ingest_table(path: Path, table: str, warehouse: Warehouse, *, allow_schema_change: bool = False) -> IngestReport:
     """Load any CSV or Parquet file as the table ``raw.NAME``, replacing it atomically.
 
     The file is parsed and validated in memory first; only then does one warehouse
-    transaction run CREATE OR REPLACE TABLE, so a failure leaves the previous table.
+    transaction run CREATE OR REPLACE TABLE, so a failure leaves the previous table. A file
+    whose columns or types differ from the table it replaces is refused, with the difference,
+    unless ``allow_schema_change``: SQL reading the table would break or change meaning.
     """
     path = Path(path)
     name = parse_raw_table_name(table)
     data = read_table_file(path)
     qualified = f'raw."{name}"'
     with warehouse.write() as con:
-        existed = con.execute(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'raw' AND table_name = ?",
-            [name],
-        ).fetchone()[0]
+        before = _raw_columns(con, name)
+        existed = bool(before)
         replace_raw_table(con, name, data)
         rows = con.execute(f"SELECT count(*) FROM {qualified}").fetchone()[0]
-        columns = {
-            column: dtype
-            for column, dtype in con.execute(
-                "SELECT column_name, data_type FROM duckdb_columns() "
-                "WHERE schema_name = 'raw' AND table_name = ? ORDER BY column_index",
-                [name],
-            ).fetchall()
-        }
-    warnings = (f"replaced the previous raw.{name}",) if existed else ()
+        columns = _raw_columns(con, name)
+        changes = schema_diff(before, columns) if existed else []
+        if changes and not allow_schema_change:
+            # Raised inside the transaction: the previous table stays.
+            raise IngestError(f"{path}: raw.{name} would change schema ({'; '.join(changes)}); pass --replace "
+                              "to accept the new columns")
+    warnings = ((f"replaced the previous raw.{name}" + (f" (schema changed: {'; '.join(changes)})" if changes else ""),)
+                if existed else ())
     return IngestReport(
         target=f"raw.{name}",
         path=warehouse.db_path,
