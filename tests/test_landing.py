@@ -85,6 +85,8 @@ def test_different_content_for_a_delivered_month_is_rejected(churn_home):
         ("telco_2024-13.csv", "customerID\n", "month"),
         ("telco_2099-01.csv", "customerID\n", "has not ended"),
         ("telco_2024-05.csv", "", "empty"),
+        ("notes.txt", "hello", "not a landing item"),
+        ("telco_2024-05.xlsx", "PK", "not a landing item"),
     ],
 )
 def test_bad_files_are_rejected_with_the_reason_beside_them(churn_home, name, content, expected):
@@ -109,6 +111,27 @@ def test_a_contract_folder_with_a_missing_table_is_rejected(churn_home, make_del
     outcome = process_item(folder, source_dir())
     assert outcome.status == "rejected" and "events.parquet" in outcome.detail
     assert available_months(source_dir()) == []
+
+
+def test_a_garbage_parquet_file_is_rejected_naming_it(churn_home, make_delivery):
+    folder = landing_dir() / "2024-02"
+    folder.mkdir(parents=True)
+    for name, frame in make_delivery("2024-02-01").items():
+        frame.to_parquet(folder / f"{name}.parquet")
+    (folder / "events.parquet").write_bytes(b"not parquet at all")
+    outcome = process_item(folder, source_dir())
+    assert outcome.status == "rejected" and "events.parquet: not a readable Parquet file" in outcome.detail
+
+
+def test_a_gzipped_telco_file_is_a_landing_item(churn_home):
+    import gzip
+
+    path = landing_dir() / "telco_2024-05.csv.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(b"customerID\n"))
+    assert path in pending_items(landing_dir())
+    outcome = process_item(path, source_dir())
+    assert outcome.status == "rejected" and "not a landing item" not in outcome.detail
 
 
 def test_a_contract_folder_is_delivered(churn_home, make_delivery):

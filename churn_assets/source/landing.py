@@ -2,13 +2,14 @@
 
 Two shapes are accepted, and the month comes from the name:
 
-- ``<anything>YYYY-MM.csv`` (e.g. ``telco_2025-06.csv``): a Telco-format CSV, one labelled month;
+- ``<anything>YYYY-MM.csv`` (or ``.csv.gz``; e.g. ``telco_2025-06.csv``): a Telco-format CSV, one
+  labelled month;
 - ``YYYY-MM/`` holding ``customers.parquet``, ``subscriptions.parquet``, ``events.parquet`` and
   ``cancellations.parquet``: a delivery in the raw contract.
 
 Each item is validated in full before anything is written. A valid item becomes the month's
 delivery and moves to ``landing/processed/``; an invalid one moves to ``landing/rejected/``
-with a ``.error.txt`` beside it. Delivering a month again with identical content is a no-op;
+with a ``.error.txt`` beside it; so does any other file, with the reason. Delivering a month again with identical content is a no-op;
 different content for a delivered month is rejected (replace it with `churn ingest --replace`).
 """
 
@@ -43,10 +44,9 @@ def pending_items(landing: Path) -> list[Path]:
     for path in sorted(landing.iterdir()):
         if path.name.startswith((".", "_")) or path.name in (PROCESSED, REJECTED):
             continue
-        if path.is_file() and path.suffix.lower() == ".csv":
-            items.append(path)
-        elif path.is_dir():
-            items.append(path)
+        # Every other file is an item too: process_item rejects what it cannot read, with the
+        # reason, instead of leaving it in the folder forever.
+        items.append(path)
     return items
 
 
@@ -78,10 +78,15 @@ def _read_item(path: Path, month: str):
     missing = [f"{name}.parquet" for name in RAW_TABLES if not (path / f"{name}.parquet").exists()]
     if missing:
         raise ContractError(f"{path}: missing {', '.join(missing)}")
-    return {
-        name: coerce_to_contract(table, pd.read_parquet(path / f"{name}.parquet"), str(path / f"{name}.parquet"))
-        for name, table in RAW_TABLES.items()
-    }
+    frames = {}
+    for name, table in RAW_TABLES.items():
+        file = path / f"{name}.parquet"
+        try:
+            frame = pd.read_parquet(file)
+        except Exception as error:  # pyarrow raises several unrelated types
+            raise ContractError(f"{file}: not a readable Parquet file ({error})") from None
+        frames[name] = coerce_to_contract(table, frame, str(file))
+    return frames
 
 
 def _same_content(a: dict, b: dict) -> bool:
@@ -102,10 +107,13 @@ def _move(path: Path, folder: Path) -> Path:
 
 def process_item(path: Path, source: Path) -> LandingOutcome:
     """Validate one landing item and turn it into its month's delivery (or reject it)."""
-    from churn_assets.source.deliveries import delivery_dir, read_delivery, write_delivery
+    from churn_assets.source.deliveries import ContractError, delivery_dir, read_delivery, write_delivery
 
     landing = path.parent
     try:
+        if path.is_file() and not path.name.lower().endswith((".csv", ".csv.gz")):
+            raise ContractError(f"{path.name}: not a landing item: drop a Telco-format CSV named like "
+                                "telco_2025-06.csv, or a YYYY-MM/ folder of raw-contract Parquet files")
         month = _month_of(path)
         frames = _read_item(path, month)
         if delivery_dir(source, month).exists():
