@@ -93,6 +93,7 @@ def run_twice(project, capsys) -> list[tuple]:
     return first
 
 
+@pytest.mark.slow
 def test_export_with_id_and_01_label(workspace, capsys):
     export = workspace / "bank_export.csv"
     customers(500, seed=1).rename(columns={"RowNumber": "row_no"}).assign(
@@ -137,6 +138,7 @@ def test_export_with_id_and_01_label(workspace, capsys):
     assert len(study["trials"]) == 3 and not study["stopped_by_time_cap"]
 
 
+@pytest.mark.slow
 def test_export_without_id_and_true_false_label(workspace, capsys):
     frame = customers(400, seed=2).drop(columns=["RowNumber", "Surname", "Branch"])
     frame["churned"] = frame["churned"].map({1: "True", 0: "False"})
@@ -152,6 +154,7 @@ def test_export_without_id_and_true_false_label(workspace, capsys):
     assert ids == [(400, 400)]
 
 
+@pytest.mark.slow
 def test_export_with_a_time_column_and_two_months(workspace, capsys):
     first = customers(300, seed=3).assign(month="2024-01", customer=lambda f: [f"C{i}" for i in range(len(f))])
     second = customers(300, seed=4).assign(month="2024-02", customer=lambda f: [f"C{i}" for i in range(len(f))])
@@ -208,6 +211,7 @@ def test_bad_exports_are_refused_naming_the_problem_and_nothing_is_written(works
     assert [p.name for p in (workspace / "refused").iterdir()] == ["keep.txt"]
 
 
+@pytest.mark.slow
 def test_any_algorithm_can_win_and_a_losing_challenger_keeps_the_champion(workspace, capsys):
     # Churn is an XOR of two flags: a linear model cannot see it, a forest can, and an XGBoost
     # held to two rounds of depth 1 cannot either, so the forest must end as champion.
