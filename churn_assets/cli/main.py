@@ -85,11 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_summary() -> None:
     """A few numbers from the warehouse, read-only."""
     from churn_assets.cli.summary import summary_lines
-    from churn_assets.core.warehouse import Warehouse
-    from churn_assets.policies import load_policies
-
     from churn_assets.core.paths import artifacts_dir
     from churn_assets.core.project import active_project
+    from churn_assets.core.warehouse import Warehouse
+    from churn_assets.policies import load_policies
     from churn_assets.training.registry import read_decision
 
     policies = load_policies()
