@@ -140,4 +140,6 @@ def test_check_without_a_warehouse_and_bad_demo_arguments_are_one_line(churn_hom
             main(bad)
         assert exit_info.value.code == 2
         assert "Traceback" not in capsys.readouterr().err
+    assert main(["demo", "--months", "400"]) == 2
+    assert "after the current month" in capsys.readouterr().err
     assert not (churn_home / "source").exists()

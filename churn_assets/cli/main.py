@@ -138,12 +138,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "(pass --regenerate to replace them)."
         )
     else:
-        config = GeneratorConfig(
-            customers=args.customers,
-            months=args.months,
-            seed=args.seed,
-            **({"drift_month": None} if args.no_drift else {}),
-        )
+        try:
+            config = GeneratorConfig(
+                customers=args.customers,
+                months=args.months,
+                seed=args.seed,
+                **({"drift_month": None} if args.no_drift else {}),
+            )
+        except ValueError as error:
+            _say(f"churn demo refused: {error}")
+            return 2
         if args.regenerate:
             try:
                 refuse_partial_replacement(source, config)

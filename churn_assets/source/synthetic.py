@@ -46,6 +46,8 @@ arrays and three months of event counts, and yields one month of rows at a time.
 
 from __future__ import annotations
 
+import datetime as _dt
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -137,6 +139,15 @@ _SUPPORT_CALL, _LATE_PAYMENT, _OUTAGE, _PLAN_CHANGE, _USAGE = range(5)
 _SECURITY, _BACKUP, _PROTECTION, _TECH_SUPPORT, _TV, _MOVIES = range(6)
 
 
+def _add_months(month: str, count: int) -> str:
+    year, index = divmod(int(month[:4]) * 12 + int(month[5:7]) - 1 + count, 12)
+    return f"{year:04d}-{index + 1:02d}-01"
+
+
+def _months_between(first: str, last: str) -> int:
+    return (int(last[:4]) * 12 + int(last[5:7])) - (int(first[:4]) * 12 + int(first[5:7]))
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """What to simulate. The defaults give the demo data set (20k customers, two years)."""
@@ -165,6 +176,15 @@ class GeneratorConfig:
         if not isinstance(self.months, int) or self.months < 1:
             raise ValueError(f"months must be a positive integer, got {self.months!r}")
         start = month_key(self.start_month)
+        last = _add_months(start, self.months - 1)
+        today = _dt.date.today()
+        current = f"{today.year:04d}-{today.month:02d}-01"
+        if last > current:
+            fit = _months_between(start, current) + 1
+            raise ValueError(
+                f"{self.months} months from {start[:7]} would reach {last[:7]}, after the current month "
+                f"{current[:7]}: at most {max(fit, 0)} fit (or choose an earlier start month)"
+            )
         if self.drift_month is not None:
             drift = month_key(self.drift_month)
             if drift <= start:
