@@ -84,3 +84,13 @@ def test_reading_a_missing_warehouse_says_what_to_do(tmp_path):
     with pytest.raises(WarehouseMissingError, match="churn demo"):
         with Warehouse(path=str(tmp_path / "none.duckdb")).read():
             pass
+
+
+def test_a_waiting_writer_says_what_it_waits_for(tmp_path, capfd):
+    path = tmp_path / "w.duckdb"
+    holder = _hold_write(path, "holder", 3.5)
+    with Warehouse(path=str(path)).write() as con:
+        con.execute("INSERT INTO t VALUES ('waiter', 0)")
+    assert holder.wait(timeout=30) == 0
+    err = capfd.readouterr().err
+    assert "Waiting for the warehouse: another process holds" in err and "w.write-lock" in err

@@ -10,6 +10,7 @@ readers retry briefly before reporting that the warehouse is busy.
 from __future__ import annotations
 
 import fcntl
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,10 @@ if TYPE_CHECKING:
 # Every asset that writes to the warehouse runs in this Dagster concurrency pool, so an
 # instance configured with a pool limit of 1 never even starts two writers at once.
 WAREHOUSE_POOL = "warehouse"
+
+
+# Seconds of waiting for the writer lock before saying so.
+LOCK_WAIT_NOTICE_S = 2.0
 
 
 class WarehouseBusyError(RuntimeError):
@@ -78,12 +83,18 @@ class Warehouse(dg.ConfigurableResource):
         lock_path = self.db_path.with_suffix(".write-lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.write_wait_s
+        said = False
         with open(lock_path, "a") as handle:
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     break
                 except BlockingIOError:
+                    if not said and time.monotonic() > deadline - self.write_wait_s + LOCK_WAIT_NOTICE_S:
+                        # A run that waits says on what, instead of sitting silent.
+                        print(f"Waiting for the warehouse: another process holds {lock_path} "
+                              f"(up to {self.write_wait_s:.0f}s)", file=sys.stderr, flush=True)
+                        said = True
                     if time.monotonic() > deadline:
                         raise WarehouseBusyError(
                             f"{self.db_path} is still being written by another process "
