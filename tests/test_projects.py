@@ -258,3 +258,19 @@ def test_a_newer_export_without_a_column_is_refused_naming_it(workspace, capsys)
     assert "column(s) Country missing" in err and "Traceback" not in err
     # The refused load left the previous raw table as it was.
     assert query(project, "SELECT count(*), count(Country) FROM raw.book") == [(120, 120)]
+
+
+def test_positive_may_be_spelled_as_in_the_file_when_duckdb_reads_a_boolean(workspace, capsys):
+    frame = customers(120, seed=10)
+    frame["Attrition"] = frame.pop("churned").map({1: "Yes", 0: "No"})
+    export = workspace / "hr.csv"
+    frame.to_csv(export, index=False)
+    # Yes/No is read as a boolean; "--positive No" still means the file's "No".
+    assert main(["init", str(workspace / "hr"), "--from", str(export), "--positive", "No", "--month", "2024-01"]) == 0
+    report = capsys.readouterr().out
+    assert "'false' = churned" in report and "read as booleans" in report
+    # Nothing named like a label and no --label: the two-valued columns are offered.
+    assert main(["init", str(workspace / "other"), "--from", str(export.with_name("x.csv"))]) == 2
+    frame.rename(columns={"Attrition": "Status"}).to_csv(export.with_name("plain.csv"), index=False)
+    assert main(["init", str(workspace / "other"), "--from", str(export.with_name("plain.csv"))]) == 2
+    assert "candidates: IsActiveMember, Status" in capsys.readouterr().err

@@ -111,22 +111,24 @@ def _validate(folder: Path, policies) -> None:
 def report_lines(result: InitResult) -> list[str]:
     profile = result.profile
     months = profile.months
+    boolean_note = "; the file's values, such as Yes/No, read as booleans" if profile.label_type == "BOOLEAN" else ""
     span = months[0][:7] if len(months) == 1 else f"{months[0][:7]} .. {months[-1][:7]} ({len(months)} months)"
     lines = [
         f"Created project {result.root}",
         f"  rows: {profile.rows:,}; months: {span}; loaded as {result.raw_table}",
         f"  id: {profile.id_column or '(made from each row: no --id given)'}",
-        f"  label: {profile.label_column} ({profile.positive!r} = churned, {profile.negative!r} = stayed); "
-        f"{'(read as a boolean) ' if profile.label_type == 'BOOLEAN' else ''}{profile.positives:,} churned of {profile.labelled:,} labelled ({profile.positives / max(profile.labelled, 1):.1%})",
-        f"  features ({len(profile.features)}): " + ", ".join(c.sql_name for c in profile.features),
+        f"  label: {profile.label_column} ({profile.positive!r} = churned, {profile.negative!r} = stayed"
+        f"{boolean_note}): "
+        f"{profile.positives:,} churned of {profile.labelled:,} labelled ({profile.positives / max(profile.labelled, 1):.1%})",
+        f"  features ({len(profile.features)}): " + ", ".join(profile.feature_names),
     ]
     if profile.excluded:
         lines.append(f"  left out ({len(profile.excluded)}, commented in sql/features/customer_features.sql):")
         lines += [f"    {c.name}: {c.reason}" for c in profile.excluded]
     lines += [f"  note: {note}" for note in profile.notes]
     project = _shell_path(result.root)
-    lines += ["Next:", f"  CHURN_PROJECT={project} churn run",
-              f"  CHURN_PROJECT={project} churn sql \"select algorithm, cv_auc, test_auc, is_champion from ml.model_versions\""]
+    lines += ["Next:", f"  CHURN_PROJECT={project} uv run churn run",
+              f"  CHURN_PROJECT={project} uv run churn sql \"select algorithm, cv_auc, test_auc, is_champion from ml.model_versions\""]
     return lines
 
 

@@ -242,9 +242,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     from churn_assets.core.warehouse import Warehouse
 
     defs = _load_defs()
-    if "warehouse" in (defs.resources or {}) and not Warehouse().db_path.exists():
-        _say(f"No warehouse at {Warehouse().db_path}: nothing to check; run `churn run` (or `churn demo`) first.")
-        return 1
+    if "warehouse" in (defs.resources or {}):
+        from churn_assets.core.keys import TRAINING_SET_KEY
+        from churn_assets.core.warehouse import table_exists
+
+        warehouse = Warehouse()
+        if not warehouse.db_path.exists():
+            _say(f"No warehouse at {warehouse.db_path}: nothing to check; run `churn run` (or `churn demo`) first.")
+            return 1
+        with warehouse.read() as con:
+            built = table_exists(con, ".".join(TRAINING_SET_KEY.path))
+        if not built:
+            # Checks on tables that were never built would only report DuckDB catalog errors.
+            _say(f"{warehouse.db_path} has no {'.'.join(TRAINING_SET_KEY.path)} yet: run `churn run` first, "
+                 "then `churn check`.")
+            return 1
     outcomes, elapsed = run_all_checks(defs, progress=_say if args.verbose else None)
     if not outcomes:
         _say("No asset checks are defined.")

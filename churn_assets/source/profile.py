@@ -11,6 +11,7 @@ the file and the column, before anything is written.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -71,6 +72,11 @@ class ExportProfile:
     positives: int
     labelled: int
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The feature columns as customer_features names them (a date becomes its age in days)."""
+        return [f"{c.sql_name}_days" if c.kind == "date" else c.sql_name for c in self.features]
 
     @property
     def features(self) -> list[Column]:
@@ -173,7 +179,12 @@ def _label_values(con, column: str, path: Path, positive: str | None) -> tuple[s
         only = repr(values[0]) if values else "empty values"
         raise ExportError(f"{path}: label '{column}' has only {only}; a churn label needs both outcomes")
     if positive is not None:
-        matches = [v for v in values if v.lower() == str(positive).strip().lower()]
+        wanted = str(positive).strip().lower()
+        if set(values) == {"false", "true"}:
+            # DuckDB read the file's Yes/No (or Y/N, 1/0) as a boolean: accept its spelling too.
+            wanted = {"yes": "true", "y": "true", "1": "true", "no": "false", "n": "false", "0": "false"}.get(
+                wanted, wanted)
+        matches = [v for v in values if v.lower() == wanted]
         if not matches:
             raise ExportError(f"{path}: --positive {positive!r} is not a value of label '{column}' "
                               f"({values[0]!r}, {values[1]!r})")
@@ -187,12 +198,16 @@ def _label_values(con, column: str, path: Path, positive: str | None) -> tuple[s
     return chosen, next(v for v in values if v != chosen)
 
 
-def _guess_label(names: dict[str, str], path: Path) -> str:
+def _guess_label(con, names: dict[str, str], path: Path) -> str:
     guesses = [name for name in names.values() if LABEL_NAMES.search(snake_case(name))]
-    if len(guesses) != 1:
-        found = f" (candidates: {', '.join(guesses)})" if guesses else ""
-        raise ExportError(f"{path}: name the label column with --label COL{found}")
-    return guesses[0]
+    if len(guesses) == 1:
+        return guesses[0]
+    if not guesses:
+        # Nothing named like a label: the columns with exactly two values are the candidates.
+        guesses = [name for name in names.values() if con.execute(
+            f"SELECT count(DISTINCT {quoted(name)}) FROM export_file").fetchall()[0][0] == 2]
+    found = f" (candidates: {', '.join(guesses)})" if guesses else ""
+    raise ExportError(f"{path}: name the label column with --label COL{found}")
 
 
 def _is_date(column_type: str) -> bool:
@@ -249,7 +264,7 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
     notes: list[str] = []
 
     id_name = _find(names, id_column, "id", path)
-    label_name = _find(names, label, "label", path) or _guess_label(names, path)
+    label_name = _find(names, label, "label", path) or _guess_label(con, names, path)
     if label is None:
         notes.append(f"label: '{label_name}' (guessed from its name; pass --label to choose another)")
     if label_name == id_name:
@@ -286,7 +301,10 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
             notes.append(f"month: one snapshot, dated {snapshot[:7]} (pass --month YYYY-MM to date it otherwise)")
     else:
         snapshot = None
-    time_format = detect_time_format(con, "export_file", time_name, types[time_name]) if time_name else None
+    try:
+        time_format = detect_time_format(con, "export_file", time_name, types[time_name]) if time_name else None
+    except ExportError as error:
+        raise ExportError(f"{path}: {error}") from None
     policy = SourcePolicy(file=str(path), time_column=time_name, time_format=time_format,
                           month=snapshot[:7] if snapshot else None)
     con.close()
@@ -313,6 +331,8 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
         f"SELECT count({LABEL_COLUMN}), sum({LABEL_COLUMN}) FROM (SELECT {label_sql(label_name, positive_value)} "
         f"AS {LABEL_COLUMN} FROM export)").fetchall()[0]
     positives = int(positives or 0)
+    if labelled < rows:
+        notes.append(f"label: {rows - labelled:,} row(s) have no label: they are scored, not trained on")
     for outcome, count in (("churned", positives), ("stayed", labelled - positives)):
         if count < MIN_ROWS_PER_CLASS:
             raise ExportError(f"{path}: only {count} row(s) {outcome} (label '{label_name}'); at least "
@@ -327,8 +347,8 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
         unique = [c for c in columns if c.reason and c.reason.startswith("unique per row")]
         unique.sort(key=lambda c: not re.search(r"(^|_)id($|_)", c.sql_name))
         if unique:
-            notes.append(f"id: column '{unique[0].name}' is unique per row; pass --id {unique[0].name} if it "
-                         "identifies the customer")
+            notes.append(f"id: column '{unique[0].name}' is unique per row; pass --id {shlex.quote(unique[0].name)} "
+                         "if it identifies the customer")
     con.close()
     return ExportProfile(
         path=path, rows=rows, columns=columns, id_column=id_name, label_column=label_name,

@@ -180,8 +180,7 @@ def features_yaml(profile: ExportProfile) -> str:
              f"      time_column: {MONTH_COLUMN}", "    columns:"]
     lines += _column_yaml(ID_COLUMN, "Customer identifier (id column, not a feature).", ["not_null"])
     lines += _column_yaml(MONTH_COLUMN, "First day of the snapshot month.", ["not_null"])
-    for column in profile.features:
-        name = f"{column.sql_name}_days" if column.kind == "date" else column.sql_name
+    for column, name in zip(profile.features, profile.feature_names, strict=True):
         description = (f"Days from '{column.name}' to the end of the snapshot month."
                        if column.kind == "date" else _describe(column))
         lines += _column_yaml(name, description, [] if column.kind == "date" else _feature_tests(column))
