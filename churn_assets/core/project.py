@@ -97,6 +97,14 @@ def month_key(value: str) -> str:
     return f"{year:04d}-{month:02d}-01"
 
 
+def current_month() -> str:
+    """The month in progress as a partition key (the last month a delivery or export may describe)."""
+    import datetime as dt
+
+    today = dt.date.today()
+    return f"{today.year:04d}-{today.month:02d}-01"
+
+
 def builtin_project() -> Project:
     first = month_key(os.environ.get("CHURN_FIRST_MONTH") or BUILTIN_FIRST_MONTH)
     return Project(root=None, name=BUILTIN_NAME, sql_dir=BUILTIN_SQL_DIR, first_month=first)

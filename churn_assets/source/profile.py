@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from churn_assets.core.project import month_key
+from churn_assets.core.project import current_month, month_key
 from churn_assets.source.export import (
     DELIVERY_MONTH_COLUMN, ExportError, SourcePolicy, detect_time_format, month_sql, quoted, with_months,
 )
@@ -296,7 +296,7 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
         if time_name:
             notes.append(f"time: '{time_name}' gives each row's month (pass --time COL to choose another)")
     if time_name is None:
-        snapshot = month_key(month) if month else _current_month()
+        snapshot = month_key(month) if month else current_month()
         if month is None:
             notes.append(f"month: one snapshot, dated {snapshot[:7]} (pass --month YYYY-MM to date it otherwise)")
     else:
@@ -358,22 +358,13 @@ def profile_export(path: str | Path, *, id_column: str | None = None, label: str
     )
 
 
-def _current_month() -> str:
-    import datetime as dt
-
-    today = dt.date.today()
-    return f"{today.year:04d}-{today.month:02d}-01"
-
-
 def _check_months(path: Path, months: list[str]) -> None:
-    import datetime as dt
-
-    latest = _current_month()
+    latest = current_month()
     future = [m for m in months if m > latest]
     if future:
         raise ExportError(f"{path}: rows dated in the future ({', '.join(m[:7] for m in future[:3])}); "
                           f"the latest month a project can hold is {latest[:7]}")
-    if months and dt.date.fromisoformat(months[0]).year < 1900:
+    if months and int(months[0][:4]) < 1900:
         raise ExportError(f"{path}: rows dated {months[0][:7]}: not a plausible month")
 
 

@@ -46,12 +46,12 @@ arrays and three months of event counts, and yields one month of rows at a time.
 
 from __future__ import annotations
 
-import datetime as _dt
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from churn_assets.core.partitions import month_key
+from churn_assets.core.project import current_month
 from churn_assets.source.contract import (
     CANCEL_REASONS,
     CONTRACTS,
@@ -177,8 +177,7 @@ class GeneratorConfig:
             raise ValueError(f"months must be a positive integer, got {self.months!r}")
         start = month_key(self.start_month)
         last = _add_months(start, self.months - 1)
-        today = _dt.date.today()
-        current = f"{today.year:04d}-{today.month:02d}-01"
+        current = current_month()
         if last > current:
             fit = _months_between(start, current) + 1
             raise ValueError(

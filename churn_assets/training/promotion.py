@@ -175,8 +175,7 @@ def evaluate_gate(
     champion_auc = float(roc_auc_score(labels, champion_scores))
     beats = difference > settings.margin
     significant = low > 0 or not settings.require_significance
-    interval = f"95% CI [{low:+.4f}, {high:+.4f}]" if settings.confidence == 0.95 else \
-        f"{settings.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
+    interval = f"{settings.confidence:.0%} CI [{low:+.4f}, {high:+.4f}]"
     if beats and significant:
         outcome = PROMOTED
         reason = (f"challenger {challenger.version} beats champion {champion.version}: test AUC {challenger_auc:.4f} "
