@@ -7,7 +7,7 @@ import pytest
 
 from churn_assets.core.warehouse import Warehouse
 from churn_assets.core.paths import source_dir
-from churn_assets.source.deliveries import ContractError, write_delivery
+from churn_assets.source.deliveries import ContractError, available_months, write_delivery
 from churn_assets.source.raw_assets import raw_deliveries
 
 
@@ -117,7 +117,16 @@ def test_a_delivery_must_describe_its_own_month(churn_home, make_delivery):
     future["events"].loc[0, "event_time"] = "2099-01-01"
     with pytest.raises(ContractError, match="events.event_time are dated after the delivery month 2024-03"):
         write_delivery(source, "2024-03-01", future)
+    next_month_cancel = make_delivery("2024-03-01")
+    next_month_cancel["cancellations"] = next_month_cancel["cancellations"].head(1).assign(cancel_date="2024-04-30")
+    far_cancel = make_delivery("2024-03-01")
+    far_cancel["cancellations"] = far_cancel["cancellations"].head(1).assign(cancel_date="2099-01-01")
+    with pytest.raises(ContractError, match="cancellations.cancel_date are dated after the month following the "
+                                            "delivery month 2024-03 .*up to 2024-04-30"):
+        write_delivery(source, "2024-03-01", far_cancel)
     assert not source.exists() or not any(source.iterdir())
+    write_delivery(source, "2024-03-01", next_month_cancel)
+    assert available_months(source) == ["2024-03-01"]
 
 
 def test_months_are_delivered_without_gaps(churn_home, make_delivery):

@@ -65,3 +65,48 @@ def test_a_killed_tuning_trial_is_failed_and_the_study_completes(tmp_path):
     states = [t["state"] for t in result.trials]
     assert states.count("FAIL") == 1 and "RUNNING" not in states
     assert states.count("COMPLETE") + states.count("PRUNED") == 3
+
+
+BLOCKED_RUN = """
+import dagster as dg
+from churn_assets.cli.runner import materialize
+
+@dg.asset(pool="warehouse")
+def needs_the_warehouse():
+    return 1
+
+materialize(dg.Definitions(assets=[needs_the_warehouse]))
+"""
+
+
+def test_a_run_blocked_on_a_pool_slot_says_why_and_stops_on_sigterm(churn_home):
+    import select
+    import signal
+    import time
+
+    instance = get_instance()
+    storage = instance.event_log_storage
+    storage.set_concurrency_slots("warehouse", 1)
+    holder = _started_run(instance, os.getpid())  # a live run holding the only slot
+    assert storage.claim_concurrency_slot("warehouse", holder, "features__customer_features").is_claimed
+
+    child = subprocess.Popen([sys.executable, "-c", BLOCKED_RUN], stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "DAGSTER_HOME": os.environ["DAGSTER_HOME"]})
+    try:
+        started = time.monotonic()
+        first = ""
+        while "waiting" not in first and select.select([child.stderr], [], [], 30)[0]:  # no line in 30 s: fail
+            first = child.stderr.readline()
+        assert f"waiting  needs_the_warehouse: the 'warehouse' pool's 1 slot(s) are held by run {holder[:8]} " \
+               "(features__customer_features)" in first, first
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=20) == 130
+        rest = child.stderr.read()
+    finally:
+        child.kill()
+    assert "Interrupted while needs_the_warehouse waited for a slot in the 'warehouse' pool" in rest
+    assert time.monotonic() - started < 60
+    (blocked,) = [r for r in instance.get_runs() if r.run_id != holder]
+    assert blocked.status == dg.DagsterRunStatus.CANCELED
+    info = storage.get_concurrency_info("warehouse")
+    assert info.active_run_ids == {holder} and {p.run_id for p in info.pending_steps} == {holder}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -62,6 +63,8 @@ def failure_message(error) -> str:
         return "failed"
     while getattr(error, "cause", None) is not None:
         error = error.cause
+    if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+        return "interrupted (SIGINT/SIGTERM); the finished steps are saved, `churn run` continues"
     text = (error.message or "").strip()
     # "dagster._core.definitions.events.Failure: text" -> "text"; "ValueError: text" stays.
     prefix, _, rest = text.partition(": ")
@@ -110,7 +113,80 @@ def recover_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     return recovered
 
 
-def _progress_logger(emit: Callable[[str], None]):
+class PoolWait:
+    """Says what a run blocked on a concurrency pool waits for, and stops it on SIGINT/SIGTERM.
+
+    Dagster's in-process executor waits for a pool slot in a loop that defers interrupts until a
+    step runs (and in 1.13 polls without sleeping), so a blocked CLI run would neither speak nor
+    stop. The progress logger tells this watcher which steps are blocked; a thread reports the
+    slots' holders at once and every ``repeat_s``, and on an interrupt marks the run canceled,
+    frees its claims and exits 130. Exiting is safe there: while a step waits for a slot no step
+    of this run is executing (in-process runs one step at a time) and every finished step's write
+    was one transaction."""
+
+    def __init__(self, instance: dg.DagsterInstance, run_id: str, emit: Callable[[str], None],
+                 *, repeat_s: float = 30.0):
+        self.instance, self.run_id, self.emit, self.repeat_s = instance, run_id, emit, repeat_s
+        self._blocked: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="churn-pool-wait", daemon=True)
+
+    def __enter__(self) -> PoolWait:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join(timeout=2)
+
+    def blocked(self, step: str, pool: str) -> None:
+        with self._lock:
+            self._blocked[step] = pool
+
+    def started(self, step: str) -> None:
+        with self._lock:
+            self._blocked.pop(step, None)
+
+    def holders(self, pool: str) -> str:
+        info = self.instance.event_log_storage.get_concurrency_info(pool)
+        held = [f"run {slot.run_id[:8]} ({slot.step_key})" for slot in info.claimed_slots
+                if slot.run_id != self.run_id]
+        return (f"the '{pool}' pool's {info.slot_count} slot(s) are held by {', '.join(held) or 'no run yet'}"
+                f" (see `dagster instance concurrency get {pool}`)")
+
+    def _watch(self) -> None:
+        from dagster._utils.interrupts import check_captured_interrupt
+
+        next_report = 0.0
+        while not self._done.wait(0.25):
+            with self._lock:
+                blocked = dict(self._blocked)
+            if not blocked:
+                next_report = 0.0
+                continue
+            step, pool = next(iter(blocked.items()))
+            if check_captured_interrupt():
+                self._stop(step, pool)
+            if time.monotonic() >= next_report:
+                verb = "waiting " if next_report == 0.0 else "still waiting"
+                self.emit(f"{verb} {step}: {self.holders(pool)}; Ctrl-C stops this run")
+                next_report = time.monotonic() + self.repeat_s
+
+    def _stop(self, step: str, pool: str) -> None:
+        message = (f"Interrupted while {step} waited for a slot in the '{pool}' pool: run {self.run_id[:8]} "
+                   "canceled; the steps that finished are saved, nothing of the waiting step was written.")
+        run = self.instance.get_run_by_id(self.run_id)
+        if run is not None:
+            self.instance.report_run_canceled(run, message=message)
+        self.instance.event_log_storage.free_concurrency_slots_for_run(self.run_id)
+        self.emit(message)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+
+
+def _progress_logger(emit: Callable[[str], None], pool_wait: PoolWait | None = None):
     """A Dagster logger printing one line per finished step (with its checks) and per failure."""
     import dagster as dg
 
@@ -131,6 +207,11 @@ def _progress_logger(emit: Callable[[str], None]):
             step = event.step_key or ""
             if kind == "STEP_START":
                 self.step_started[step] = now
+                if pool_wait:
+                    pool_wait.started(step)
+            elif kind == "ENGINE_EVENT" and pool_wait and "pool" in (event.event_specific_data.metadata or {}):
+                # Dagster's "Step blocked by limit for pool ..." (repeated only every 300 s).
+                pool_wait.blocked(step, event.event_specific_data.metadata["pool"].value)
             elif kind == "STEP_SUCCESS":
                 took = now - self.step_started.get(step, now)
                 passed = self.checks_passed.pop(step, 0)
@@ -173,6 +254,8 @@ def materialize(
     """
     import socket
 
+    from dagster._core.utils import make_new_run_id
+
     emit = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     instance = get_instance()
     for run_id in recover_dead_runs(instance):
@@ -183,11 +266,14 @@ def materialize(
         ordered = sorted(months)
         run_tags[PARTITION_RANGE_START] = ordered[0]
         run_tags[PARTITION_RANGE_END] = ordered[-1]
-    job = job.with_logger_defs({"progress": _progress_logger(emit)})
-    return job.execute_in_process(
-        instance=instance,
-        asset_selection=list(selection) if selection else None,
-        tags=run_tags,
-        raise_on_error=raise_on_error,
-        run_config={"loggers": {"progress": {}}},
-    )
+    run_id = make_new_run_id()
+    with PoolWait(instance, run_id, emit) as pool_wait:
+        job = job.with_logger_defs({"progress": _progress_logger(emit, pool_wait)})
+        return job.execute_in_process(
+            instance=instance,
+            run_id=run_id,
+            asset_selection=list(selection) if selection else None,
+            tags=run_tags,
+            raise_on_error=raise_on_error,
+            run_config={"loggers": {"progress": {}}},
+        )

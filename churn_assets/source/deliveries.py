@@ -137,8 +137,9 @@ def available_months(source: Path) -> list[str]:
 def check_dates_in_month(frames: dict[str, pd.DataFrame], month: str, origin: str) -> None:
     """A month's delivery describes that month: every snapshot is dated in it, and no event or
     signup is dated after it ends (a row from the future would make later labels wrong).
-    Cancellations may fall in the next month: a one-month file (the Telco format) carries its
-    label that way."""
+    Cancellations may fall in the next month, no later: a one-month file (the Telco format)
+    carries its label that way, and the labels treat the latest cancellation month as the data's
+    horizon, so one from further ahead would turn unknown labels into "stayed"."""
     import pandas as pd
 
     start = pd.Timestamp(month)
@@ -154,6 +155,13 @@ def check_dates_in_month(frames: dict[str, pd.DataFrame], month: str, origin: st
         if len(late):
             raise ContractError(f"{origin}: {len(late):,} row(s) of {table}.{column} are dated after the delivery "
                                 f"month {month[:7]} ends (e.g. {late.iloc[0]:%Y-%m-%d})")
+    label_month_end = end + pd.offsets.MonthBegin(1)
+    cancels = pd.to_datetime(frames["cancellations"]["cancel_date"])
+    late = cancels[cancels >= label_month_end]
+    if len(late):
+        raise ContractError(f"{origin}: {len(late):,} row(s) of cancellations.cancel_date are dated after the month "
+                            f"following the delivery month {month[:7]} (e.g. {late.iloc[0]:%Y-%m-%d}); a delivery "
+                            f"may carry cancellations up to {(end + pd.offsets.MonthEnd(1)):%Y-%m-%d}")
 
 
 def check_month_order(source: Path, month: str) -> None:
