@@ -96,3 +96,38 @@ def test_junit_xml(use_defs, tmp_path):
     assert cases["orders_few_late"].find("failure") is None
     assert "WARNING: 12% late" in cases["orders_few_late"].find("system-out").text
     assert "does not exist" in cases["orders_query_works"].find("error").attrib["message"]
+
+
+def test_a_partitioned_check_judges_each_month_and_names_the_failing_ones(churn_home, monkeypatch, capsys):
+    from churn_assets.core.partitions import monthly_partitions
+
+    measured = {"2024-01-01": 0.1, "2024-02-01": 0.9, "2024-03-01": 0.2}
+
+    @dg.asset(partitions_def=monthly_partitions)
+    def drift() -> None:
+        pass
+
+    @dg.multi_asset_check(specs=[dg.AssetCheckSpec("psi", asset=drift, partitions_def=monthly_partitions)],
+                          can_subset=True)
+    def psi_by_month(context):
+        for month in context.partition_keys:
+            if month in measured:
+                yield dg.AssetCheckEvaluation(asset_key=drift.key, check_name="psi", passed=measured[month] < 0.5,
+                                              partition=month, description=f"psi {measured[month]}")
+
+    monkeypatch.setattr(cli, "_load_defs", lambda: dg.Definitions(assets=[drift], asset_checks=[psi_by_month]))
+    assert cli.main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "1 of 3 months failed (2024-02); 2024-02: psi 0.9" in out
+
+    measured["2024-02-01"] = 0.3
+    assert cli.main(["check"]) == 0
+    assert "3 months passed; latest 2024-03: psi 0.2" in capsys.readouterr().out
+    # The instance holds one evaluation per month, so the UI shows each month's own result.
+    from churn_assets.cli.runner import get_instance
+
+    records = get_instance().event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(drift.key, "psi"), limit=500)
+    judged = sorted((r.partition, r.status.value) for r in records if r.status.value in ("SUCCEEDED", "FAILED"))
+    assert judged == [("2024-01-01", "SUCCEEDED"), ("2024-01-01", "SUCCEEDED"), ("2024-02-01", "FAILED"),
+                      ("2024-02-01", "SUCCEEDED"), ("2024-03-01", "SUCCEEDED"), ("2024-03-01", "SUCCEEDED")]

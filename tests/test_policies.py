@@ -85,14 +85,14 @@ def test_a_drift_level_reaches_the_check_the_sensor_and_the_summary(tmp_path):
     from churn_assets.automation.jobs import retraining_sensor
     from churn_assets.cli.summary import summary_lines
     from churn_assets.core.warehouse import Warehouse
-    from churn_assets.monitoring.assets import max_psi_check
+    from churn_assets.monitoring.assets import drift_check_evaluations
 
     db = tmp_path / "warehouse.duckdb"
     _drift_warehouse(db, max_psi=0.6)
     warehouse = Warehouse(path=str(db))
 
     def readers(policies: Policies) -> tuple[bool, bool, bool]:
-        check = max_psi_check(drift_policy=policies.drift, warehouse=warehouse)
+        (check,) = drift_check_evaluations(warehouse, policies.drift, ["2024-04-01"], ["max_psi"])
         with dg.instance_for_test() as instance:
             context = dg.build_sensor_context(instance=instance, resources={
                 "warehouse": warehouse, "drift_policy": policies.drift, "retraining_policy": policies.retraining})

@@ -394,9 +394,10 @@ def test_partition_range_backfill_runs_once_over_the_whole_window(tmp_path, ware
     assert steps == {"features__monthly"}
     materialized = materializations(result, ["features", "monthly"])
     assert sorted(m.partition for m in materialized) == ["2024-01-01", "2024-02-01", "2024-03-01"]
-    metadata = materialized[0].metadata
-    assert metadata["rows_by_month"].value == {"2024-01": 2, "2024-02": 3, "2024-03": 2}
-    assert metadata["dagster/partition_row_count"].value == 7
+    # Each month's materialization carries its own row count, not the step's total.
+    counts = {m.partition: m.metadata["dagster/partition_row_count"].value for m in materialized}
+    assert counts == {"2024-01-01": 2, "2024-02-01": 3, "2024-03-01": 2}
+    assert all(m.metadata["dagster/row_count"].value == 7 for m in materialized)
     assert query(warehouse, "SELECT count(*) FROM features.monthly") == [(7,)]
 
 

@@ -52,7 +52,15 @@ def run_all_checks(
     """Execute every asset check in ``defs``; returns the outcomes and the wall time."""
     import dagster as dg
 
-    from churn_assets.cli.runner import _progress_logger, check_result_text, failure_message, get_instance
+    from churn_assets.cli.runner import (
+        PARTITION_RANGE_END,
+        PARTITION_RANGE_START,
+        _progress_logger,
+        check_result_text,
+        failure_message,
+        get_instance,
+    )
+    from churn_assets.core.partitions import monthly_partitions
 
     declared = sorted(
         defs.resolve_asset_graph().asset_check_keys,
@@ -70,38 +78,36 @@ def run_all_checks(
     # Only our own logger: Dagster's default console logger would print DEBUG lines.
     job = job.with_logger_defs({"progress": _progress_logger(progress or (lambda line: None))})
     run_config = {"loggers": {"progress": {}}}
+    # Partitioned checks (drift) judge every month of the run: the run covers all of them.
+    months = monthly_partitions.get_partition_keys()
+    tags = {PARTITION_RANGE_START: months[0], PARTITION_RANGE_END: months[-1]} if months else {}
     started = time.monotonic()
     result = job.execute_in_process(
-        instance=get_instance(), raise_on_error=False, run_config=run_config
+        instance=get_instance(), raise_on_error=False, run_config=run_config, tags=tags
     )
     elapsed = time.monotonic() - started
 
-    evaluations = {}
+    evaluations: dict[tuple, list] = {}
     errors_by_step = {}
     for event in result.all_events:
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
-            evaluations[(evaluation.asset_key, evaluation.check_name)] = evaluation
+            evaluations.setdefault((evaluation.asset_key, evaluation.check_name), []).append(evaluation)
         elif event.event_type_value == "STEP_FAILURE":
             errors_by_step[event.step_key] = failure_message(event.event_specific_data.error)
 
     graph = job_defs.resolve_asset_graph()
     outcomes = []
     for key in declared:
-        description = graph.get_check_spec(key).description or ""
-        evaluation = evaluations.get((key.asset_key, key.name))
-        if evaluation is not None:
-            outcomes.append(
-                CheckOutcome(
-                    asset=key.asset_key.to_user_string(),
-                    check=key.name,
-                    status="passed" if evaluation.passed else "failed",
-                    severity=evaluation.severity.value,
-                    description=check_result_text(evaluation) if not evaluation.passed
-                    else (evaluation.description or description),
-                    metadata=_metadata_text(evaluation.metadata),
-                )
-            )
+        spec = graph.get_check_spec(key)
+        description = spec.description or ""
+        found = evaluations.get((key.asset_key, key.name))
+        if found:
+            outcomes.append(_outcome(key, found, description, check_result_text))
+            continue
+        if spec.partitions_def is not None and not any(key.name in step for step in errors_by_step):
+            outcomes.append(CheckOutcome(asset=key.asset_key.to_user_string(), check=key.name, status="passed",
+                                         severity="ERROR", description="no month has been measured yet"))
             continue
         # No evaluation: the check's op raised (its step failed) or never ran.
         message = next(
@@ -119,6 +125,25 @@ def run_all_checks(
     return outcomes, elapsed
 
 
+def _outcome(key, evaluations: list, description: str, result_text) -> CheckOutcome:
+    """One line per check: a partitioned check's months folded into its worst result, naming the
+    months that failed (each month is also its own evaluation in the UI)."""
+    failed = [e for e in evaluations if not e.passed]
+    worst = max(failed, key=lambda e: (e.severity.value == "ERROR", e.partition or "")) if failed else None
+    shown = worst or max(evaluations, key=lambda e: e.partition or "")
+    text = result_text(shown) if worst else (shown.description or description)
+    if len(evaluations) > 1 or shown.partition:
+        months = ", ".join((e.partition or "")[:7] for e in failed)
+        text = (f"{len(failed)} of {len(evaluations)} months failed ({months}); {shown.partition[:7]}: {text}"
+                if failed else f"{len(evaluations)} months passed; latest {(shown.partition or '')[:7]}: {text}")
+    return CheckOutcome(
+        asset=key.asset_key.to_user_string(), check=key.name,
+        status="failed" if worst else "passed",
+        severity=(worst or shown).severity.value, description=text,
+        metadata=_metadata_text(shown.metadata),
+    )
+
+
 def exit_code(outcomes: list[CheckOutcome]) -> int:
     """1 when any error-level check failed or a check could not run; warnings do not fail."""
     return 1 if any(o.fails_build or o.status == "not run" for o in outcomes) else 0
@@ -128,7 +153,7 @@ def format_table(outcomes: list[CheckOutcome]) -> str:
     headers = ["asset", "check", "severity", "result", "detail"]
     rows = [
         [o.asset, o.check, o.severity, o.status.upper() if o.status != "passed" else "ok",
-         (o.description or "").splitlines()[0][:80] if o.description else ""]
+         (o.description or "").splitlines()[0][:120] if o.description else ""]
         for o in outcomes
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]

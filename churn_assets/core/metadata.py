@@ -37,6 +37,27 @@ def table_metadata(
     return entries
 
 
+def add_partition_metadata(context: dg.AssetExecutionContext,
+                           by_partition: Mapping[str, Mapping[str, Any]],
+                           asset_key: dg.AssetKey | None = None) -> None:
+    """Attach each partition's own metadata to its own materialization. A single-run backfill
+    step materializes many months at once, and metadata on its result is copied to every one
+    of them: each month would show the last month's figures, and plots by partition draw flat."""
+    for partition_key, entries in by_partition.items():
+        context.add_asset_metadata(dict(entries), asset_key=asset_key, partition_key=partition_key)
+
+
+def partition_row_counts(context: dg.AssetExecutionContext, rows_by_month: Mapping[str, int],
+                         asset_key: dg.AssetKey | None = None) -> None:
+    """``dagster/partition_row_count`` for every month the step materialized (0 for a month
+    with no rows), from ``{"YYYY-MM" or partition key: rows}``."""
+    counts = {str(key)[:7]: int(n) for key, n in rows_by_month.items()}
+    add_partition_metadata(context, {
+        key: {"dagster/partition_row_count": dg.MetadataValue.int(counts.get(key[:7], 0))}
+        for key in context.partition_keys
+    }, asset_key)
+
+
 # What a check function returns before it becomes a Dagster AssetCheckResult: passed, the
 # severity of a failure ("WARN" / "ERROR", None when it passed) and metadata with a
 # "description" line.

@@ -13,7 +13,13 @@ import dagster as dg
 from pydantic import Field
 
 from churn_assets.core.keys import CHAMPION_KEY, CUSTOMER_FEATURES_KEY, EXPLANATIONS_KEY, PREDICTIONS_KEY
-from churn_assets.core.metadata import silenced_backfill_warning, table_metadata, table_schema
+from churn_assets.core.metadata import (
+    add_partition_metadata,
+    partition_row_counts,
+    silenced_backfill_warning,
+    table_metadata,
+    table_schema,
+)
 from churn_assets.core.partitions import monthly_partitions
 from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 from churn_assets.scoring.batch import PREDICTION_COLUMNS, PREDICTION_DESCRIPTIONS, PREDICTIONS_TABLE, ScoringPolicy
@@ -53,20 +59,35 @@ def _predictions_asset():
         with warehouse.write() as con:
             stats = write_predictions(con, model, months, batch_rows=scoring_policy.batch_rows, bands=bands)
             total = con.execute(f"SELECT count(*) FROM {PREDICTIONS_TABLE}").fetchone()[0]
+            by_month = con.execute(
+                f"SELECT strftime(snapshot_month, '%Y-%m-%d'), count(*), avg(churn_probability), "
+                f"avg(CAST(risk_band = 'high' AS DOUBLE)) FROM {PREDICTIONS_TABLE} "
+                "WHERE snapshot_month BETWEEN CAST(? AS DATE) AND CAST(? AS DATE) GROUP BY 1",
+                [min(months), max(months)],
+            ).fetchall()
+        # Each month's own figures, so "plots by partition" draw the series.
+        figures = {month: (0, None, None) for month in months}
+        figures.update({month: (rows, mean, high) for month, rows, mean, high in by_month})
+        add_partition_metadata(context, {
+            month: {
+                "dagster/partition_row_count": dg.MetadataValue.int(int(rows)),
+                **({"mean_churn_probability": dg.MetadataValue.float(round(float(mean), 6)),
+                    "high_risk_share": dg.MetadataValue.float(round(float(high), 6))} if rows else {}),
+            }
+            for month, (rows, mean, high) in figures.items()
+        })
         context.log.info(
             f"Scored {stats.rows:,} rows of {len(months)} month(s) with {model.version} "
             f"at {stats.rows_per_second:,.0f} rows/s"
         )
         return dg.MaterializeResult(metadata={
-            **table_metadata(row_count=total, partition_row_count=stats.rows if len(months) == 1 else None),
+            **table_metadata(row_count=total),
             "rows_scored": dg.MetadataValue.int(stats.rows),
             "rows_per_second": dg.MetadataValue.float(round(stats.rows_per_second, 1)),
             "seconds": dg.MetadataValue.float(round(stats.seconds, 3)),
             "batches": dg.MetadataValue.int(stats.batches),
             "largest_batch_rows": dg.MetadataValue.int(stats.largest_batch),
-            "rows_by_month": dg.MetadataValue.json(stats.rows_by_month),
-            "risk_bands": dg.MetadataValue.json(stats.band_counts),
-            "mean_churn_probability": dg.MetadataValue.float(round(stats.mean_probability or 0.0, 6)),
+            **{f"rows_{band}_risk": dg.MetadataValue.int(int(n)) for band, n in stats.band_counts.items()},
             "model_version": dg.MetadataValue.text(str(model.version)),
             "risk_cut_offs": dg.MetadataValue.json({"medium": bands.medium, "high": bands.high}),
         })
@@ -150,12 +171,12 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
                     "FROM new_reasons")
         con.unregister("new_reasons")
         total = con.execute(f"SELECT count(*) FROM {EXPLANATIONS_TABLE}").fetchone()[0]
+    partition_row_counts(context, reasons["snapshot_month"].astype(str).value_counts().to_dict() if len(reasons) else {})
     schema = dg.TableSchema(columns=[
         dg.TableColumn(name, kind.split()[0], description=text)
         for name, (kind, text) in EXPLANATION_COLUMNS.items()])
     return dg.MaterializeResult(metadata={
-        **table_metadata(column_schema=schema, row_count=total,
-                         partition_row_count=len(reasons), table_name=EXPLANATIONS_TABLE),
+        **table_metadata(column_schema=schema, row_count=total, table_name=EXPLANATIONS_TABLE),
         "model_version": model.version,
         "customers_explained": sum(len(f) for f in frames.values()),
         "method_by_month": dg.MetadataValue.json(methods),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from churn_assets.core.metadata import table_metadata
+from churn_assets.core.metadata import partition_row_counts, table_metadata
 from churn_assets.core.partitions import monthly_partitions
 from churn_assets.core.warehouse import WAREHOUSE_POOL, Warehouse
 from churn_assets.core.paths import source_dir
@@ -114,6 +114,7 @@ def raw_deliveries(context: dg.AssetExecutionContext, warehouse: Warehouse):
         }
     for name, table in RAW_TABLES.items():
         rows_by_month = loaded[name]
+        partition_row_counts(context, rows_by_month, dg.AssetKey([RAW_SCHEMA, name]))
         yield dg.MaterializeResult(
             asset_key=dg.AssetKey([RAW_SCHEMA, name]),
             metadata={
@@ -123,9 +124,6 @@ def raw_deliveries(context: dg.AssetExecutionContext, warehouse: Warehouse):
                 "rows_loaded": dg.MetadataValue.int(sum(rows_by_month.values())),
                 "months_loaded": dg.MetadataValue.text(
                     ", ".join(m[:7] for m in rows_by_month) or "-"
-                ),
-                "rows_by_month": dg.MetadataValue.json(
-                    {m[:7]: n for m, n in rows_by_month.items()}
                 ),
                 "source": dg.MetadataValue.path(str(source)),
             },

@@ -16,7 +16,7 @@ from typing import Any
 
 import dagster as dg
 
-from churn_assets.core.metadata import table_metadata
+from churn_assets.core.metadata import partition_row_counts, table_metadata
 from churn_assets.core.partitions import monthly_partitions
 from churn_assets.core.warehouse import WAREHOUSE_POOL, table_exists
 from churn_assets.sql_models.checks import quote_identifier, quote_relation
@@ -122,10 +122,8 @@ def _write_incremental(con, model: SqlModel, start: date, end: date) -> dict[str
         f"SELECT strftime(date_trunc('month', {partition_column}), '%Y-%m'), count(*) "
         f"FROM {STAGING_TABLE} GROUP BY ALL ORDER BY 1"
     ).fetchall()
-    written = sum(n for _, n in rows_by_month)
     con.execute(f"DROP TABLE {STAGING_TABLE}")
     return {
-        "partition_row_count": written,
         "rows_deleted": deleted,
         "rows_by_month": {month: n for month, n in rows_by_month},
         "window": f"[{start}, {end})",
@@ -178,15 +176,14 @@ def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlMo
             column_schema=schema,
             column_lineage=lineage,
             row_count=int(row_count),
-            partition_row_count=written.get("partition_row_count"),
             table_name=model.relation,
         ),
         "materialized": _describe_config(model),
     }
     if written:
         metadata["rows_deleted"] = dg.MetadataValue.int(int(written["rows_deleted"]))
-        metadata["rows_by_month"] = dg.MetadataValue.json(written["rows_by_month"])
         metadata["window"] = written["window"]
+        partition_row_counts(context, written["rows_by_month"])
     return dg.MaterializeResult(metadata=metadata)
 
 
