@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,3 +136,21 @@ def monitored_warehouse(churn_home):
         register_versions(con, [version_record(saved, model, "challenger", split, evaluate(model, split))])
         promote(con, saved.version, {"margin": 0.0})
     return warehouse, artifacts, saved.version
+
+
+# Every month a test may materialize, registered as a partition (the months partitions are
+# dynamic: a month exists once it was delivered).
+TEST_MONTHS = [f"{year}-{month:02d}-01" for year in range(2023, 2027) for month in range(1, 13)]
+
+
+def months_instance() -> dg.DagsterInstance:
+    from churn_assets.core.partitions import register_months
+
+    instance = dg.DagsterInstance.ephemeral()
+    register_months(instance, TEST_MONTHS)
+    return instance
+
+
+def materialize(assets, **kwargs) -> dg.ExecuteInProcessResult:
+    """``dg.materialize`` on an ephemeral instance that knows the test months as partitions."""
+    return dg.materialize(assets, instance=kwargs.pop("instance", None) or months_instance(), **kwargs)

@@ -115,7 +115,13 @@ def test_a_partitioned_check_judges_each_month_and_names_the_failing_ones(churn_
                 yield dg.AssetCheckEvaluation(asset_key=drift.key, check_name="psi", passed=measured[month] < 0.5,
                                               partition=month, description=f"psi {measured[month]}")
 
+    from churn_assets.cli.runner import get_instance
+    from churn_assets.core.partitions import register_months
+
     monkeypatch.setattr(cli, "_load_defs", lambda: dg.Definitions(assets=[drift], asset_checks=[psi_by_month]))
+    assert cli.main(["check"]) == 0
+    assert "no month has been measured yet" in capsys.readouterr().out
+    register_months(get_instance(), [*measured, "2024-04-01"])  # April delivered, not measured
     assert cli.main(["check"]) == 1
     out = capsys.readouterr().out
     assert "1 of 3 months failed (2024-02); 2024-02: psi 0.9" in out
@@ -124,8 +130,6 @@ def test_a_partitioned_check_judges_each_month_and_names_the_failing_ones(churn_
     assert cli.main(["check"]) == 0
     assert "3 months passed; latest 2024-03: psi 0.2" in capsys.readouterr().out
     # The instance holds one evaluation per month, so the UI shows each month's own result.
-    from churn_assets.cli.runner import get_instance
-
     records = get_instance().event_log_storage.get_asset_check_execution_history(
         dg.AssetCheckKey(drift.key, "psi"), limit=500)
     judged = sorted((r.partition, r.status.value) for r in records if r.status.value in ("SUCCEEDED", "FAILED"))

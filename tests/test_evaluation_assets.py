@@ -8,7 +8,7 @@ import dagster as dg
 import duckdb
 import pytest
 
-from conftest import fast_resources
+from conftest import fast_resources, materialize
 
 from churn_assets.evaluation.assets import (
     EVALUATION_REPORT_KEY,
@@ -37,7 +37,7 @@ def home(tmp_path_factory):
         "CREATE TABLE features.training_set AS SELECT * FROM frame WHERE churned IS NOT NULL")
     con.execute("CREATE TABLE features.customer_features AS SELECT * EXCLUDE (churned) FROM frame")
     con.close()
-    result = dg.materialize(
+    result = materialize(
         [*ml_assets, *ml_asset_checks],
         # This module tests evaluation, not the gate: any challenger is accepted.
         resources=fast_resources(home, promotion={"margin": -1.0}),
@@ -55,7 +55,7 @@ def _checks(result):
 
 
 def test_report_shap_and_checks_on_the_champion(home):
-    result = dg.materialize(
+    result = materialize(
         [evaluation_report, shap_summary, *evaluation_asset_checks],
         # The tiny champion was accepted without beating the baselines (see `home`).
         resources=_resources(home, promotion={"margin": -1.0}),
@@ -88,7 +88,7 @@ def test_report_shap_and_checks_on_the_champion(home):
 
 
 def test_explanations_table_for_a_scored_month(home):
-    result = dg.materialize([explanations], resources=_resources(home),
+    result = materialize([explanations], resources=_resources(home),
                             partition_key="2024-05-01",
                             run_config={"ops": {"ml__explanations": {"config": {"top_k": 2}}}})
     assert result.success
@@ -108,7 +108,7 @@ def test_explanations_table_for_a_scored_month(home):
     for row in rows:
         assert (row[4] > 0) == (row[1] == "increases_risk")
     # Re-materializing the month replaces it rather than appending.
-    assert dg.materialize([explanations], resources=_resources(home),
+    assert materialize([explanations], resources=_resources(home),
                           partition_key="2024-05-01").success
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     try:

@@ -312,8 +312,8 @@ def test_every_problem_of_a_kind_is_reported_together(tmp_path, source):
         ("March", "expected YYYY-MM"),
         ("2024-3", "expected YYYY-MM"),
         ("2024-03-15", "expected YYYY-MM"),
-        ("2022-12", "before the first partition"),
-        ("2999-01", "has not ended yet"),
+        ("2022-12", "before the project's first month"),
+        ("2999-01", "has not begun yet"),
     ],
 )
 def test_invalid_month_is_refused_before_reading(tmp_path, source, month, fragment):

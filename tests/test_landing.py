@@ -83,7 +83,7 @@ def test_different_content_for_a_delivered_month_is_rejected(churn_home):
         ("telco_2024-05.csv", "customerID,gender\nA,Female\n", "missing"),
         ("telco.csv", "customerID\n", "carries no month"),
         ("telco_2024-13.csv", "customerID\n", "month"),
-        ("telco_2099-01.csv", "customerID\n", "has not ended"),
+        ("telco_2099-01.csv", "customerID\n", "has not begun"),
         ("telco_2024-05.csv", "", "empty"),
         ("notes.txt", "hello", "not a landing item"),
         ("telco_2024-05.xlsx", "PK", "not a landing item"),
@@ -163,3 +163,32 @@ def test_several_waiting_months_run_as_one_range(churn_home, make_delivery):
     assert request.partition_key is None
     assert request.tags["dagster/asset_partition_range_start"] == "2024-01-01"
     assert request.tags["dagster/asset_partition_range_end"] == "2024-03-01"
+
+
+def test_months_become_partitions_on_delivery_and_the_schedule_scores_only_delivered_months(churn_home,
+                                                                                           make_delivery):
+    from datetime import datetime, timezone
+
+    from churn_assets.automation.jobs import monthly_scoring_schedule
+    from churn_assets.core.partitions import delivered_months, register_months
+    from churn_assets.source.deliveries import write_delivery
+
+    for month in ("2024-02-01", "2024-03-01"):
+        write_delivery(source_dir(), month, make_delivery(month))
+    with dg.instance_for_test() as instance:
+        assert delivered_months(instance) == []
+        landing_sensor(_sensor_context(instance))
+        assert delivered_months(instance) == ["2024-02-01", "2024-03-01"]
+        # History delivered late still sorts first: ranges follow the partitions' order.
+        assert register_months(instance, ["2024-01-01"]) == ["2024-01-01"]
+        assert instance.get_dynamic_partitions("months") == ["2024-01-01", "2024-02-01", "2024-03-01"]
+
+        def tick(year: int, month: int):
+            when = datetime(year, month, 2, 6, tzinfo=timezone.utc)
+            return monthly_scoring_schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=when))
+
+        request = tick(2024, 4)
+        assert isinstance(request, dg.RunRequest) and request.partition_key == "2024-03-01"
+        skipped = tick(2024, 5)
+        assert isinstance(skipped, dg.SkipReason) and "No delivery for 2024-04" in skipped.skip_message
+        assert tick(2024, 2).partition_key == "2024-01-01"

@@ -42,6 +42,7 @@ from churn_assets.scoring.batch import (
     write_predictions,
 )
 from churn_assets.core.warehouse import Warehouse
+from conftest import materialize
 
 MONTHS = ["2024-01-01", "2024-02-01", "2024-03-01"]
 NUMERIC_FEATURES = ["tenure_months", "monthly_charges"]
@@ -450,26 +451,40 @@ def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse
                  "drift_policy": DriftPolicy(sample_rows=100), "retraining_policy": RetrainingPolicy()}
 
     for month in ("2024-04-01", "2024-05-01", "2024-06-01"):
-        result = dg.materialize([predictions], partition_key=month, resources=resources)
+        result = materialize([predictions], partition_key=month, resources=resources)
         assert result.success
     [scored] = result.asset_materializations_for_node("ml__predictions")
     assert scored.metadata["rows_scored"].value == 150
     assert scored.metadata["model_version"].value == version
 
-    drift_checks = monitoring_checks[:3]
-    result = dg.materialize(
-        [drift, *drift_checks], partition_key="2024-06-01", resources=resources,
+    drift_checks, decay_check = monitoring_checks
+    # Three months in one step (a single-run backfill): each month keeps its own figures.
+    result = materialize(
+        [drift, drift_checks], resources=resources,
+        tags={"dagster/asset_partition_range_start": "2024-04-01", "dagster/asset_partition_range_end": "2024-06-01"},
     )
     assert result.success
-    [measured] = result.asset_materializations_for_node("monitoring__drift")
-    report = measured.metadata["report"].value
+    measured = {m.partition: m.metadata for m in result.asset_materializations_for_node("monitoring__drift")}
+    assert sorted(measured) == ["2024-04-01", "2024-05-01", "2024-06-01"]
+    report = measured["2024-06-01"]["report"].value
     assert report.endswith("reports/drift/2024-06.html") and (artifacts.root_path / "reports/drift/2024-06.html").exists()
+    assert "report" not in measured["2024-04-01"]  # only the latest month gets an HTML report by default
+    with warehouse.read() as con:
+        stored = dict(con.execute("SELECT strftime(month, '%Y-%m-01'), max_psi FROM monitoring.drift_summary").fetchall())
+    assert {month: meta["max_psi"].value for month, meta in measured.items()} == pytest.approx(stored)
+    assert len(set(stored.values())) == 3
+    assert all(meta["dagster/partition_row_count"].value == 7 for meta in measured.values())
 
-    checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert set(checks) == {"drift_share", "max_psi", "prediction_drift"}
-    assert checks["drift_share"].metadata["month"].value == "2024-06"
+    # One evaluation per check and month, each judging its own month.
+    evaluations = result.get_asset_check_evaluations()
+    assert sorted((e.check_name, e.partition) for e in evaluations) == sorted(
+        (name, month) for name in ("drift_share", "max_psi", "prediction_drift") for month in measured)
+    for e in evaluations:
+        assert e.metadata["month"].value == e.partition[:7]
+        if e.check_name == "max_psi":
+            assert e.metadata["value"].value == pytest.approx(stored[e.partition])
 
-    result = dg.materialize([realised_performance, monitoring_checks[3]], resources=resources)
+    result = materialize([realised_performance, decay_check], resources=resources)
     assert result.success
     [decay] = result.get_asset_check_evaluations()
     # The champion's test month is 2024-05, so its realised AUC there is the test AUC itself.
@@ -479,10 +494,10 @@ def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse
         assert con.execute("SELECT count(*) FROM ml.predictions").fetchone()[0] == 450
         summary = con.execute(
             "SELECT month, features_checked, reference_rows, current_rows, model_version, "
-            "prediction_drift_score IS NOT NULL FROM monitoring.drift_summary"
+            "prediction_drift_score IS NOT NULL FROM monitoring.drift_summary ORDER BY month"
         ).fetchall()
         # The champion trained on 2024-01..03 (validated on 04, tested on 05).
-        assert summary == [(date(2024, 6, 1), 7, 100, 100, version, True)]
+        assert summary[-1] == (date(2024, 6, 1), 7, 100, 100, version, True) and len(summary) == 3
         performance = con.execute("SELECT month, rows, model_version FROM monitoring.performance ORDER BY 1").fetchall()
         assert performance == [(date(2024, 4, 1), 150, version), (date(2024, 5, 1), 150, version)]
     assert monitoring_assets[0] is drift

@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from churn_assets.policies import Policies, PolicyError, load_policies
+from conftest import materialize
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +156,7 @@ def test_a_risk_band_reaches_the_predictions(tmp_path, monitored_warehouse):
     warehouse, artifacts, _ = monitored_warehouse
 
     def bands(policies: Policies) -> dict[str, int]:
-        result = dg.materialize([predictions], partition_key="2024-06-01", resources={
+        result = materialize([predictions], partition_key="2024-06-01", resources={
             "warehouse": warehouse, "artifacts": artifacts, "scoring_policy": policies.scoring})
         with warehouse.read() as con:
             counted = dict(con.execute("SELECT risk_band, count(*) FROM ml.predictions GROUP BY 1").fetchall())

@@ -9,6 +9,7 @@ from churn_assets.core.warehouse import Warehouse
 from churn_assets.core.paths import source_dir
 from churn_assets.source.deliveries import ContractError, available_months, write_delivery
 from churn_assets.source.raw_assets import raw_deliveries
+from conftest import materialize
 
 
 def _materialize(warehouse: Warehouse, *months: str, raise_on_error: bool = True):
@@ -18,7 +19,7 @@ def _materialize(warehouse: Warehouse, *months: str, raise_on_error: bool = True
             "dagster/asset_partition_range_start": months[0],
             "dagster/asset_partition_range_end": months[-1],
         }
-    return dg.materialize(
+    return materialize(
         [raw_deliveries],
         resources={"warehouse": warehouse},
         partition_key=months[0] if len(months) == 1 else None,

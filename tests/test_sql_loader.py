@@ -18,6 +18,7 @@ import duckdb
 import pytest
 
 from churn_assets.core.warehouse import Warehouse
+from conftest import materialize
 from churn_assets.sql_models import (
     SqlProjectError,
     TRANSPILE_DIALECTS,
@@ -343,7 +344,7 @@ INCREMENTAL_FILES = {
 
 
 def _materialize(project, warehouse, **kwargs) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
+    return materialize(
         project.assets + project.asset_checks, resources={"warehouse": warehouse}, **kwargs
     )
 

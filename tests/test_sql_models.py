@@ -33,6 +33,7 @@ from churn_assets.source.contract import (
 from churn_assets.source.raw_assets import RAW_ASSET_KEYS
 from churn_assets.sql_models import SqlProject, load_sql_project
 from churn_assets.sql_models.leakage import check_point_in_time
+from conftest import materialize
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
@@ -588,7 +589,7 @@ def test_materializes_through_the_sql_loader(tmp_path, monkeypatch):
     resources = {"warehouse": Warehouse(path=str(database))}
     # One run over both months: the loader's incremental asset backfills a partition range
     # in a single set-based step.
-    run = dg.materialize(
+    run = materialize(
         definitions,
         resources=resources,
         tags={

@@ -6,7 +6,7 @@
 - retraining_sensor: when drift or decay crossed the error line, or enough new labelled
   months arrived since the champion was trained, it launches the training job once per
   cause (the run key names the cause, month and champion); ml/champion decides.
-- monthly_scoring_schedule: scores each month when it closes.
+- monthly_scoring_schedule: scores each month when it closes, if it was delivered.
 Both sensors start stopped; switch them on in the UI (Automation) or with
 `dagster sensor start`.
 """
@@ -52,13 +52,21 @@ training_job = dg.define_asset_job(
     description="Train every candidate model; ml/champion decides whether the best becomes champion.",
 )
 
-monthly_scoring_schedule = dg.build_schedule_from_partitioned_job(
-    monthly_scoring_job,
+@dg.schedule(
+    job=monthly_scoring_job,
+    cron_schedule="0 6 2 * *",
     name="monthly_scoring_schedule",
-    day_of_month=2,
-    hour_of_day=6,
-    description="Scores each month two days after it closes (late deliveries included).",
+    description="Two days after a month closes, scores it if it was delivered; otherwise skips, naming it.",
 )
+def monthly_scoring_schedule(context: dg.ScheduleEvaluationContext):
+    from churn_assets.core.partitions import delivered_months
+
+    tick = context.scheduled_execution_time
+    closed = f"{tick.year - (tick.month == 1):04d}-{(tick.month - 2) % 12 + 1:02d}-01"
+    if closed not in delivered_months(context.instance):
+        return dg.SkipReason(f"No delivery for {closed[:7]}: nothing to score (it runs when the month arrives).")
+    return dg.RunRequest(run_key=f"scoring-{closed[:7]}", partition_key=closed,
+                         tags={"churn/trigger": "schedule"})
 
 
 def _champion_exists(warehouse: Warehouse) -> bool:
@@ -94,8 +102,14 @@ def landing_sensor(context: dg.SensorEvaluationContext, warehouse: Warehouse):
     # Reconcile: every delivered month whose raw partition is not loaded gets a run. The
     # run key carries the delivery's modification time, so a replaced delivery runs again
     # while a sensor tick that repeats itself (after a crash, say) requests nothing new.
+    from churn_assets.core.partitions import register_months
+
+    delivered = available_months(source)
+    # A delivered month becomes a partition in the tick that runs it (in calendar order, which
+    # a SensorResult's add request would not keep for history delivered late).
+    register_months(context.instance, delivered)
     loaded = context.instance.get_materialized_partitions(RAW_LOADED_MARKER)
-    waiting = [m for m in available_months(source) if m not in loaded]
+    waiting = [m for m in delivered if m not in loaded]
     if not waiting:
         return dg.SkipReason("No new deliveries.")
     try:

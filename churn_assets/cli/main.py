@@ -29,9 +29,9 @@ def _load_defs():
 
 def _months_to_run() -> list[str]:
     """The months the project's data describes: its export's, or the built-in deliveries'."""
-    from churn_assets.core.partitions import monthly_partitions
+    from churn_assets.core.partitions import FIRST_MONTH
     from churn_assets.core.paths import source_dir
-    from churn_assets.core.project import active_project
+    from churn_assets.core.project import active_project, current_month
     from churn_assets.policies import load_policies
     from churn_assets.source.deliveries import available_months
     from churn_assets.source.export import export_months
@@ -44,13 +44,14 @@ def _months_to_run() -> list[str]:
     else:
         months = available_months(source_dir())
         where = "CHURN_FIRST_MONTH"
-    valid = set(monthly_partitions.get_partition_keys())
-    outside = [m for m in months if m not in valid]
-    if outside:
-        raise SystemExit(
-            f"Months outside the partition range ({', '.join(m[:7] for m in outside)}): "
-            f"set {where} to an earlier month."
-        )
+    early = [m for m in months if m < FIRST_MONTH]
+    if early:
+        raise SystemExit(f"Months before the first month {FIRST_MONTH[:7]} ({', '.join(m[:7] for m in early)}): "
+                         f"set {where} to an earlier month.")
+    future = [m for m in months if m > current_month()]
+    if future:
+        raise SystemExit(f"Months after the month in progress ({', '.join(m[:7] for m in future)}): "
+                         "a delivery cannot describe the future.")
     return months
 
 

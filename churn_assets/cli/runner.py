@@ -256,8 +256,12 @@ def materialize(
 
     from dagster._core.utils import make_new_run_id
 
+    from churn_assets.core.partitions import register_months
+
     emit = progress or (lambda line: print(line, file=sys.stderr, flush=True))
     instance = get_instance()
+    if months:
+        register_months(instance, months)
     for run_id in recover_dead_runs(instance):
         emit(f"Run {run_id} died with its process; marked failed and its slots freed.")
     job = defs.resolve_implicit_global_asset_job_def()

@@ -35,7 +35,7 @@ class ProjectSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(default=None, description="Shown in the CLI's summary; default: the folder's name.")
-    first_month: str = Field(default=BUILTIN_FIRST_MONTH, description="First monthly partition (YYYY-MM).")
+    first_month: str = Field(default=BUILTIN_FIRST_MONTH, description="Earliest month a delivery may describe (YYYY-MM).")
 
 
 class ProjectError(ValueError):

@@ -456,10 +456,11 @@ def _to_number(value) -> float:
 def partition_month(month: str) -> str:
     """Validate a 'YYYY-MM' month for ingestion; returns the partition key 'YYYY-MM-01'.
 
-    The month must be one of the monthly partitions: from CHURN_FIRST_MONTH up to the
-    last complete month, or the raw layer could never load it.
+    The month must be from the project's first month (CHURN_FIRST_MONTH) up to the month in
+    progress: a delivery cannot describe the future.
     """
-    from churn_assets.core.partitions import FIRST_MONTH, month_key, monthly_partitions
+    from churn_assets.core.partitions import FIRST_MONTH, month_key
+    from churn_assets.core.project import current_month
 
     text = str(month).strip()
     if not MONTH_ARGUMENT.fullmatch(text):
@@ -469,16 +470,15 @@ def partition_month(month: str) -> str:
     except ValueError as error:
         raise IngestError(f"invalid month {month!r}: {error}") from None
     first = month_key(FIRST_MONTH)
-    last = monthly_partitions.get_last_partition_key()
     if key < first:
         raise IngestError(
-            f"month {key[:7]} is before the first partition {first[:7]}; set "
+            f"month {key[:7]} is before the project's first month {first[:7]}; set "
             f"CHURN_FIRST_MONTH={key} to ingest older history"
         )
-    if last is None or key > last:
+    if key > current_month():
         raise IngestError(
-            f"month {key[:7]} has not ended yet (the last complete month is "
-            f"{(last or first)[:7]}); a delivery describes a finished month"
+            f"month {key[:7]} has not begun yet (the month in progress is {current_month()[:7]}); "
+            "a delivery describes a month that happened"
         )
     return key
 

@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 
 from churn_assets.core.metadata import partition_row_counts, table_metadata
-from churn_assets.core.partitions import monthly_partitions
+from churn_assets.core.partitions import month_window, monthly_partitions
 from churn_assets.core.warehouse import WAREHOUSE_POOL, table_exists
 from churn_assets.sql_models.checks import quote_identifier, quote_relation
 from churn_assets.sql_models.loader import SqlModel, SqlProjectError
@@ -63,8 +63,7 @@ def definition_metadata(model: SqlModel, sql_root=None) -> dict[str, Any]:
 
 
 def _window(context: dg.AssetExecutionContext) -> tuple[date, date]:
-    window = context.partition_time_window
-    return window.start.date(), window.end.date()
+    return month_window(context.partition_keys)
 
 
 def _columns(con, relation: str) -> list[tuple[str, str, bool]]:
