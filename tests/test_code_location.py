@@ -34,6 +34,23 @@ def test_every_asset_has_a_description_group_and_kinds():
         assert spec.kinds, f"{name} has no kinds"
 
 
+def test_every_asset_has_owners_a_layer_tag_and_a_code_version_and_every_table_a_described_schema():
+    from churn_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node, name = graph.get(key), key.to_user_string()
+        assert node.owners and all(o.startswith("team:") for o in node.owners), f"{name} has no owner"
+        assert node.tags.get("layer"), f"{name} has no layer tag"
+        assert node.code_version, f"{name} has no code version"
+        metadata = node.metadata or {}
+        if "dagster/table_name" in metadata:
+            schema = metadata.get("dagster/column_schema")
+            assert schema is not None, f"{name} is a table without a schema"
+            undescribed = [c.name for c in schema.schema.columns if not c.description]
+            assert not undescribed, f"{name}: columns without a description: {undescribed}"
+
+
 def test_definitions_validate():
     from churn_assets.definitions import defs
 

@@ -31,25 +31,42 @@ SCORING_KEYS = [
 DATA_LAYERS = dg.AssetSelection.groups("raw", "staging", "features")
 RAW_LOADED_MARKER = dg.AssetKey(["raw", "subscriptions"])
 
+# Runs launched from the UI, a sensor or the schedule log at INFO on the terminal of `churn ui`
+# (Dagster's console logger defaults to DEBUG: every event of every step).
+RUN_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+
+# What `churn run` and `churn demo` launch (a subset of it for `churn ingest`): a named job, so
+# the UI shows the run's target and re-executes it from the code location.
+FULL_REFRESH_JOB = "full_refresh"
+full_refresh_job = dg.define_asset_job(
+    FULL_REFRESH_JOB,
+    selection=dg.AssetSelection.all(),
+    description="Every asset and check for the delivered months: raw data to monitoring.",
+    config=RUN_LOGGING,
+)
 data_refresh_job = dg.define_asset_job(
     "data_refresh",
     selection=DATA_LAYERS,
     description="Load a month's delivery and rebuild staging and features for it.",
+    config=RUN_LOGGING,
 )
 monthly_refresh_job = dg.define_asset_job(
     "monthly_refresh",
     selection=DATA_LAYERS | dg.AssetSelection.assets(*SCORING_KEYS),
     description="data_refresh, then score the month with the champion and measure drift.",
+    config=RUN_LOGGING,
 )
 monthly_scoring_job = dg.define_asset_job(
     "monthly_scoring",
     selection=dg.AssetSelection.assets(*SCORING_KEYS),
     description="Score a month with the champion, explain it, measure drift and realised performance.",
+    config=RUN_LOGGING,
 )
 training_job = dg.define_asset_job(
     "retrain",
     selection=dg.AssetSelection.assets(*TRAINING_KEYS),
     description="Train every candidate model; ml/champion decides whether the best becomes champion.",
+    config=RUN_LOGGING,
 )
 
 @dg.schedule(
@@ -185,6 +202,6 @@ def retraining_sensor(
     )
 
 
-jobs = [data_refresh_job, monthly_refresh_job, monthly_scoring_job, training_job]
+jobs = [full_refresh_job, data_refresh_job, monthly_refresh_job, monthly_scoring_job, training_job]
 schedules = [monthly_scoring_schedule]
 sensors = [landing_sensor, retraining_sensor]

@@ -64,7 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     _say(f"Materializing every asset for {months[0][:7]} .. {months[-1][:7]} ({len(months)} months)")
     started = time.monotonic()
-    result = materialize(_load_defs(), months=months, raise_on_error=False)
+    result = materialize(_load_defs(), months=months, raise_on_error=False,
+                         tags={"churn/command": args.command, "churn/months": f"{months[0][:7]}..{months[-1][:7]}"})
     elapsed = time.monotonic() - started
     if not result.success:
         from churn_assets.cli.runner import check_result_text, failure_message
@@ -195,7 +196,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from churn_assets.source.raw_assets import RAW_ASSET_KEYS
 
     result = materialize(
-        _load_defs(), selection=RAW_ASSET_KEYS, months=[report.month], raise_on_error=False
+        _load_defs(), selection=RAW_ASSET_KEYS, months=[report.month], raise_on_error=False,
+        tags={"churn/command": "ingest", "churn/months": report.month[:7]},
     )
     if not result.success:
         _say("Loading the raw layer failed; see the run in `churn ui`.")
@@ -270,6 +272,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """The Dagster webserver and daemon (sensors, schedule, run queue) on this home's instance.
+
+    What `dagster dev` starts, launched directly: Dagster 1.13 marks `dagster dev` superseded
+    (by `dg dev`, which needs a dg project) and warns on every start."""
     import os
     import subprocess
 
@@ -277,11 +283,27 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from churn_assets.core.paths import REPO_ROOT, WORKSPACE_FILE
 
     home = dagster_home()
-    _say(f"Starting `dagster dev` with DAGSTER_HOME={home}")
-    command = [sys.executable, "-m", "dagster", "dev", "-w", str(WORKSPACE_FILE)]
-    if args.port:
-        command += ["-p", str(args.port)]
-    return subprocess.call(command, env=os.environ.copy(), cwd=REPO_ROOT)
+    port = str(args.port or 3000)
+    workspace = ["-w", str(WORKSPACE_FILE)]
+    env = os.environ.copy()
+    daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "--log-level", "warning", *workspace],
+                              env=env, cwd=REPO_ROOT)
+    _say(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home}); Ctrl-C stops it and the daemon.")
+    webserver = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", port,
+                                  "--dagster-log-level", "warning", *workspace], env=env, cwd=REPO_ROOT)
+    try:
+        return webserver.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for process in (webserver, daemon):
+            if process.poll() is None:
+                process.terminate()
+        for process in (webserver, daemon):
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def _positive_int(text: str) -> int:
@@ -360,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--verbose", action="store_true", help="print each check as it runs")
     check.set_defaults(func=cmd_check)
 
-    ui = add("ui", help="start `dagster dev` on this CHURN_HOME's instance")
+    ui = add("ui", help="start the Dagster UI and daemon on this CHURN_HOME's instance")
     ui.add_argument("--port", type=int)
     ui.set_defaults(func=cmd_ui)
     return parser

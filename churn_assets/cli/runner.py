@@ -1,4 +1,4 @@
-"""Materialize the graph through the Dagster instance, so runs appear in `dagster dev`.
+"""Materialize the graph through the Dagster instance, so runs appear in `churn ui`.
 
 The CLI and the end-to-end tests use this module. Runs execute in process (no process
 per step): on a laptop that is the fastest way through the graph, and the instance still
@@ -238,6 +238,16 @@ def _progress_logger(emit: Callable[[str], None], pool_wait: PoolWait | None = N
     return progress
 
 
+def _named_job(defs: dg.Definitions) -> dg.JobDefinition:
+    """The code location's full_refresh job (so the UI shows what ran and can re-execute it),
+    or the implicit asset job of definitions without it (tests' small graphs)."""
+    from churn_assets.automation.jobs import FULL_REFRESH_JOB
+
+    if any(getattr(job, "name", None) == FULL_REFRESH_JOB for job in defs.jobs or []):
+        return defs.resolve_job_def(FULL_REFRESH_JOB)
+    return defs.resolve_implicit_global_asset_job_def()
+
+
 def materialize(
     defs: dg.Definitions,
     *,
@@ -264,7 +274,7 @@ def materialize(
         register_months(instance, months)
     for run_id in recover_dead_runs(instance):
         emit(f"Run {run_id} died with its process; marked failed and its slots freed.")
-    job = defs.resolve_implicit_global_asset_job_def()
+    job = _named_job(defs)
     run_tags = {**(tags or {}), PROCESS_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     if months:
         ordered = sorted(months)
@@ -272,7 +282,9 @@ def materialize(
         run_tags[PARTITION_RANGE_END] = ordered[-1]
     run_id = make_new_run_id()
     with PoolWait(instance, run_id, emit) as pool_wait:
-        job = job.with_logger_defs({"progress": _progress_logger(emit, pool_wait)})
+        # Only the progress logger is configured, so the console logger (kept for the job's default
+        # config) stays silent.
+        job = job.with_logger_defs({**job.loggers, "progress": _progress_logger(emit, pool_wait)})
         return job.execute_in_process(
             instance=instance,
             run_id=run_id,

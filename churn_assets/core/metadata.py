@@ -93,12 +93,19 @@ def table_schema(columns: Mapping[str, str], descriptions: Mapping[str, str] | N
     return dg.TableSchema(columns=[
         dg.TableColumn(
             name=name,
-            type=kind.replace(" NOT NULL", ""),
+            type=kind.replace(" NOT NULL", "").replace(" PRIMARY KEY", ""),
             description=(descriptions or {}).get(name),
-            constraints=dg.TableColumnConstraints(nullable="NOT NULL" not in kind),
+            constraints=dg.TableColumnConstraints(nullable="NOT NULL" not in kind and "PRIMARY KEY" not in kind,
+                                                  unique="PRIMARY KEY" in kind),
         )
         for name, kind in columns.items()
     ])
+
+
+def layer_assets(assets, *, owner: str, layer: str):
+    """``assets`` with their layer's owner and a ``layer`` tag (one place per layer): the UI
+    filters and groups by both, and alerts can be routed to the owner."""
+    return dg.map_asset_specs(lambda spec: spec.merge_attributes(owners=[owner], tags={"layer": layer}), assets)
 
 
 def silenced_backfill_warning(build: Callable[[], Any]) -> Any:

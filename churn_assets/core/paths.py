@@ -12,7 +12,7 @@ DEFAULT_HOME = "data"
 
 class HomeError(OSError):
     """``$CHURN_HOME`` cannot hold the platform's files; the message says why and what to do."""
-# What `churn ui` hands to `dagster dev`.
+# What `churn ui` hands to the Dagster webserver and daemon.
 WORKSPACE_FILE = REPO_ROOT / "workspace.yaml"
 
 

@@ -182,8 +182,10 @@ def model_card_info(model: "ChurnModel", split: Any, created_at: Any = None) -> 
     deps=[CHAMPION_KEY],
     group_name=GROUP,
     kinds={"scikit-learn", "matplotlib"},
+    code_version="evaluation-report-v1",
+    # `<version>` in backquotes: the UI renders descriptions as Markdown, which drops bare tags.
     description="Test-split metrics, business view, slices, plots and model card of the champion "
-                "(or a configured version), under artifacts/reports/<version>/.",
+                "(or a configured version), under `artifacts/reports/<version>/`.",
 )
 def evaluation_report(context: dg.AssetExecutionContext, config: ModelChoice,
                       evaluation_policy: EvaluationPolicy, warehouse: Warehouse, artifacts: ArtifactStore) -> dg.MaterializeResult:
@@ -210,17 +212,30 @@ def evaluation_report(context: dg.AssetExecutionContext, config: ModelChoice,
             "recall", "f1")},
         "threshold": report.threshold,
         "threshold_source": report.threshold_source,
-        "confusion_matrix": dg.MetadataValue.json(
-            {"tn": report.confusion[0][0], "fp": report.confusion[0][1],
-             "fn": report.confusion[1][0], "tp": report.confusion[1][1]}),
+        # Numbers as numbers, so the UI plots them across materializations.
+        **{f"confusion/{name}": dg.MetadataValue.int(int(value)) for name, value in (
+            ("true_negatives", report.confusion[0][0]), ("false_positives", report.confusion[0][1]),
+            ("false_negatives", report.confusion[1][0]), ("true_positives", report.confusion[1][1]))},
         "expected_savings": report.savings_at_threshold,
         "top_decile_lift": report.top_decile_lift,
-        "largest_slice_gap": dg.MetadataValue.json(summary["largest_slice_gap"]),
-        "baselines": dg.MetadataValue.json(summary["baselines"]),
+        **_slice_gap_metadata(summary["largest_slice_gap"]),
+        **{f"baseline/{name}/test_roc_auc": dg.MetadataValue.float(float(values["roc_auc"]))
+           for name, values in summary["baselines"].items() if values.get("roc_auc") is not None},
         "model_card": dg.MetadataValue.md(card),
         "report_dir": dg.MetadataValue.path(str(folder)),
         **_plots_metadata(plots),
     })
+
+
+def _slice_gap_metadata(gap: dict[str, Any]) -> dict[str, Any]:
+    if not gap.get("segment"):
+        return {"slice_gap/segment": "no segment with two comparable slices"}
+    return {
+        "slice_gap/segment": gap["segment"],
+        f"slice_gap/{gap['metric']}": dg.MetadataValue.float(float(gap["gap"])),
+        "slice_gap/best": f"{gap['best_value']} ({gap['best']:.4f})",
+        "slice_gap/worst": f"{gap['worst_value']} ({gap['worst']:.4f})",
+    }
 
 
 def _check_result(outcome: tuple[bool, dict], severity: dg.AssetCheckSeverity
@@ -300,6 +315,7 @@ def slice_gap(artifacts: ArtifactStore, evaluation_policy: EvaluationPolicy) -> 
     deps=[CHAMPION_KEY],
     group_name=GROUP,
     kinds={"shap", "xgboost"},
+    code_version="shap-summary-v1",
     description="Global SHAP importance, beeswarm and dependence plots of the champion on a "
                 "sample of its test split.",
 )

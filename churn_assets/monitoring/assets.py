@@ -42,6 +42,7 @@ from churn_assets.core.partitions import monthly_partitions
 from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 from churn_assets.monitoring.drift import (
     DRIFT_COLUMNS,
+    DRIFT_DESCRIPTIONS,
     DRIFT_SUMMARY_TABLE,
     DRIFT_TABLE,
     DriftPolicy,
@@ -49,7 +50,12 @@ from churn_assets.monitoring.drift import (
     check_max_psi,
     check_prediction_drift,
 )
-from churn_assets.monitoring.performance import PERFORMANCE_COLUMNS, PERFORMANCE_TABLE, check_decay
+from churn_assets.monitoring.performance import (
+    PERFORMANCE_COLUMNS,
+    PERFORMANCE_DESCRIPTIONS,
+    PERFORMANCE_TABLE,
+    check_decay,
+)
 from churn_assets.monitoring.retraining import RetrainingPolicy
 
 
@@ -165,7 +171,7 @@ def _drift_asset():
             "champion's training months, prediction drift, and an Evidently HTML report. Writes "
             f"{DRIFT_TABLE} (one row per feature) and {DRIFT_SUMMARY_TABLE} (one row per month)."
         ),
-        metadata=table_metadata(column_schema=table_schema(DRIFT_COLUMNS), table_name=DRIFT_TABLE),
+        metadata=table_metadata(column_schema=table_schema(DRIFT_COLUMNS, DRIFT_DESCRIPTIONS), table_name=DRIFT_TABLE),
     )
     def drift(
         context: dg.AssetExecutionContext, drift_policy: DriftPolicy, warehouse: Warehouse,
@@ -209,7 +215,8 @@ drift = silenced_backfill_warning(_drift_asset)
         "each month's predictions once the following month has revealed who churned, next to "
         "the test AUC of the model that made them."
     ),
-    metadata=table_metadata(column_schema=table_schema(PERFORMANCE_COLUMNS), table_name=PERFORMANCE_TABLE),
+    metadata=table_metadata(column_schema=table_schema(PERFORMANCE_COLUMNS, PERFORMANCE_DESCRIPTIONS),
+                            table_name=PERFORMANCE_TABLE),
 )
 def realised_performance(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
     from churn_assets.monitoring.performance import compute_month, plan_refresh, write_performance

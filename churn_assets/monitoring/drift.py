@@ -74,6 +74,19 @@ DRIFT_SUMMARY_COLUMNS: dict[str, str] = {
     "report_path": "VARCHAR",
     "computed_at": "TIMESTAMP NOT NULL",
 }
+DRIFT_DESCRIPTIONS: dict[str, str] = {
+    "month": "The month measured.",
+    "feature": "Feature (a column of features.customer_features).",
+    "kind": "numeric or categorical.",
+    "drift_score": "The Evidently stattest's statistic or p-value for the feature.",
+    "drifted": "Whether that test fired at its threshold.",
+    "psi": "Population stability index of the month against the reference.",
+    "stattest": "The Evidently stattest used.",
+    "threshold": "The stattest's threshold.",
+    "reference_rows": "Rows sampled from the champion's training months.",
+    "current_rows": "Rows sampled from the month.",
+    "model_version": "The champion whose reference the month was compared with.",
+}
 
 
 class DriftError(ValueError):

@@ -38,6 +38,20 @@ PERFORMANCE_COLUMNS: dict[str, str] = {
     "scored_at": "TIMESTAMP NOT NULL",
     "computed_at": "TIMESTAMP NOT NULL",
 }
+PERFORMANCE_DESCRIPTIONS: dict[str, str] = {
+    "month": "Snapshot month of the predictions; their labels come from the month after.",
+    "rows": "Predictions of the month that have a label.",
+    "positives": "Of those, customers who churned.",
+    "auc": "Realised ROC-AUC (NULL when the month has one class only).",
+    "pr_auc": "Realised average precision (NULL when the month has one class only).",
+    "brier": "Mean squared error of the probabilities.",
+    "ece": "Expected calibration error (10 equal-width bins).",
+    "mean_probability": "Mean predicted churn probability.",
+    "model_version": "The model that made the predictions.",
+    "champion_test_auc": "That model's test AUC at training time, for comparison.",
+    "scored_at": "When the month was scored.",
+    "computed_at": "When this row was computed.",
+}
 # Columns that tell whether a stored month is still current.
 FINGERPRINT = ("month", "model_version", "rows", "positives", "scored_at")
 

@@ -28,6 +28,11 @@ from churn_assets.scoring.explanations import EXPLANATION_COLUMNS, EXPLANATIONS_
 FEATURES_TABLE = "features.customer_features"
 
 
+def explanations_schema() -> dg.TableSchema:
+    return table_schema({name: kind for name, (kind, _) in EXPLANATION_COLUMNS.items()},
+                        {name: text for name, (_, text) in EXPLANATION_COLUMNS.items()})
+
+
 def _predictions_asset():
     @dg.asset(
         key=PREDICTIONS_KEY,
@@ -126,6 +131,8 @@ class ExplanationsConfig(dg.Config):
     group_name="ml",
     kinds={"duckdb", "shap"},
     pool=WAREHOUSE_POOL,
+    code_version="explanations-v1",
+    metadata=table_metadata(column_schema=explanations_schema(), table_name=EXPLANATIONS_TABLE),
     description="ml.explanations: per scored customer-month, the top-k features pushing the "
                 "churn risk up and down, with their values and SHAP contributions.",
 )
@@ -172,11 +179,8 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
         con.unregister("new_reasons")
         total = con.execute(f"SELECT count(*) FROM {EXPLANATIONS_TABLE}").fetchone()[0]
     partition_row_counts(context, reasons["snapshot_month"].astype(str).value_counts().to_dict() if len(reasons) else {})
-    schema = dg.TableSchema(columns=[
-        dg.TableColumn(name, kind.split()[0], description=text)
-        for name, (kind, text) in EXPLANATION_COLUMNS.items()])
     return dg.MaterializeResult(metadata={
-        **table_metadata(column_schema=schema, row_count=total, table_name=EXPLANATIONS_TABLE),
+        **table_metadata(row_count=total),
         "model_version": model.version,
         "customers_explained": sum(len(f) for f in frames.values()),
         "method_by_month": dg.MetadataValue.json(methods),

@@ -2,7 +2,12 @@
 
 import dagster as dg
 
+from churn_assets.core.metadata import layer_assets
 from churn_assets.scoring.assets import scoring_assets
 from churn_assets.scoring.batch import ScoringPolicy
 
-defs = dg.Definitions(assets=scoring_assets, resources={"scoring_policy": ScoringPolicy()})
+# Who answers for this layer's assets (shown in the UI, for routing alerts).
+OWNER = "team:ml"
+
+defs = dg.Definitions(assets=layer_assets(scoring_assets, owner=OWNER, layer="scoring"),
+                      resources={"scoring_policy": ScoringPolicy()})

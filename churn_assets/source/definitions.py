@@ -3,8 +3,13 @@ dataset project's export as ``raw/<table>``."""
 
 import dagster as dg
 
+from churn_assets.core.metadata import layer_assets
 from churn_assets.core.project import Project
 from churn_assets.source.export import DELIVERY_MONTH_COLUMN, SourcePolicy
+
+
+# Who answers for this layer's assets (shown in the UI, for routing alerts).
+OWNER = "team:data-engineering"
 
 
 def raw_asset_keys(project: Project, source: SourcePolicy) -> list[dg.AssetKey]:
@@ -31,7 +36,7 @@ def definitions_for(project: Project, source: SourcePolicy) -> dg.Definitions:
             raise ValueError("source.file needs a dataset project folder (`churn init`)")
         from churn_assets.source.export import export_asset
 
-        return dg.Definitions(assets=[export_asset(source, project.root)])
+        return dg.Definitions(assets=layer_assets([export_asset(source, project.root)], owner=OWNER, layer="source"))
     from churn_assets.source.raw_assets import raw_deliveries
 
-    return dg.Definitions(assets=[raw_deliveries])
+    return dg.Definitions(assets=layer_assets([raw_deliveries], owner=OWNER, layer="source"))

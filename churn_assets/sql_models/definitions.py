@@ -3,11 +3,16 @@ tests as checks, and the blocking point-in-time leakage check."""
 
 import dagster as dg
 
+from churn_assets.core.metadata import layer_assets
 from churn_assets.core.project import Project
 from churn_assets.source.definitions import raw_asset_keys, raw_time_columns
 from churn_assets.source.export import SourcePolicy
 from churn_assets.sql_models.point_in_time_check import build_point_in_time_check
 from churn_assets.sql_models.project import SqlProject, load_sql_project
+
+
+# Who answers for this layer's assets (shown in the UI, for routing alerts).
+OWNER = "team:analytics-engineering"
 
 
 def sql_project_for(project: Project, source: SourcePolicy) -> SqlProject:
@@ -17,7 +22,7 @@ def sql_project_for(project: Project, source: SourcePolicy) -> SqlProject:
 def definitions_for(project: Project, source: SourcePolicy) -> dg.Definitions:
     sql_project = sql_project_for(project, source)
     return dg.Definitions(
-        assets=sql_project.assets,
+        assets=layer_assets(sql_project.assets, owner=OWNER, layer="sql"),
         asset_checks=[*sql_project.asset_checks,
                       build_point_in_time_check(sql_project, raw_time_columns(project, source))],
     )

@@ -25,11 +25,19 @@ from typing import Any
 import dagster as dg
 
 from churn_assets.core.keys import CHAMPION_KEY, MODEL_VERSIONS_KEY, TRAINING_SET_KEY
-from churn_assets.core.metadata import markdown_table, table_metadata
+from churn_assets.core.metadata import markdown_table, table_metadata, table_schema
 from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 from churn_assets.training.candidates import candidate_assets
 from churn_assets.training.promotion import FIRST_CHAMPION, PROMOTED, GateDecision, PromotionPolicy, gate_decision
 from churn_assets.training.train import TrainingPolicy, read_pointer, read_training_set, train_candidates, write_pointer
+from churn_assets.training.registry_tables import (
+    CHAMPION_COLUMNS,
+    CHAMPION_DESCRIPTIONS,
+    CHAMPION_TABLE,
+    VERSIONS_COLUMNS,
+    VERSIONS_DESCRIPTIONS,
+    VERSIONS_TABLE,
+)
 from churn_assets.training.tuning import TuningPolicy
 
 GROUP = "ml"
@@ -60,6 +68,7 @@ def _candidate_asset(asset_name: str, entries: list) -> dg.AssetsDefinition:
         deps=[TRAINING_SET_KEY, *upstream],
         group_name=GROUP,
         kinds=kinds,
+        code_version=f"{asset_name}-v1",
         description=f"Candidate model(s) trained on features.training_set:\n{lines}",
     )
     def train(context: dg.AssetExecutionContext, warehouse: Warehouse, artifacts: ArtifactStore,
@@ -95,11 +104,14 @@ candidate_models = [_candidate_asset(name, entries) for name, entries in candida
     group_name=GROUP,
     kinds={"duckdb"},
     pool=WAREHOUSE_POOL,
+    code_version="model-versions-v1",
     description="ml.model_versions: one row per trained model with its metrics, split, params and hashes.",
+    metadata=table_metadata(column_schema=table_schema(VERSIONS_COLUMNS, VERSIONS_DESCRIPTIONS),
+                            table_name=VERSIONS_TABLE),
 )
 def model_versions(context: dg.AssetExecutionContext, warehouse: Warehouse,
                    artifacts: ArtifactStore) -> dg.MaterializeResult:
-    from churn_assets.training.registry import VERSIONS_TABLE, models_root, register_versions, verify_model_folder
+    from churn_assets.training.registry import models_root, register_versions, verify_model_folder
 
     records = [record for key in CANDIDATE_ASSET_KEYS for record in read_pointer(artifacts.root_path, key.path[-1])]
     for record in records:
@@ -109,11 +121,11 @@ def model_versions(context: dg.AssetExecutionContext, warehouse: Warehouse,
         register_versions(con, records)
         total = con.execute(f"SELECT count(*) FROM {VERSIONS_TABLE}").fetchone()[0]
         rows = con.execute(
-            f"SELECT version, algorithm, role, cv_auc, valid_auc, test_auc, test_logloss, is_champion, last_trained_at "
+            f"SELECT version, algorithm, role, cv_auc, valid_auc, test_auc, test_logloss, last_trained_at "
             f"FROM {VERSIONS_TABLE} ORDER BY last_trained_at DESC, valid_auc DESC LIMIT 20"
         ).df().to_dict("records")
-    columns = ["version", "algorithm", "role", "cv_auc", "valid_auc", "test_auc", "test_logloss", "is_champion",
-               "last_trained_at"]
+    # No is_champion column: this snapshot is taken before ml/champion decides (see its metadata).
+    columns = ["version", "algorithm", "role", "cv_auc", "valid_auc", "test_auc", "test_logloss", "last_trained_at"]
     return dg.MaterializeResult(metadata={
         **table_metadata(row_count=total, table_name=VERSIONS_TABLE),
         "registered_now": dg.MetadataValue.json([r["version"] for r in records]),
@@ -139,6 +151,9 @@ def _decision_metadata(decision: GateDecision, context: dict) -> dict[str, Any]:
     group_name=GROUP,
     kinds={"duckdb"},
     pool=WAREHOUSE_POOL,
+    code_version="champion-v1",
+    metadata=table_metadata(column_schema=table_schema(CHAMPION_COLUMNS, CHAMPION_DESCRIPTIONS),
+                            table_name=CHAMPION_TABLE),
     description="ml.champion: history of promotions; the current champion is flagged in ml.model_versions. "
                 "Each materialization decides whether the latest run's best candidate (by the selection rule) "
                 "replaces the champion: with none it becomes the first; otherwise it must beat the champion on "
@@ -146,7 +161,7 @@ def _decision_metadata(decision: GateDecision, context: dict) -> dict[str, Any]:
 )
 def champion(context: dg.AssetExecutionContext, promotion_policy: PromotionPolicy, warehouse: Warehouse,
              artifacts: ArtifactStore) -> dg.MaterializeResult:
-    from churn_assets.training.registry import CHAMPION_TABLE, promote, write_decision
+    from churn_assets.training.registry import promote, write_decision
 
     with warehouse.write() as con:
         # Decided inside the write transaction so nothing can slip in between decision and pointer.

@@ -42,9 +42,13 @@ if TYPE_CHECKING:
 MODELS_DIR = "models"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-ML_SCHEMA = "ml"
-VERSIONS_TABLE = f"{ML_SCHEMA}.model_versions"
-CHAMPION_TABLE = f"{ML_SCHEMA}.champion"
+from churn_assets.training.registry_tables import (  # noqa: E402 (the tables' schema, light enough for the asset definitions)
+    CHAMPION_COLUMNS,
+    CHAMPION_TABLE,
+    ML_SCHEMA,
+    VERSIONS_COLUMNS,
+    VERSIONS_TABLE,
+)
 # Out-of-fold validation predictions of a model fitted on its validation rows (the small-data
 # path of the boosters): what a stacking candidate needs to use them honestly.
 HELD_OUT_VALID = "held_out_valid.json"
@@ -285,45 +289,6 @@ def read_artifact(artifacts_root: str | Path, version: str, name: str) -> Any:
 
 
 # -- the registry tables ----------------------------------------------------------------
-
-VERSIONS_COLUMNS = {
-    "version": "VARCHAR PRIMARY KEY",
-    "algorithm": "VARCHAR NOT NULL",
-    "role": "VARCHAR NOT NULL",
-    "test_auc": "DOUBLE",
-    "test_logloss": "DOUBLE",
-    "valid_auc": "DOUBLE",
-    "valid_logloss": "DOUBLE",
-    "cv_auc": "DOUBLE",
-    "cv_auc_std": "DOUBLE",
-    "is_champion": "BOOLEAN NOT NULL",
-    "created_at": "TIMESTAMP NOT NULL",
-    "last_trained_at": "TIMESTAMP NOT NULL",
-    "split_strategy": "VARCHAR NOT NULL",
-    "split_description": "JSON",
-    "params": "JSON",
-    "metrics": "JSON",
-    "calibration": "VARCHAR",
-    "training_data_version": "VARCHAR NOT NULL",
-    "code_version": "VARCHAR NOT NULL",
-    "artifact_path": "VARCHAR NOT NULL",
-    "manifest_sha256": "VARCHAR NOT NULL",
-}
-
-CHAMPION_COLUMNS = {
-    "version": "VARCHAR NOT NULL",
-    "promoted_at": "TIMESTAMP NOT NULL",
-    "previous_version": "VARCHAR",
-    "reference_version": "VARCHAR",
-    "challenger_auc": "DOUBLE",
-    "reference_auc": "DOUBLE",
-    "auc_difference": "DOUBLE",
-    "ci_low": "DOUBLE",
-    "ci_high": "DOUBLE",
-    "margin": "DOUBLE",
-    "test_rows": "BIGINT",
-}
-
 
 def ensure_registry_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE SCHEMA IF NOT EXISTS {ML_SCHEMA}")
