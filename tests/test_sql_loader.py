@@ -436,6 +436,10 @@ def test_materialization_metadata_has_schema_lineage_and_row_count(tmp_path, war
     ]
     assert dg.TableColumnDep(asset_key=raw_subscriptions, column_name="customer_id") in lineage["customer_id"]
     assert metadata["dagster/row_count"].value == 2
+    # The same lineage, readable in open-source Dagster (which does not draw column lineage).
+    readable = metadata["column_lineage_table"].value
+    assert "| yearly_charges | raw.subscriptions.monthly_charges |" in readable
+    assert "| gender | staging.customers.gender |" in readable
 
 
 def test_sql_error_names_the_file_and_keeps_the_previous_table(tmp_path, warehouse):
