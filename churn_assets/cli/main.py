@@ -306,6 +306,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 process.kill()
 
 
+def cmd_reports(args: argparse.Namespace) -> int:
+    """Serve artifacts/reports/ (drift pages, evaluation plots, model cards) for the UI's links."""
+    from churn_assets.core.paths import artifacts_dir
+    from churn_assets.core.reports import REPORTS_URL_ENV, report_server, reports_root
+
+    root = reports_root(artifacts_dir())
+    try:
+        server = report_server(root, port=args.port)
+    except OSError as error:
+        _say(f"churn reports: cannot listen on 127.0.0.1:{args.port}: {error.strerror} (choose --port; "
+             f"set {REPORTS_URL_ENV} to the URL the UI's links should use)")
+        return 2
+    _say(f"Serving {root} on http://127.0.0.1:{args.port}/ (read-only); Ctrl-C stops it.")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -317,6 +339,8 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from churn_assets.core.reports import DEFAULT_REPORTS_PORT
+
     project = argparse.ArgumentParser(add_help=False)
     project.add_argument(
         "--project", metavar="DIR", default=argparse.SUPPRESS,
@@ -376,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the model transpiled to this dialect instead of running a query",
     )
     sql.set_defaults(func=cmd_sql)
+
+    reports = add("reports", help="serve the drift, evaluation and SHAP reports the UI links to")
+    reports.add_argument("--port", type=int, default=DEFAULT_REPORTS_PORT)
+    reports.set_defaults(func=cmd_reports)
 
     check = add("check", help="run every asset check against the current warehouse")
     check.add_argument("--junit", help="write JUnit XML to this path")

@@ -24,6 +24,7 @@ import dagster as dg
 from pydantic import Field
 
 from churn_assets.core.keys import CHAMPION_KEY, EVALUATION_REPORT_KEY, SHAP_SUMMARY_KEY
+from churn_assets.core.reports import REPORTS_DIR, report_url
 from churn_assets.core.warehouse import ArtifactStore, Warehouse
 from churn_assets.evaluation.metrics import EvaluationPolicy
 from churn_assets.training.promotion import PromotionPolicy
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from churn_assets.training.model import ChurnModel
 
 GROUP = "ml"
-REPORTS_DIR = "reports"
 LATEST_POINTER = "latest.json"
 EVALUATION_FILE = "evaluation.json"
 SHAP_FILE = "shap_summary.json"
@@ -223,6 +223,8 @@ def evaluation_report(context: dg.AssetExecutionContext, config: ModelChoice,
            for name, values in summary["baselines"].items() if values.get("roc_auc") is not None},
         "model_card": dg.MetadataValue.md(card),
         "report_dir": dg.MetadataValue.path(str(folder)),
+        "model_card_url": dg.MetadataValue.url(report_url(artifacts.root_path, folder / "model_card.md")),
+        "report_url": dg.MetadataValue.url(report_url(artifacts.root_path, folder)),
         **_plots_metadata(plots),
     })
 

@@ -39,6 +39,7 @@ from churn_assets.core.metadata import (
     table_schema,
 )
 from churn_assets.core.partitions import monthly_partitions
+from churn_assets.core.reports import report_url
 from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 from churn_assets.monitoring.drift import (
     DRIFT_COLUMNS,
@@ -62,7 +63,7 @@ from churn_assets.monitoring.retraining import RetrainingPolicy
 # -- drift -------------------------------------------------------------------------------
 
 
-def drift_month_metadata(summary: dict[str, Any]) -> dict[str, dg.MetadataValue]:
+def drift_month_metadata(summary: dict[str, Any], artifacts_root) -> dict[str, dg.MetadataValue]:
     """One month's own drift figures, as numbers Dagster plots by partition."""
     top = summary["features"].sort_values("psi", ascending=False).head(10)
     metadata: dict[str, dg.MetadataValue] = {
@@ -78,6 +79,7 @@ def drift_month_metadata(summary: dict[str, Any]) -> dict[str, dg.MetadataValue]
         metadata["prediction_drift_score"] = dg.MetadataValue.float(float(summary["prediction_drift_score"]))
     if summary["report_path"]:
         metadata["report"] = dg.MetadataValue.path(summary["report_path"])
+        metadata["report_url"] = dg.MetadataValue.url(report_url(artifacts_root, summary["report_path"]))
     return metadata
 
 
@@ -181,7 +183,7 @@ def _drift_asset():
         summaries = drift_for_months(warehouse, artifacts, list(context.partition_keys), drift_policy, context.log)
         with warehouse.read() as con:
             total = con.execute(f"SELECT count(*) FROM {DRIFT_TABLE}").fetchone()[0]
-        add_partition_metadata(context, {s["month"]: drift_month_metadata(s) for s in summaries})
+        add_partition_metadata(context, {s["month"]: drift_month_metadata(s, artifacts.root_path) for s in summaries})
         latest = summaries[-1]
         return dg.MaterializeResult(metadata={
             **table_metadata(row_count=total),
