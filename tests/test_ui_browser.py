@@ -53,16 +53,29 @@ def demo(tmp_path_factory) -> dict:
     """The demo home and, read from the warehouse before the UI starts, each month's max_psi.
 
     $CHURN_UI_TEST_HOME names a folder to build it in once and reuse on later runs (to
-    iterate on the browser steps without the demo's minutes); by default a fresh one."""
+    iterate on the browser steps without the demo's minutes); by default a fresh one, shared
+    by the workers of one `pytest -n` run."""
     import os
 
     import duckdb
 
+    import fcntl
+
     reuse = os.environ.get("CHURN_UI_TEST_HOME")
-    folder = Path(reuse) if reuse else tmp_path_factory.mktemp("ui-demo")
+    if reuse:
+        folder = Path(reuse)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        # Under pytest -n the workers share one demo (built by the first one to get here).
+        folder = tmp_path_factory.getbasetemp().parent / "ui-demo"
+    else:
+        folder = tmp_path_factory.mktemp("ui-demo")
+    folder.mkdir(parents=True, exist_ok=True)
     home = folder / "home"
-    if not (reuse and (home / "warehouse.duckdb").exists()):
-        build_demo_home(home, customers=CUSTOMERS, months=MONTHS, log=folder / "demo.log")
+    with open(folder / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "built").exists():
+            build_demo_home(home, customers=CUSTOMERS, months=MONTHS, log=folder / "demo.log")
+            (folder / "built").touch()
     with duckdb.connect(str(home / "warehouse.duckdb"), read_only=True) as con:
         max_psi = dict(con.execute(
             "SELECT strftime(month, '%Y-%m-%d'), max_psi FROM monitoring.drift_summary ORDER BY month"
