@@ -50,7 +50,12 @@ def summary_lines(con: duckdb.DuckDBPyConnection, drift_policy: DriftPolicy, dec
             if drift_verdict(row, levels)[1] != "ERROR":
                 continue
             moved = f"; moved: {row['moved_features']}" if row.get("moved_features") else ""
-            psi = f", PSI {row['max_psi']:.2f} on {row['max_psi_feature']}" if row.get("max_psi") is not None else ""
+            # The PSI that pages (importance-discounted) where measured, else the raw largest.
+            value, feature = ((row["paging_psi"], row["paging_psi_feature"]) if row.get("paging_psi_feature")
+                              else (row.get("max_psi"), row.get("max_psi_feature")))
+            psi = f", PSI {value:.2f} on {feature}" if value is not None else ""
+            if row.get("prediction_drift_score") is not None:
+                psi += f", prediction drift {row['prediction_drift_score']:.2f}"
             shown.append(f"{row['month']:%Y-%m} ({row['share_drifted']:.0%} of features{psi}{moved})")
         lines.append(f"  drift at error level: {', '.join(shown) or 'none'}")
     return lines

@@ -63,7 +63,7 @@ def drift_for_months(
 ) -> list[dict[str, Any]]:
     """Compute and store drift for ``months`` against the champion; returns the summaries.
 
-    Each month's reference is a sample of the champion's training months nearest it
+    Each month's reference is a sample of the champion's training months before it
     (``reference_months_for``); months sharing a reference share its sample and scores.
     Features are weighted by the champion's mean |SHAP| on the latest month's reference.
     Reads happen on short read-only connections (a long one would keep other processes

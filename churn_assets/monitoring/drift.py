@@ -12,6 +12,14 @@ Two views of the same question, both per feature:
   bins from the reference for numerics, one bin per level for categoricals, a bin for
   missing values in both, and empty bins floored at ``epsilon``.
 
+Each month is compared with the champion's training months before it
+(``reference_months_for``), PSI is graded against what chance reaches at the sample sizes
+(``psi_chance_level``), and features are weighted by the champion's mean |SHAP|
+(``feature_importance``: ``weighted_psi``, and ``paging_psi``, discounted below an importance
+floor). ``drift_verdict`` is the one rule that turns a month's summary into pass / WARN /
+ERROR, for the checks, the retraining sensor and the run summary alike. Why each choice is
+made: docs/ml-layer.md, "Drift".
+
 Evidently takes several seconds to import, so it is imported inside the functions only.
 Samples are bounded (``DriftSettings.sample_rows``), which bounds the cost of a month.
 """
@@ -370,6 +378,10 @@ def compute_drift(
     _check_columns(reference, [*numeric, *categorical], "reference")
     _check_columns(current, [*numeric, *categorical], "current")
 
+    # At least 5 rows of the smaller side per quantile bin: with fewer, bins sit empty by
+    # chance, the epsilon floor turns each into a large PSI term, and neither the PSI levels
+    # nor the chi-square chance level mean anything.
+    bins = max(2, min(settings.psi_bins, min(len(reference), len(current)) // 5))
     rows = []
     for kind, columns, method in (
         (NUMERIC, numeric, settings.numeric_method),
@@ -377,7 +389,7 @@ def compute_drift(
     ):
         for name in columns:
             test = evidently_column_drift(reference[name], current[name], kind, method, settings.threshold)
-            ref_share, cur_share, _ = binned_shares(reference[name], current[name], kind, bins=settings.psi_bins)
+            ref_share, cur_share, _ = binned_shares(reference[name], current[name], kind, bins=bins)
             psi = psi_from_shares(ref_share, cur_share, settings.psi_epsilon)
             used = int(((ref_share > 0) | (cur_share > 0)).sum())
             critical = psi_chance_level(used, len(reference), len(current), settings.psi_alpha)
@@ -442,7 +454,7 @@ def compute_drift(
             test = evidently_column_drift(
                 ref_pred, cur_pred, NUMERIC, settings.prediction_method, settings.prediction_threshold
             )
-            ref_share, cur_share, _ = binned_shares(ref_pred, cur_pred, NUMERIC, bins=settings.psi_bins)
+            ref_share, cur_share, _ = binned_shares(ref_pred, cur_pred, NUMERIC, bins=bins)
             psi = psi_from_shares(ref_share, cur_share, settings.psi_epsilon)
             critical = psi_chance_level(int(((ref_share > 0) | (cur_share > 0)).sum()),
                                         int(ref_pred.notna().sum()), int(cur_pred.notna().sum()), settings.psi_alpha)
@@ -597,8 +609,9 @@ HTML_REPORT_POLICIES = ("latest", "all", "none")
 
 
 class DriftPolicy(dg.ConfigurableResource):
-    """How drift is measured and when it is an alarm: read by monitoring/drift, its three
-    checks, the retraining sensor and `churn run`'s summary, so one level means one thing."""
+    """How drift is measured and when it is an alarm: read by monitoring/drift, its checks,
+    the retraining sensor and `churn run`'s summary (all through ``drift_verdict``), so one
+    level means one thing."""
 
     share_warn: float = Field(default=DriftThresholds.share_warn, description="Share of drifted features that warns.")
     share_error: float = Field(default=DriftThresholds.share_error,
@@ -761,6 +774,8 @@ def drift_verdict(summary: Mapping[str, Any], thresholds: DriftThresholds) -> Ch
     passed, severity = worst[0], worst[1]
     description = "; ".join(f"{name}: {v[2]['description']}" for name, v in verdicts.items()
                             if v[1] == severity or not failing)
+    if summary.get("moved_features"):
+        description += f"; moved: {summary['moved_features']}"
     if severity == "ERROR" and summary.get("reference_precedes") is False:
         # The first months of the data have no past: they are compared with later months,
         # which differ from them as the history fills up (look-back windows, an ageing
