@@ -85,7 +85,7 @@ def history(rows: int = 800, seed: int = 7, shift: str | None = "monthly_charges
             "usage_gb": rng.gamma(2, 10, rows),
             **{name: rng.normal(0, 1, rows) for name in STEADY},
             "contract": base["contract"],
-            "promo_flag": rng.random(rows) < (0.9 if shifted and shift == "promo_flag" else 0.05),
+            "promo_flag": rng.random(rows) < (0.9 if shifted and shift == "promo_flag" else 0.2),
         })
     return frames
 
@@ -316,3 +316,15 @@ def test_write_drift_adds_new_columns_to_an_older_warehouse():
     assert stored == ("monthly_charges", 0.2, True)
     moved = con.execute("SELECT moved_features FROM monitoring.drift_summary").fetchone()[0]
     assert moved.startswith("monthly_charges")
+
+
+def test_a_feature_constant_in_the_reference_pages_whatever_its_importance():
+    # The champion could not learn from a column that (nearly) never varied, so its zero
+    # importance says nothing: a price rise flag that starts firing is new information.
+    rng = np.random.default_rng(5)
+    reference = pd.DataFrame({"x": rng.normal(size=2_000), "flag": rng.random(2_000) < 0.01})
+    current = pd.DataFrame({"x": rng.normal(size=2_000), "flag": rng.random(2_000) < 0.3})
+    result = compute_drift(reference, current, ["x"], ["flag"], importance={"x": 1.0, "flag": 0.0})
+    assert result.summary["paging_psi_feature"] == "flag"
+    assert result.summary["paging_psi"] == pytest.approx(result.summary["max_psi"])
+    assert drift_verdict({**result.summary, "reference_precedes": True}, DriftThresholds())[1] == "ERROR"

@@ -70,7 +70,8 @@ DRIFT_COLUMNS: dict[str, str] = {
     # the month's importance-weighted PSI.
     "weighted_psi": "DOUBLE",
     # The PSI the feature may page with: 0 within chance, x importance / min_importance below
-    # the importance floor (DriftThresholds.min_importance), else the PSI.
+    # the importance floor (DriftThresholds.min_importance) unless the feature was (nearly)
+    # constant in the reference, else the PSI.
     "paging_psi": "DOUBLE",
     # PSI at or above the warn level and above the chance level: the feature moved.
     "moved": "BOOLEAN",
@@ -405,7 +406,10 @@ def compute_drift(
             # in proportion below the importance floor, so a column the champion barely reads
             # needs an enormous shift to page while one it leans on pages at the PSI levels.
             paging = 0.0 if psi < critical else psi
-            if share is not None and thresholds.min_importance > 0:
+            # A feature (nearly) constant in the reference could not be learned from: its low
+            # importance says nothing, and its moving is new information retraining can use.
+            varied = ref_share.max() < 1 - 1 / (2 * settings.psi_bins)
+            if share is not None and thresholds.min_importance > 0 and varied:
                 paging *= min(1.0, share / thresholds.min_importance)
             rows.append({
                 "feature": name, "kind": kind, **test, "psi": psi, "psi_critical": critical,
