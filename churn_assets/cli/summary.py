@@ -36,18 +36,26 @@ def summary_lines(con: duckdb.DuckDBPyConnection, drift_policy: DriftPolicy, dec
     if decision:
         lines.append(f"  promotion: {decision['outcome'].replace('_', ' ')}: {decision['reason']}")
     if table_exists(con, "monitoring.drift_summary"):
+        from churn_assets.monitoring.drift import drift_verdict
+
         levels = drift_policy.thresholds()
-        drifted = con.execute(
-            "SELECT strftime(month, '%Y-%m'), share_drifted, max_psi, max_psi_feature "
-            "FROM monitoring.drift_summary "
-            # Warm-up months before the training data starts differ by construction.
-            "WHERE month >= (SELECT min(snapshot_month) FROM features.training_set) "
-            "AND (share_drifted >= ? OR max_psi >= ? OR prediction_drift_score >= ?) ORDER BY month",
-            [levels.share_error, levels.psi_error, levels.prediction_error],
-        ).fetchall()
-        shown = ", ".join(
-            f"{month} ({share:.0%} of features, PSI {psi:.2f} on {feature})"
-            for month, share, psi, feature in drifted
-        )
-        lines.append(f"  drift at error level: {shown or 'none'}")
+        # Every measured month: warm-up months at the start of the data are compared with
+        # later ones, which the verdict knows (reference_precedes) and does not page on.
+        cursor = con.execute("SELECT * FROM monitoring.drift_summary ORDER BY month")
+        names = [d[0] for d in cursor.description]
+        shown = []
+        for values in cursor.fetchall():
+            row = dict(zip(names, values))
+            # The drift checks' own verdict, so the summary lists what fails them with ERROR.
+            if drift_verdict(row, levels)[1] != "ERROR":
+                continue
+            moved = f"; moved: {row['moved_features']}" if row.get("moved_features") else ""
+            # The PSI that pages (importance-discounted) where measured, else the raw largest.
+            value, feature = ((row["paging_psi"], row["paging_psi_feature"]) if row.get("paging_psi_feature")
+                              else (row.get("max_psi"), row.get("max_psi_feature")))
+            psi = f", PSI {value:.2f} on {feature}" if value is not None else ""
+            if row.get("prediction_drift_score") is not None:
+                psi += f", prediction drift {row['prediction_drift_score']:.2f}"
+            shown.append(f"{row['month']:%Y-%m} ({row['share_drifted']:.0%} of features{psi}{moved})")
+        lines.append(f"  drift at error level: {', '.join(shown) or 'none'}")
     return lines

@@ -93,6 +93,9 @@ def drift_for_months(
 ) -> list[dict[str, Any]]:
     """Compute and store drift for ``months`` against the champion; returns the summaries.
 
+    Each month's reference is a sample of the champion's training months before it
+    (``reference_months_for``); months sharing a reference share its sample and scores.
+    Features are weighted by the champion's mean |SHAP| on the latest month's reference.
     Reads happen on short read-only connections (a long one would keep other processes
     from writing), the Evidently work between them, and all months are written in one
     transaction at the end.
@@ -103,25 +106,41 @@ def drift_for_months(
         DriftError,
         compute_drift,
         current_sample,
+        feature_importance,
+        first_of_month,
+        reference_months_for,
         reference_sample,
         write_drift,
         write_drift_report,
     )
 
-    settings = policy.settings()
+    settings, thresholds = policy.settings(), policy.thresholds()
     model = load_champion(artifacts.root_path, warehouse)
     roles = model.feature_spec.roles
     numeric, categorical = list(roles.numeric), list(roles.categorical)
     with warehouse.read() as con:
         record = model_record(con, model.version)
-        train_months = record.train_months if record else []
-        reference = reference_sample(
-            con, train_months, [*numeric, *categorical], sample_rows=settings.sample_rows, seed=settings.seed
-        )
-    reference_predictions = model.predict_proba(reference)
-    report_months = {"latest": set(sorted(months)[-1:]), "all": set(months), "none": set()}[policy.html_reports]
+    train_months = record.train_months if record else []
+    if not train_months:
+        raise DriftError("The champion records no training months: no reference to compare with")
+    references: dict[tuple, tuple] = {}
+
+    def reference_for(month: str) -> tuple:
+        chosen = tuple(reference_months_for(month, train_months, settings.reference_months))
+        if chosen not in references:
+            with warehouse.read() as con:
+                frame = reference_sample(
+                    con, chosen, [*numeric, *categorical], sample_rows=settings.sample_rows, seed=settings.seed
+                )
+            references[chosen] = (chosen, frame, model.predict_proba(frame))
+        return references[chosen]
+
+    ordered = sorted(months)
+    importance = feature_importance(model, reference_for(ordered[-1])[1], settings, log) if ordered else None
+    report_months = {"latest": set(ordered[-1:]), "all": set(months), "none": set()}[policy.html_reports]
     results = []
-    for month in sorted(months):
+    for month in ordered:
+        chosen, reference, reference_predictions = reference_for(month)
         with warehouse.read() as con:
             current = current_sample(
                 con, month, [*numeric, *categorical], sample_rows=settings.sample_rows, seed=settings.seed
@@ -134,8 +153,10 @@ def drift_for_months(
         result = compute_drift(
             reference, current, numeric, categorical,
             reference_predictions=reference_predictions, current_predictions=current_predictions,
-            settings=settings,
+            settings=settings, thresholds=thresholds, importance=importance,
         )
+        result.summary["reference_months"] = ", ".join(f"{m:%Y-%m}" for m in chosen)
+        result.summary["reference_precedes"] = max(chosen) < first_of_month(month)
         report_path = None
         if month in report_months:
             started = time.perf_counter()

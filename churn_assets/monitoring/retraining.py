@@ -16,7 +16,7 @@ import dagster as dg
 from pydantic import Field
 
 from churn_assets.monitoring.champion import champion_record, table_exists
-from churn_assets.monitoring.drift import DRIFT_SUMMARY_TABLE, DriftThresholds
+from churn_assets.monitoring.drift import DRIFT_SUMMARY_TABLE, DriftThresholds, drift_verdict
 from churn_assets.monitoring.performance import LABELS_TABLE, PERFORMANCE_TABLE, DecaySettings
 
 if TYPE_CHECKING:
@@ -73,8 +73,9 @@ def retraining_reasons(
     """At most one reason per kind, each for the latest month that triggers it.
 
     - drift: the latest month whose drift (measured against the current champion's
-      reference) reaches an error level of ``drift``: the share of drifted features, the
-      largest feature PSI or the prediction drift score;
+      reference) fails a drift check with ERROR under ``drift`` (``drift_verdict``: the
+      share of drifted features, the largest PSI of a feature that may page, the
+      prediction drift score or the importance-weighted PSI);
     - decay: the latest month whose realised AUC of the champion's predictions is more
       than ``decay_margin`` below the champion's test AUC;
     - new_data: at least ``new_labelled_months`` labelled months newer than the last month
@@ -97,23 +98,23 @@ def retraining_reasons(
 
     reasons: list[Reason] = []
     if table_exists(con, DRIFT_SUMMARY_TABLE):
-        row = con.execute(
-            f"SELECT month, share_drifted, drifted_features, features_checked, max_psi, "
-            f"max_psi_feature, prediction_drift_score FROM {DRIFT_SUMMARY_TABLE} "
-            "WHERE model_version = ? AND (share_drifted >= ? OR max_psi >= ? "
-            "OR prediction_drift_score >= ?) ORDER BY month DESC LIMIT 1",
-            [champion.version, drift.share_error, drift.psi_error, drift.prediction_error],
-        ).fetchone()
-        if row:
-            month, share, drifted, checked, psi, psi_feature, prediction = row
-            reasons.append(Reason(
-                DRIFT, month,
-                f"{_month_text(month)} against {champion.version}: {drifted} of {checked} "
-                f"features drifted (share {share:.2f}, error at {drift.share_error:.2f}), "
-                f"largest PSI {psi:.2f} on {psi_feature} (error at {drift.psi_error:.2f}), "
-                f"prediction drift {prediction:.3f} (error at {drift.prediction_error:.2f})",
-                f"{DRIFT}-{champion.version}-{_month_text(month)}",
-            ))
+        # The checks' own verdict decides, so the sensor retrains on exactly the months whose
+        # drift fails a drift check with ERROR (one home for the rule: drift.drift_verdict).
+        cursor = con.execute(
+            f"SELECT * FROM {DRIFT_SUMMARY_TABLE} WHERE model_version = ? ORDER BY month DESC", [champion.version]
+        )
+        names = [d[0] for d in cursor.description]
+        for values in cursor.fetchall():
+            summary = dict(zip(names, values))
+            _, severity, verdict = drift_verdict(summary, drift)
+            if severity == "ERROR":
+                month = summary["month"]
+                reasons.append(Reason(
+                    DRIFT, month,
+                    f"{_month_text(month)} against {champion.version}: {verdict['description']}",
+                    f"{DRIFT}-{champion.version}-{_month_text(month)}",
+                ))
+                break
     if table_exists(con, PERFORMANCE_TABLE) and champion.test_auc is not None:
         row = con.execute(
             f"SELECT month, auc FROM {PERFORMANCE_TABLE} "
