@@ -47,9 +47,9 @@ from churn_assets.monitoring.drift import (
     DRIFT_SUMMARY_TABLE,
     DRIFT_TABLE,
     DriftPolicy,
-    check_drift_share,
-    check_max_psi,
-    check_prediction_drift,
+    DRIFT_CHECK_DESCRIPTIONS,
+    DRIFT_CHECKS,
+    month_verdict,
 )
 from churn_assets.monitoring.performance import (
     PERFORMANCE_COLUMNS,
@@ -72,9 +72,15 @@ def drift_month_metadata(summary: dict[str, Any], artifacts_root) -> dict[str, d
         "max_psi": dg.MetadataValue.float(float(summary["max_psi"] or 0.0)),
         "max_psi_feature": dg.MetadataValue.text(str(summary["max_psi_feature"] or "-")),
         "drifted_features": dg.MetadataValue.int(int(summary["drifted_features"])),
+        "reference_months": dg.MetadataValue.text(str(summary.get("reference_months") or "-")),
+        "moved_features": dg.MetadataValue.text(str(summary.get("moved_features") or "-")),
         "top_features_by_psi": dg.MetadataValue.md(markdown_table(
-            ["feature", "kind", "psi", "drift_score", "drifted", "stattest"], top.to_dict("records"))),
+            ["feature", "kind", "psi", "psi_critical", "importance", "paging_psi", "weighted_psi", "drifted"],
+            top.to_dict("records"))),
     }
+    for name in ("paging_psi", "weighted_psi"):
+        if summary.get(name) is not None:
+            metadata[name] = dg.MetadataValue.float(float(summary[name]))
     if summary["prediction_drift_score"] is not None:
         metadata["prediction_drift_score"] = dg.MetadataValue.float(float(summary["prediction_drift_score"]))
     if summary["report_path"]:
@@ -188,7 +194,7 @@ def _drift_asset():
         pool=WAREHOUSE_POOL,
         group_name="monitoring",
         kinds={"duckdb", "evidently"},
-        code_version="drift-v1",
+        code_version="drift-v2",
         description=(
             "Per-feature drift (Evidently tests and PSI) of the month against a sample of the "
             "champion's training months, prediction drift, and an Evidently HTML report. Writes "
@@ -291,13 +297,8 @@ def verdict_result(verdict: CheckVerdict, extra: dict[str, Any] | None = None) -
 
 
 # Each drift check judges each month on its own: the checks are partitioned like the asset, and
-# one op evaluates every month of the run (a single-run backfill step covers many months).
-DRIFT_CHECKS = {
-    "drift_share": (check_drift_share, "Share of features whose Evidently drift test fires in the month."),
-    "max_psi": (check_max_psi, "Largest population stability index of any feature in the month."),
-    "prediction_drift": (check_prediction_drift,
-                         "Drift of the month's churn_probability against the champion's reference predictions."),
-}
+# one op evaluates every month of the run (a single-run backfill step covers many months). The
+# checks and their rule live in monitoring/drift.py, which the retraining sensor reads too.
 
 
 def drift_summaries(con, months: list[str]) -> dict[str, dict[str, Any]]:
@@ -330,7 +331,7 @@ def _drift_check_specs() -> list[dg.AssetCheckSpec]:
         # a month's check judge that month, and the notice would print on every load.
         warnings.filterwarnings("ignore", message=".*partitions_def on an AssetCheckSpec.*")
         return [dg.AssetCheckSpec(name, asset=DRIFT_KEY, partitions_def=monthly_partitions, description=text)
-                for name, (_, text) in DRIFT_CHECKS.items()]
+                for name, text in DRIFT_CHECK_DESCRIPTIONS.items()]
 
 
 def drift_check_evaluations(warehouse: Warehouse, policy: DriftPolicy, months: list[str],
@@ -341,7 +342,7 @@ def drift_check_evaluations(warehouse: Warehouse, policy: DriftPolicy, months: l
         summaries = drift_summaries(con, months)
     thresholds = policy.thresholds()
     return [
-        verdict_evaluation(dg.AssetCheckKey(DRIFT_KEY, name), DRIFT_CHECKS[name][0](summaries[month], thresholds),
+        verdict_evaluation(dg.AssetCheckKey(DRIFT_KEY, name), month_verdict(name, summaries[month], thresholds),
                            month, {"month": month[:7], "model_version": summaries[month]["model_version"]})
         for name in sorted(check_names) for month in months if month in summaries
     ]

@@ -116,11 +116,17 @@ DRIFT_DESCRIPTIONS: dict[str, str] = {
     "feature": "Feature (a column of features.customer_features).",
     "kind": "numeric or categorical.",
     "drift_score": "The Evidently stattest's statistic or p-value for the feature.",
-    "drifted": "Whether that test fired at its threshold.",
+    "drifted": "Whether that test fired at its threshold and the feature's PSI is beyond chance.",
     "psi": "Population stability index of the month against the reference.",
     "stattest": "The Evidently stattest used.",
     "threshold": "The stattest's threshold.",
-    "reference_rows": "Rows sampled from the champion's training months.",
+    "psi_critical": "The PSI chance alone exceeds with probability psi_alpha at these sample sizes.",
+    "importance": "The feature's share of the champion's mean |SHAP| on the reference (NULL: not measured).",
+    "weighted_psi": "importance x (PSI - its expected value under no change): the feature's part of the "
+                    "month's importance-weighted PSI.",
+    "paging_psi": "The PSI the feature may page with: 0 within chance, scaled down below the importance floor.",
+    "moved": "Whether the feature moved: its PSI at or above the warn level and beyond chance.",
+    "reference_rows": "Rows sampled from the champion's training months before the month.",
     "current_rows": "Rows sampled from the month.",
     "model_version": "The champion whose reference the month was compared with.",
 }
@@ -781,11 +787,33 @@ DRIFT_CHECKS = {
 _SEVERITY_RANK = {None: 0, "WARN": 1, "ERROR": 2}
 
 
+DRIFT_CHECK_DESCRIPTIONS = {
+    "drift_share": "Share of features whose Evidently drift test fires (beyond chance) in the month.",
+    "max_psi": "Largest PSI a feature may page with in the month: beyond chance, discounted below the "
+               "importance floor.",
+    "prediction_drift": "Drift of the month's churn_probability against the champion's reference predictions.",
+    "weighted_drift": "Importance-weighted PSI of the month (PSI x share of mean |SHAP|, summed).",
+}
+NO_PAST = "warns only: no training month precedes this month to compare it with"
+
+
+def month_verdict(name: str, summary: Mapping[str, Any], thresholds: DriftThresholds) -> CheckVerdict:
+    """Drift check ``name`` on one month. An error in a month that no training month precedes
+    is a warning: the first months of the data are compared with later months, which differ
+    from them as the history fills up (look-back windows, an ageing base), and that is no
+    change retraining could answer."""
+    passed, severity, metadata = DRIFT_CHECKS[name](summary, thresholds)
+    if severity == "ERROR" and summary.get("reference_precedes") is False:
+        severity = "WARN"
+        metadata = {**metadata, "description": f"{metadata['description']}; {NO_PAST}"}
+    return passed, severity, metadata
+
+
 def drift_verdict(summary: Mapping[str, Any], thresholds: DriftThresholds) -> CheckVerdict:
     """The month's drift as one verdict: the worst of the drift checks, with the failing
     ones' descriptions. What the retraining sensor and the run summary call an error is
     exactly what fails a drift check with ERROR."""
-    verdicts = {name: check(summary, thresholds) for name, check in DRIFT_CHECKS.items()}
+    verdicts = {name: month_verdict(name, summary, thresholds) for name in DRIFT_CHECKS}
     worst = max(verdicts.values(), key=lambda v: _SEVERITY_RANK[v[1]])
     failing = {name: v for name, v in verdicts.items() if not v[0]}
     passed, severity = worst[0], worst[1]
@@ -793,12 +821,6 @@ def drift_verdict(summary: Mapping[str, Any], thresholds: DriftThresholds) -> Ch
                             if v[1] == severity or not failing)
     if summary.get("moved_features"):
         description += f"; moved: {summary['moved_features']}"
-    if severity == "ERROR" and summary.get("reference_precedes") is False:
-        # The first months of the data have no past: they are compared with later months,
-        # which differ from them as the history fills up (look-back windows, an ageing
-        # base). That is no change retraining could answer.
-        severity = "WARN"
-        description += "; warns only: no training month precedes this month to compare it with"
     return passed, severity, {
         "failing": sorted(failing),
         "moved_features": summary.get("moved_features") or None,
