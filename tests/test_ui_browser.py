@@ -2,7 +2,7 @@
 
 A small demo (800 customers x 6 months, 2024-01 .. 2024-06) is built in a temporary
 CHURN_HOME with a policy file that makes monitoring/drift's max_psi check fail and its
-drift_share check pass in every month; `churn ui` (dagster dev) serves it on a free port and
+drift_share check pass in every month; `churn ui` (webserver + daemon) serves it on a free port and
 headless Chromium (Debian's `chromium`, driven by Playwright with ``executable_path``;
 Playwright's own browser download is not used) opens the pages. Every test saves
 screenshots under its own tmp_path and prints the folder.

@@ -98,7 +98,7 @@ def tail(path: Path, lines: int = 40) -> str:
 
 
 class DagsterUI:
-    """`churn ui --port PORT` (that is, `dagster dev`) in its own process group."""
+    """`churn ui --port PORT` (the webserver and the daemon) in its own process group."""
 
     def __init__(self, home: Path, log: Path) -> None:
         self.home = home
@@ -112,7 +112,7 @@ class DagsterUI:
         self.process = subprocess.Popen(
             [*churn_command(), "ui", "--port", str(self.port)],
             env=churn_env(self.home), stdout=self._out, stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: dagster dev's children go with it
+            start_new_session=True,  # its own process group: the webserver and daemon go with it
         )
         try:
             self._wait_until_loaded(timeout_s)
