@@ -120,7 +120,7 @@ def test_a_partitioned_check_judges_each_month_and_names_the_failing_ones(churn_
 
     monkeypatch.setattr(cli, "_load_defs", lambda: dg.Definitions(assets=[drift], asset_checks=[psi_by_month]))
     assert cli.main(["check"]) == 0
-    assert "no month has been measured yet" in capsys.readouterr().out
+    assert "no month has been delivered yet" in capsys.readouterr().out
     register_months(get_instance(), [*measured, "2024-04-01"])  # April delivered, not measured
     assert cli.main(["check"]) == 1
     out = capsys.readouterr().out
@@ -130,6 +130,11 @@ def test_a_partitioned_check_judges_each_month_and_names_the_failing_ones(churn_
     assert cli.main(["check"]) == 0
     assert "3 months passed; latest 2024-03: psi 0.2" in capsys.readouterr().out
     # The instance holds one evaluation per month, so the UI shows each month's own result.
+    # A check that crashes is an error, not "nothing measured" (its op is not named like it).
+    measured.clear()
+    measured["2024-01-01"] = "not a number"
+    assert cli.main(["check"]) == 1
+    assert "ERROR    | ERRORED" in capsys.readouterr().out
     records = get_instance().event_log_storage.get_asset_check_execution_history(
         dg.AssetCheckKey(drift.key, "psi"), limit=500)
     judged = sorted((r.partition, r.status.value) for r in records if r.status.value in ("SUCCEEDED", "FAILED"))

@@ -179,9 +179,19 @@ def test_months_become_partitions_on_delivery_and_the_schedule_scores_only_deliv
         assert delivered_months(instance) == []
         landing_sensor(_sensor_context(instance))
         assert delivered_months(instance) == ["2024-02-01", "2024-03-01"]
-        # History delivered late still sorts first: ranges follow the partitions' order.
+        # History delivered late still sorts first (ranges follow the partitions' order), but
+        # not while a run is in flight: its range would gain the month mid-run.
+        from dagster._core.storage.dagster_run import DagsterRun
+
+        running = DagsterRun(job_name="full_refresh", run_id="r1", status=dg.DagsterRunStatus.STARTED)
+        instance.add_run(running)
+        assert register_months(instance, ["2023-12-01"]) == ["2023-12-01"]
+        assert instance.get_dynamic_partitions("months") == ["2024-02-01", "2024-03-01", "2023-12-01"]
+        instance.report_run_failed(running)
         assert register_months(instance, ["2024-01-01"]) == ["2024-01-01"]
-        assert instance.get_dynamic_partitions("months") == ["2024-01-01", "2024-02-01", "2024-03-01"]
+        assert instance.get_dynamic_partitions("months") == ["2023-12-01", "2024-01-01", "2024-02-01", "2024-03-01"]
+        with pytest.raises(ValueError, match="not month partition keys"):
+            register_months(instance, ["2024-05"])
 
         def tick(year: int, month: int):
             when = datetime(year, month, 2, 6, tzinfo=timezone.utc)
@@ -191,4 +201,4 @@ def test_months_become_partitions_on_delivery_and_the_schedule_scores_only_deliv
         assert isinstance(request, dg.RunRequest) and request.partition_key == "2024-03-01"
         skipped = tick(2024, 5)
         assert isinstance(skipped, dg.SkipReason) and "No delivery for 2024-04" in skipped.skip_message
-        assert tick(2024, 2).partition_key == "2024-01-01"
+        assert tick(2024, 1).partition_key == "2023-12-01"

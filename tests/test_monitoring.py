@@ -482,6 +482,8 @@ def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse
         (name, month) for name in ("drift_share", "max_psi", "prediction_drift", "weighted_drift") for month in measured)
     for e in evaluations:
         assert e.metadata["month"].value == e.partition[:7]
+        # Tied to the month's materialization, so the UI counts the result as current for it.
+        assert e.target_materialization_data is not None
         if e.check_name == "max_psi":  # graded on the PSI a feature may page with
             assert e.metadata["value"].value == pytest.approx(paging[e.partition])
 

@@ -37,6 +37,17 @@ def test_reports_are_served_over_http_and_nothing_outside_them(tmp_path, monkeyp
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}{outside}")
             assert refused.value.code == 404
+        # A link out of the folder, a folder listing, a foreign Host (DNS rebinding): refused.
+        (artifacts / "reports" / "escape.json").symlink_to(artifacts / "models" / "secret.json")
+        for path, code in (("/escape.json", 404), ("/", 404), ("/drift/", 404)):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}{path}")
+            assert refused.value.code == code, path
+        rebound = urllib.request.Request(url, headers={"Host": "attacker.example:80"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound)
+        assert refused.value.code == 403
+        assert report_url(artifacts, artifacts / "models" / "secret.json") is None
         request = urllib.request.Request(url, method="PUT", data=b"x")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request)

@@ -87,14 +87,20 @@ def run_all_checks(
     elapsed = time.monotonic() - started
 
     evaluations: dict[tuple, list] = {}
-    errors_by_step = {}
+    errors_by_step: dict[str, str] = {}
+    succeeded: set[str] = set()
     for event in result.all_events:
         if event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             evaluations.setdefault((evaluation.asset_key, evaluation.check_name), []).append(evaluation)
         elif event.event_type_value == "STEP_FAILURE":
             errors_by_step[event.step_key] = failure_message(event.event_specific_data.error)
+        elif event.event_type_value == "STEP_SUCCESS":
+            succeeded.add(event.step_key)
 
+    # The step that runs each check: its op's name (one op may run several checks).
+    step_of = {check_key: checks_def.node_def.name for checks_def in defs.asset_checks or []
+               for check_key in checks_def.check_keys}
     outcomes = []
     for key in declared:
         spec = graph.get_check_spec(key)
@@ -103,13 +109,16 @@ def run_all_checks(
         if found:
             outcomes.append(_outcome(key, found, description, check_result_text))
             continue
-        if spec.partitions_def is not None and not any(key.name in step for step in errors_by_step):
-            outcomes.append(CheckOutcome(asset=key.asset_key.to_user_string(), check=key.name, status="passed",
-                                         severity="ERROR", description="no month has been measured yet"))
+        step = step_of.get(key)
+        if spec.partitions_def is not None and (step in succeeded or not months):
+            # It ran and judged nothing, or there is no month to judge.
+            outcomes.append(CheckOutcome(
+                asset=key.asset_key.to_user_string(), check=key.name, status="passed", severity="ERROR",
+                description="no month has been measured yet" if months else "no month has been delivered yet"))
             continue
         # No evaluation: the check's op raised (its step failed) or never ran.
-        message = next(
-            (msg for step, msg in errors_by_step.items() if key.name in step), None
+        message = errors_by_step.get(step) or next(
+            (msg for name, msg in errors_by_step.items() if key.name in name), None
         )
         outcomes.append(
             CheckOutcome(

@@ -190,6 +190,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         _say(f"Ingestion refused: {error}")
         return 1
     print(report)
+    from churn_assets.cli.runner import get_instance
+    from churn_assets.core.partitions import register_months
+
+    register_months(get_instance(), [report.month])  # a partition from delivery, loaded or not
     if args.no_load:
         return 0
     from churn_assets.cli.runner import materialize
@@ -260,6 +264,12 @@ def cmd_check(args: argparse.Namespace) -> int:
             _say(f"{warehouse.db_path} has no {'.'.join(TRAINING_SET_KEY.path)} yet: run `churn run` first, "
                  "then `churn check`.")
             return 1
+        # The delivered months are the partitions the drift checks judge (a home built before
+        # the months were partitions has them in its deliveries only).
+        from churn_assets.cli.runner import get_instance
+        from churn_assets.core.partitions import register_months
+
+        register_months(get_instance(), _months_to_run())
     outcomes, elapsed = run_all_checks(defs, progress=_say if args.verbose else None)
     if not outcomes:
         _say("No asset checks are defined.")
@@ -282,17 +292,26 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from churn_assets.cli.runner import dagster_home
     from churn_assets.core.paths import REPO_ROOT, WORKSPACE_FILE
 
+    import signal
+
     home = dagster_home()
     port = str(args.port or 3000)
     workspace = ["-w", str(WORKSPACE_FILE)]
     env = os.environ.copy()
+    # SIGTERM (a service manager, `kill`) stops both children as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "--log-level", "warning", *workspace],
                               env=env, cwd=REPO_ROOT)
     _say(f"Dagster UI on http://127.0.0.1:{port} (DAGSTER_HOME={home}); Ctrl-C stops it and the daemon.")
     webserver = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", port,
                                   "--dagster-log-level", "warning", *workspace], env=env, cwd=REPO_ROOT)
     try:
-        return webserver.wait()
+        while True:
+            for name, process in (("webserver", webserver), ("daemon", daemon)):
+                if process.poll() is not None:
+                    _say(f"churn ui: the Dagster {name} exited ({process.returncode}); stopping.")
+                    return process.returncode or 1
+            time.sleep(1)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -10,14 +10,17 @@ single-run backfill is a range of them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 
 from churn_assets.core.project import active_project, month_key  # noqa: F401 (month_key lives with the project's first month)
 
 MONTHS_PARTITION = "months"
+_MONTH_KEY = re.compile(r"\d{4}-(0[1-9]|1[0-2])-01")
 
 # The earliest month a delivery may describe: the active project's first month (churn.yaml's
 # project.first_month; 2023-01 for the built-in one), or CHURN_FIRST_MONTH=YYYY-MM-01.
@@ -32,22 +35,47 @@ def delivered_months(instance: dg.DagsterInstance) -> list[str]:
 
 
 def register_months(instance: dg.DagsterInstance, months: Iterable[str]) -> list[str]:
-    """Make ``months`` partitions; returns the ones that were new.
+    """Make ``months`` (``YYYY-MM-01``) partitions; returns the ones that were new.
 
-    A month that sorts before a registered one (history delivered late) re-adds every month in
-    calendar order: ranges follow the order of addition. Materializations are recorded by key,
-    so re-adding loses nothing."""
-    registered = instance.get_dynamic_partitions(MONTHS_PARTITION)
-    new = sorted(set(months) - set(registered))
-    if not new:
-        return []
-    if registered and new[0] < max(registered):
-        for key in registered:
-            instance.delete_dynamic_partition(MONTHS_PARTITION, key)
-        instance.add_dynamic_partitions(MONTHS_PARTITION, sorted({*registered, *new}))
-    else:
-        instance.add_dynamic_partitions(MONTHS_PARTITION, new)
+    Registrations are serialised by a file lock beside the instance (the CLI, the sensor and
+    the export asset run in different processes). Dagster orders dynamic partitions as added
+    and a single-run backfill is a range of them, so a month that sorts before a registered
+    one (history delivered late) re-adds every month in calendar order, materializations being
+    recorded by key, but only while no run or backfill is in flight: a range re-resolved mid-run
+    would gain the month. Otherwise it is appended, and the order is restored by the next
+    registration made while the instance is idle."""
+    import fcntl
+
+    new_keys = set(months)
+    bad = sorted(k for k in new_keys if not _MONTH_KEY.fullmatch(k))
+    if bad:
+        raise ValueError(f"not month partition keys (YYYY-MM-01): {', '.join(bad)}")
+    lock_path = Path(instance.root_directory) / "months-partitions.lock"
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        registered = instance.get_dynamic_partitions(MONTHS_PARTITION)
+        new = sorted(new_keys - set(registered))
+        wanted = sorted({*registered, *new})
+        if registered + new == wanted:
+            if new:
+                instance.add_dynamic_partitions(MONTHS_PARTITION, new)
+        elif _idle(instance):
+            for key in registered:
+                instance.delete_dynamic_partition(MONTHS_PARTITION, key)
+            instance.add_dynamic_partitions(MONTHS_PARTITION, wanted)
+        elif new:
+            instance.add_dynamic_partitions(MONTHS_PARTITION, new)
     return new
+
+
+def _idle(instance: dg.DagsterInstance) -> bool:
+    """No run queued or in progress and no backfill requested."""
+    from dagster._core.execution.backfill import BulkActionStatus
+
+    active = instance.get_runs(filters=dg.RunsFilter(statuses=[
+        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED]), limit=1)
+    return not active and not instance.get_backfills(status=BulkActionStatus.REQUESTED, limit=1)
 
 
 def month_window(partition_keys: Sequence[str]) -> tuple[date, date]:

@@ -223,10 +223,15 @@ def evaluation_report(context: dg.AssetExecutionContext, config: ModelChoice,
            for name, values in summary["baselines"].items() if values.get("roc_auc") is not None},
         "model_card": dg.MetadataValue.md(card),
         "report_dir": dg.MetadataValue.path(str(folder)),
-        "model_card_url": dg.MetadataValue.url(report_url(artifacts.root_path, folder / "model_card.md")),
-        "report_url": dg.MetadataValue.url(report_url(artifacts.root_path, folder)),
+        **_report_links(artifacts, folder),
         **_plots_metadata(plots),
     })
+
+
+def _report_links(artifacts: ArtifactStore, folder) -> dict[str, dg.MetadataValue]:
+    links = {"model_card_url": report_url(artifacts.root_path, folder / "model_card.md"),
+             "evaluation_url": report_url(artifacts.root_path, folder / EVALUATION_FILE)}
+    return {name: dg.MetadataValue.url(url) for name, url in links.items() if url}
 
 
 def _slice_gap_metadata(gap: dict[str, Any]) -> dict[str, Any]:

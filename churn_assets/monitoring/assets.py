@@ -85,7 +85,9 @@ def drift_month_metadata(summary: dict[str, Any], artifacts_root) -> dict[str, d
         metadata["prediction_drift_score"] = dg.MetadataValue.float(float(summary["prediction_drift_score"]))
     if summary["report_path"]:
         metadata["report"] = dg.MetadataValue.path(summary["report_path"])
-        metadata["report_url"] = dg.MetadataValue.url(report_url(artifacts_root, summary["report_path"]))
+        url = report_url(artifacts_root, summary["report_path"])
+        if url:
+            metadata["report_url"] = dg.MetadataValue.url(url)
     return metadata
 
 
@@ -317,12 +319,30 @@ def drift_summaries(con, months: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def verdict_evaluation(check_key: dg.AssetCheckKey, verdict: CheckVerdict, partition: str,
-                       extra: dict[str, Any]) -> dg.AssetCheckEvaluation:
+                       extra: dict[str, Any], instance: dg.DagsterInstance | None = None) -> dg.AssetCheckEvaluation:
     result = verdict_result(verdict, extra)
     return dg.AssetCheckEvaluation(
         asset_key=check_key.asset_key, check_name=check_key.name, passed=result.passed,
         severity=result.severity, description=result.description, metadata=result.metadata, partition=partition,
+        target_materialization_data=_judged_materialization(instance, check_key.asset_key, partition),
     )
+
+
+def _judged_materialization(instance, asset_key: dg.AssetKey, partition: str):
+    """The month's latest materialization, which the evaluation judges: without it the UI
+    counts the month's check as out of date and shows no status for the partition."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    if instance is None:
+        return None
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1).records
+    if not records:
+        return None
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=records[0].storage_id, run_id=records[0].event_log_entry.run_id, timestamp=records[0].timestamp)
 
 
 def _drift_check_specs() -> list[dg.AssetCheckSpec]:
@@ -335,7 +355,8 @@ def _drift_check_specs() -> list[dg.AssetCheckSpec]:
 
 
 def drift_check_evaluations(warehouse: Warehouse, policy: DriftPolicy, months: list[str],
-                            check_names=tuple(DRIFT_CHECKS)) -> list[dg.AssetCheckEvaluation]:
+                            check_names=tuple(DRIFT_CHECKS),
+                            instance: dg.DagsterInstance | None = None) -> list[dg.AssetCheckEvaluation]:
     """One evaluation per check and measured month of ``months``. A month not measured yet gets
     none: the UI shows it as not evaluated rather than as passed."""
     with warehouse.read() as con:
@@ -343,7 +364,7 @@ def drift_check_evaluations(warehouse: Warehouse, policy: DriftPolicy, months: l
     thresholds = policy.thresholds()
     return [
         verdict_evaluation(dg.AssetCheckKey(DRIFT_KEY, name), month_verdict(name, summaries[month], thresholds),
-                           month, {"month": month[:7], "model_version": summaries[month]["model_version"]})
+                           month, {"month": month[:7], "model_version": summaries[month]["model_version"]}, instance)
         for name in sorted(check_names) for month in months if month in summaries
     ]
 
@@ -352,7 +373,7 @@ def drift_check_evaluations(warehouse: Warehouse, policy: DriftPolicy, months: l
                       description="The drift policy's levels applied to each month's drift summary.")
 def drift_checks(context: dg.AssetCheckExecutionContext, drift_policy: DriftPolicy, warehouse: Warehouse):
     yield from drift_check_evaluations(warehouse, drift_policy, list(context.partition_keys),
-                                       [key.name for key in context.selected_asset_check_keys])
+                                       [key.name for key in context.selected_asset_check_keys], context.instance)
 
 
 @dg.asset_check(asset=REALISED_PERFORMANCE_KEY, name="performance_decay",

@@ -213,12 +213,16 @@ def export_asset(policy: SourcePolicy, project_root: Path) -> dg.AssetsDefinitio
         ),
         metadata={"source_file": dg.MetadataValue.path(str(path))},
     )
-    def export(warehouse: Warehouse) -> dg.MaterializeResult:
+    def export(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+        from churn_assets.core.partitions import register_months
+
         try:
             with warehouse.write() as con:
                 loaded = load_export(con, project_root, policy)
         except ExportError as error:
             raise dg.Failure(str(error)) from None
+        # A new export's months become partitions, whoever materialized it (the UI, a run).
+        register_months(context.instance, [f"{month}-01" for month in loaded["rows_by_month"]])
         return dg.MaterializeResult(metadata={
             **table_metadata(row_count=loaded["rows"], table_name=policy.table),
             "rows_by_month": dg.MetadataValue.json(loaded["rows_by_month"]),
