@@ -124,7 +124,7 @@ def test_a_partitioned_check_judges_each_month_and_names_the_failing_ones(churn_
     register_months(get_instance(), [*measured, "2024-04-01"])  # April delivered, not measured
     assert cli.main(["check"]) == 1
     out = capsys.readouterr().out
-    assert "1 of 3 months failed (2024-02); 2024-02: psi 0.9" in out
+    assert "1 of 3 months failed (error: 2024-02); 2024-02: psi 0.9" in out
 
     measured["2024-02-01"] = 0.3
     assert cli.main(["check"]) == 0

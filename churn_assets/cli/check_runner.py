@@ -140,7 +140,9 @@ def _outcome(key, evaluations: list, description: str, result_text) -> CheckOutc
     shown = worst or max(evaluations, key=lambda e: e.partition or "")
     text = result_text(shown) if worst else (shown.description or description)
     if len(evaluations) > 1 or shown.partition:
-        months = ", ".join((e.partition or "")[:7] for e in failed)
+        by_level = {level: ", ".join((e.partition or "")[:7] for e in failed if e.severity.value == level)
+                    for level in ("ERROR", "WARN")}
+        months = "; ".join(f"{level.lower()}: {names}" for level, names in by_level.items() if names)
         text = (f"{len(failed)} of {len(evaluations)} months failed ({months}); {shown.partition[:7]}: {text}"
                 if failed else f"{len(evaluations)} months passed; latest {(shown.partition or '')[:7]}: {text}")
     return CheckOutcome(

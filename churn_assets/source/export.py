@@ -213,7 +213,8 @@ def export_asset(policy: SourcePolicy, project_root: Path) -> dg.AssetsDefinitio
         ),
         metadata={"source_file": dg.MetadataValue.path(str(path))},
     )
-    def export(context: dg.AssetExecutionContext, warehouse: Warehouse) -> dg.MaterializeResult:
+    # `context` unannotated: this module postpones annotations, and Dagster reads them as strings.
+    def export(context, warehouse: Warehouse) -> dg.MaterializeResult:
         from churn_assets.core.partitions import register_months
 
         try:
