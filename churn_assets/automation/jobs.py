@@ -36,7 +36,8 @@ RAW_LOADED_MARKER = dg.AssetKey(["raw", "subscriptions"])
 RUN_LOGGING = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 # What `churn run` and `churn demo` launch (a subset of it for `churn ingest`): a named job, so
-# the UI shows the run's target and re-executes it from the code location.
+# the UI shows the run's target. (Re-executing a CLI run from the UI is refused: its stored
+# run config names the CLI's progress logger, which the code location does not define.)
 FULL_REFRESH_JOB = "full_refresh"
 full_refresh_job = dg.define_asset_job(
     FULL_REFRESH_JOB,

@@ -236,9 +236,7 @@ def _progress_logger(emit: Callable[[str], None], pool_wait: PoolWait | None = N
                         f"FAILED ({data.severity.value.lower()}): {check_result_text(data)}"
                     )
 
-    # Permissive config: it also stands in for the console logger, whose config
-    # (log_level, name) a named job's default run config sets.
-    @dg.logger(config_schema=dg.Permissive(), description="One line per step and failed check, for the terminal.")
+    @dg.logger(description="One line per step and failed check, for the terminal.")
     def progress(_init_context):
         logger = logging.Logger("churn_progress", level=logging.DEBUG)
         logger.addHandler(ProgressHandler())
@@ -247,14 +245,14 @@ def _progress_logger(emit: Callable[[str], None], pool_wait: PoolWait | None = N
     return progress
 
 
-def _named_job(defs: dg.Definitions) -> tuple[dg.JobDefinition, bool]:
-    """The code location's full_refresh job (so the UI shows what ran and can re-execute it),
-    or the implicit asset job of definitions without it (tests' small graphs); and which."""
+def _named_job(defs: dg.Definitions) -> dg.JobDefinition:
+    """The code location's full_refresh job (so the UI shows what ran), or the implicit asset
+    job of definitions without it (tests' small graphs)."""
     from churn_assets.automation.jobs import FULL_REFRESH_JOB
 
     if any(getattr(job, "name", None) == FULL_REFRESH_JOB for job in defs.jobs or []):
-        return defs.resolve_job_def(FULL_REFRESH_JOB), True
-    return defs.resolve_implicit_global_asset_job_def(), False
+        return defs.resolve_job_def(FULL_REFRESH_JOB)
+    return defs.resolve_implicit_global_asset_job_def()
 
 
 def materialize(
@@ -283,7 +281,7 @@ def materialize(
         register_months(instance, months)
     for run_id in recover_dead_runs(instance):
         emit(f"Run {run_id} died with its process; marked failed and its slots freed.")
-    job, named = _named_job(defs)
+    job = _named_job(defs)
     run_tags = {**(tags or {}), PROCESS_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
     if months:
         ordered = sorted(months)
@@ -291,20 +289,14 @@ def materialize(
         run_tags[PARTITION_RANGE_END] = ordered[-1]
     run_id = make_new_run_id()
     with PoolWait(instance, run_id, emit) as pool_wait:
-        progress_logger = _progress_logger(emit, pool_wait)
-        if named:
-            # A code-location job (full_refresh) keeps its own default run config, so the run
-            # stored in the instance re-executes from the UI; the terminal gets the progress
-            # lines in place of the console logger.
-            job, run_config = job.with_logger_defs({**job.loggers, "console": progress_logger}), None
-        else:
-            job = job.with_logger_defs({**job.loggers, "progress": progress_logger})
-            run_config = {"loggers": {"progress": {}}}
+        # Only the progress logger is configured, so the console logger (kept for the job's
+        # default config) stays silent.
+        job = job.with_logger_defs({**job.loggers, "progress": _progress_logger(emit, pool_wait)})
         return job.execute_in_process(
             instance=instance,
             run_id=run_id,
             asset_selection=list(selection) if selection else None,
             tags=run_tags,
             raise_on_error=raise_on_error,
-            run_config=run_config,
+            run_config={"loggers": {"progress": {}}},
         )
