@@ -34,7 +34,10 @@ def build_defs(policies: Policies | None = None, project: Project | None = None)
     project = project or active_project()
     policies = policies or load_policies(policy_file(project))
     merged = dg.Definitions.merge(*layers(project, policies))
+    executor = {"in_process": dg.in_process_executor,
+                "multiprocess": dg.multiprocess_executor}[policies.project.run_executor]
     return dg.Definitions(
+        executor=executor,
         assets=merged.assets,
         asset_checks=merged.asset_checks,
         jobs=merged.jobs,

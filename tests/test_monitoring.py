@@ -38,7 +38,7 @@ from churn_assets.monitoring.retraining import retraining_reasons
 from churn_assets.scoring.batch import (
     RiskBands,
     ScoringError,
-    score_month,
+    score_months,
     write_predictions,
 )
 from churn_assets.core.warehouse import Warehouse
@@ -99,20 +99,21 @@ def feature_con():
 # -- scoring -------------------------------------------------------------------------------
 
 
-def test_score_month_streams_bounded_batches_with_the_models_probabilities(feature_con):
+def test_score_months_reads_every_month_in_one_query_and_chunks_of_batch_rows(feature_con):
     con, frame = feature_con
     model = StandInModel(frame)
-    batches = list(score_month(con, model, "2024-02", batch_rows=7))
-    scored = pd.concat([b.to_pandas() for b in batches], ignore_index=True)
+    chunks = list(score_months(con, model, ["2024-02", "2024-03-01"], batch_rows=7))
+    scored = pd.concat([c.to_pandas() for c in chunks], ignore_index=True)
 
-    month = frame[frame["snapshot_month"] == date(2024, 2, 1)]
-    assert len(batches) >= 60 // 7 and all(b.num_rows <= 7 for b in batches)
-    assert model.calls == len(batches)
-    assert sorted(scored["customer_id"]) == sorted(month["customer_id"])
-    expected = dict(zip(month["customer_id"], model.predict_proba(month)))
-    assert np.allclose(scored["churn_probability"], scored["customer_id"].map(expected))
-    assert set(scored["model_version"]) == {"stand-in-1"}
-    assert (pd.to_datetime(scored["snapshot_month"]) == pd.Timestamp("2024-02-01")).all()
+    months = frame[frame["snapshot_month"] >= date(2024, 2, 1)]
+    # 120 rows in chunks of exactly 7 (DuckDB's smaller batches are gathered), the last 1.
+    assert [c.num_rows for c in chunks] == [7] * 17 + [1]
+    assert model.calls == len(chunks)
+    assert sorted(zip(scored["customer_id"], scored["snapshot_month"])) == sorted(
+        zip(months["customer_id"], months["snapshot_month"]))
+    expected = dict(zip(zip(months["customer_id"], months["snapshot_month"]), model.predict_proba(months)))
+    assert np.allclose(scored["churn_probability"],
+                       [expected[key] for key in zip(scored["customer_id"], scored["snapshot_month"])])
 
 
 def test_risk_bands_use_the_cut_offs_inclusively():
@@ -134,8 +135,14 @@ def test_write_predictions_replaces_only_its_months(feature_con):
     after = con.execute("SELECT * FROM ml.predictions ORDER BY snapshot_month, customer_id").df()
 
     assert stats.rows == 60 and stats.rows_by_month == {"2024-02": 60}
-    assert stats.largest_batch <= 11 and stats.batches >= 6
+    assert stats.largest_batch == 11 and stats.batches == 6 and stats.path == "frame"
     assert sum(stats.band_counts.values()) == 60
+    stored = after[after["snapshot_month"] == pd.Timestamp("2024-02-01")]
+    assert stats.band_counts == stored["risk_band"].value_counts().reindex(["low", "medium", "high"], fill_value=0).to_dict()
+    assert stats.months["2024-02"].mean_probability == pytest.approx(stored["churn_probability"].mean())
+    assert stats.months["2024-02"].high_risk_share == pytest.approx((stored["risk_band"] == "high").mean())
+    assert set(stored["risk_band"]) <= {"low", "medium", "high"}
+    assert (stored["risk_band"] == RiskBands().assign(stored["churn_probability"].to_numpy())).all()
     assert len(after) == len(before) == 180
     assert con.execute(
         "SELECT count(*) FROM (SELECT customer_id, snapshot_month FROM ml.predictions GROUP BY ALL HAVING count(*) > 1)"

@@ -47,6 +47,18 @@ def test_defaults_and_the_code_location_use_the_same_policies(tmp_path, monkeypa
     assert resources["scoring_policy"].high_risk == defaults.scoring.high_risk
 
 
+def test_launched_runs_execute_in_one_process_unless_the_project_asks_for_isolation(tmp_path, monkeypatch):
+    from churn_assets.definitions import build_defs
+
+    jobs = ("monthly_scoring", "retrain", "data_refresh", "monthly_refresh", "full_refresh")
+    defaults = build_defs(Policies())
+    assert {defaults.resolve_job_def(job).executor_def.name for job in jobs} == {"in_process"}
+    isolated = build_defs(_policies(tmp_path, "project:\n  run_executor: multiprocess\n"))
+    assert {isolated.resolve_job_def(job).executor_def.name for job in jobs} == {"multiprocess"}
+    with pytest.raises(PolicyError, match="project.run_executor"):
+        _policies(tmp_path, "project:\n  run_executor: threads\n")
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("drift:\n  psi_eror: 0.4\n", "drift.psi_eror: Extra inputs are not permitted"),
     ("promotion:\n  margin: lots\n", "promotion.margin: Input should be a valid number"),

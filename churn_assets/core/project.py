@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,6 +36,15 @@ class ProjectSection(BaseModel):
 
     name: str | None = Field(default=None, description="Shown in the CLI's summary; default: the folder's name.")
     first_month: str = Field(default=BUILTIN_FIRST_MONTH, description="Earliest month a delivery may describe (YYYY-MM).")
+    run_executor: Literal["in_process", "multiprocess"] = Field(
+        default="in_process",
+        description=(
+            "How runs launched by the UI, a sensor or the schedule execute their steps: in_process "
+            "(one process: the imports and the code location are paid once per run) or multiprocess "
+            "(a process per step: isolation, at several seconds per step; the steps still queue for "
+            "the warehouse). `churn run` and `churn demo` always run in process."
+        ),
+    )
 
 
 class ProjectError(ValueError):

@@ -42,10 +42,11 @@ def _predictions_asset():
         pool=WAREHOUSE_POOL,
         group_name="ml",
         kinds={"duckdb", "python"},
-        code_version="predictions-v1",
+        code_version="predictions-v2",
         description=(
             "Churn probability and risk band (low / medium / high) of every customer in "
-            "features.customer_features for the month, scored by the champion in Arrow batches."
+            "features.customer_features for the month, scored by the champion in chunks of the "
+            "scoring policy's batch_rows (tree boosters read a matrix built in SQL)."
         ),
         metadata=table_metadata(
             column_schema=table_schema(PREDICTION_COLUMNS, PREDICTION_DESCRIPTIONS), table_name=PREDICTIONS_TABLE
@@ -64,22 +65,16 @@ def _predictions_asset():
         with warehouse.write() as con:
             stats = write_predictions(con, model, months, batch_rows=scoring_policy.batch_rows, bands=bands)
             total = con.execute(f"SELECT count(*) FROM {PREDICTIONS_TABLE}").fetchone()[0]
-            by_month = con.execute(
-                f"SELECT strftime(snapshot_month, '%Y-%m-%d'), count(*), avg(churn_probability), "
-                f"avg(CAST(risk_band = 'high' AS DOUBLE)) FROM {PREDICTIONS_TABLE} "
-                "WHERE snapshot_month BETWEEN CAST(? AS DATE) AND CAST(? AS DATE) GROUP BY 1",
-                [min(months), max(months)],
-            ).fetchall()
         # Each month's own figures, so "plots by partition" draw the series.
-        figures = {month: (0, None, None) for month in months}
-        figures.update({month: (rows, mean, high) for month, rows, mean, high in by_month})
+        by_month = {month: stats.months[month[:7]] for month in months}
         add_partition_metadata(context, {
             month: {
-                "dagster/partition_row_count": dg.MetadataValue.int(int(rows)),
-                **({"mean_churn_probability": dg.MetadataValue.float(round(float(mean), 6)),
-                    "high_risk_share": dg.MetadataValue.float(round(float(high), 6))} if rows else {}),
+                "dagster/partition_row_count": dg.MetadataValue.int(figures.rows),
+                **({"mean_churn_probability": dg.MetadataValue.float(round(figures.mean_probability, 6)),
+                    "high_risk_share": dg.MetadataValue.float(round(figures.high_risk_share, 6))}
+                   if figures.rows else {}),
             }
-            for month, (rows, mean, high) in figures.items()
+            for month, figures in by_month.items()
         })
         context.log.info(
             f"Scored {stats.rows:,} rows of {len(months)} month(s) with {model.version} "
@@ -92,6 +87,7 @@ def _predictions_asset():
             "seconds": dg.MetadataValue.float(round(stats.seconds, 3)),
             "batches": dg.MetadataValue.int(stats.batches),
             "largest_batch_rows": dg.MetadataValue.int(stats.largest_batch),
+            "scoring_path": dg.MetadataValue.text(stats.path),
             **{f"rows_{band}_risk": dg.MetadataValue.int(int(n)) for band, n in stats.band_counts.items()},
             "model_version": dg.MetadataValue.text(str(model.version)),
             "risk_cut_offs": dg.MetadataValue.json({"medium": bands.medium, "high": bands.high}),

@@ -1,17 +1,29 @@
-"""Batch scoring: churn probabilities for every customer of a snapshot month.
+"""Batch scoring: churn probabilities for every customer of the requested snapshot months.
 
-Rows stream out of DuckDB as Arrow record batches, each batch is scored and written
-before the next is read, so memory stays flat however many customers a month holds.
-The model is anything with ``predict_proba(frame) -> array`` and a ``version``; the
-registry's ``LoadedModel`` is one, a small fitted stand-in in a test is another.
+One query reads every requested month; its rows stream out of DuckDB as Arrow and are
+scored in chunks of ``batch_rows`` (DuckDB's reader hands out smaller batches, which are
+gathered), each chunk written before the next is read, so memory stays flat however many
+customers the months hold.
+
+Two paths, chosen per model:
+- the matrix path, for models whose candidate scores a numeric matrix (the tree boosters,
+  ``Candidate.matrix_dtype``): the query itself turns categoricals into the codes of the
+  training levels (an ENUM of the levels: unseen values and NULLs become missing) and casts
+  numerics to the booster's float type, so a chunk goes from Arrow to one numpy matrix to
+  the booster with no DataFrame in between;
+- the frame path, for everything else with ``predict_proba(frame) -> array`` and a
+  ``version`` (the sklearn pipelines, the ensemble, a fitted stand-in in a test).
+Both write the same way: the chunk's ids, months and probabilities go in one INSERT that
+computes the risk band, the model version and the timestamp; the statistics of what was
+written come from one SQL query at the end.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 import dagster as dg
@@ -90,10 +102,17 @@ class ScoringPolicy(dg.ConfigurableResource):
 
     medium_risk: float = Field(default=RiskBands.medium, description="Churn probability from which a customer is medium risk.")
     high_risk: float = Field(default=RiskBands.high, description="Churn probability from which a customer is high risk.")
-    batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, description="Rows per Arrow batch scored at once.")
+    batch_rows: int = Field(default=DEFAULT_BATCH_ROWS, gt=0, description="Rows scored (and held in memory) at once.")
 
     def bands(self) -> RiskBands:
         return RiskBands(medium=self.medium_risk, high=self.high_risk)
+
+
+@dataclass
+class MonthStats:
+    rows: int = 0
+    mean_probability: float | None = None
+    high_risk_share: float | None = None
 
 
 @dataclass
@@ -104,17 +123,18 @@ class ScoringStats:
     batches: int = 0
     largest_batch: int = 0
     seconds: float = 0.0
-    rows_by_month: dict[str, int] = field(default_factory=dict)
+    # "matrix" or "frame": which path scored the rows (see the module's docstring).
+    path: str = "frame"
+    months: dict[str, MonthStats] = field(default_factory=dict)
     band_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RISK_BANDS, 0))
-    probability_sum: float = 0.0
+
+    @property
+    def rows_by_month(self) -> dict[str, int]:
+        return {month: stats.rows for month, stats in self.months.items()}
 
     @property
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def mean_probability(self) -> float | None:
-        return self.probability_sum / self.rows if self.rows else None
 
 
 def model_input_columns(model: Any) -> list[str] | None:
@@ -129,16 +149,64 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _scoring_query(columns: Sequence[str] | None, source: str) -> str:
-    if columns is None:
-        selected = "*"
-    else:
-        keys = [ID_COLUMN, MONTH_COLUMN]
-        selected = ", ".join(_quote(c) for c in keys + [c for c in columns if c not in keys])
-    return f"SELECT {selected} FROM {source} WHERE {MONTH_COLUMN} = CAST($month AS DATE)"
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-def _validated_probabilities(raw: Any, expected_rows: int, month: str) -> np.ndarray:
+# Categorical columns of these DuckDB types are matched against the training levels as text
+# in SQL; any other type (an integer forced categorical, say) is scored on the frame path,
+# where pandas turns it into text exactly as training did.
+_TEXT_TYPES = ("VARCHAR", "ENUM")
+
+
+def _category_text(column: str, duckdb_type: str) -> str | None:
+    """SQL for the text ``categorical_text`` gives a value in training, or None if unsure."""
+    base = duckdb_type.upper().split("(")[0].strip()
+    if base == "BOOLEAN":
+        # pandas writes booleans as 'True' / 'False'; DuckDB's cast gives 'true' / 'false'.
+        return f"CASE WHEN {column} THEN 'True' WHEN NOT {column} THEN 'False' END"
+    if base in _TEXT_TYPES:
+        return f"CAST({column} AS VARCHAR)"
+    return None
+
+
+def matrix_select(model: Any, column_types: Mapping[str, str]) -> tuple[list[str], str] | None:
+    """The SQL expressions of the model's input matrix (one per feature, in the model's order)
+    and the numpy dtype, or None when the model is scored on the frame path.
+
+    A categorical becomes the position of its text among the training levels (the codes a
+    pandas Categorical of those levels has in training), NULL where the value is missing or
+    was never seen; a numeric is cast to the matrix's float type (DECIMALs through DOUBLE,
+    as pandas reads them)."""
+    candidate = getattr(model, "candidate", None)
+    dtype = getattr(candidate, "matrix_dtype", None)
+    spec = getattr(model, "feature_spec", None)
+    if dtype is None or spec is None:
+        return None
+    sql_float = {"float32": "FLOAT", "float64": "DOUBLE"}[dtype]
+    expressions = []
+    for name in spec.roles.categorical:
+        text = _category_text(_quote(name), column_types.get(name, ""))
+        if text is None:
+            return None
+        levels = spec.categories[name]
+        if not levels:
+            expressions.append(f"CAST(NULL AS {sql_float})")
+            continue
+        enum = "ENUM(" + ", ".join(_literal(level) for level in levels) + ")"
+        expressions.append(f"CAST(enum_code(TRY_CAST({text} AS {enum})) AS {sql_float})")
+    for name in spec.roles.numeric:
+        if name not in column_types:
+            return None
+        expressions.append(f"CAST(CAST({_quote(name)} AS DOUBLE) AS {sql_float})")
+    return expressions, dtype
+
+
+def _month_filter(months: Sequence[str]) -> str:
+    return f"{MONTH_COLUMN} IN (" + ", ".join(f"DATE {_literal(m)}" for m in months) + ")"
+
+
+def _validated_probabilities(raw: Any, expected_rows: int, where: str) -> np.ndarray:
     import numpy as np
 
     probabilities = np.asarray(raw, dtype="float64")
@@ -148,72 +216,112 @@ def _validated_probabilities(raw: Any, expected_rows: int, month: str) -> np.nda
     probabilities = probabilities.ravel()
     if probabilities.size != expected_rows:
         raise ScoringError(
-            f"Model returned {probabilities.size} probabilities for {expected_rows} rows of {month}"
+            f"Model returned {probabilities.size} probabilities for {expected_rows} rows of {where}"
         )
     bad = ~np.isfinite(probabilities) | (probabilities < 0) | (probabilities > 1)
     if bad.any():
         rows = np.flatnonzero(bad)[:5].tolist()
         raise ScoringError(
-            f"Model returned values outside [0, 1] (or NaN) for {int(bad.sum())} rows of {month}, "
+            f"Model returned values outside [0, 1] (or NaN) for {int(bad.sum())} rows of {where}, "
             f"first batch rows {rows}"
         )
     return probabilities
 
 
-def score_month(
+def _chunks(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """Tables of exactly ``rows`` rows (the last one fewer) from a reader's smaller batches."""
+    import pyarrow as pa
+
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in reader:
+        while batch.num_rows:
+            take = min(batch.num_rows, rows - held)
+            pending.append(batch.slice(0, take))
+            held += take
+            batch = batch.slice(take)
+            if held == rows:
+                yield pa.Table.from_batches(pending)
+                pending, held = [], 0
+    if held:
+        yield pa.Table.from_batches(pending)
+
+
+def _columns_of(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str]:
+    return {name: kind for name, kind, *_ in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+
+
+def _matrix(chunk: pa.Table, first: int, dtype: str) -> np.ndarray:
+    """Columns ``first..`` of ``chunk`` as one C-ordered matrix; nulls become NaN."""
+    import numpy as np
+
+    out = np.empty((chunk.num_rows, chunk.num_columns - first), dtype=dtype)
+    for position in range(first, chunk.num_columns):
+        out[:, position - first] = chunk.column(position).to_numpy()
+    return out
+
+
+def score_months(
     con: duckdb.DuckDBPyConnection,
     model: ScoringModel,
-    month: str,
+    months: Iterable[str],
     *,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    bands: RiskBands | None = None,
-    scored_at: datetime | None = None,
     source: str = FEATURES_TABLE,
-) -> Iterator[pa.RecordBatch]:
-    """Predictions for one snapshot month, one Arrow record batch per feature batch.
+    stats: ScoringStats | None = None,
+) -> Iterator[pa.Table]:
+    """(customer_id, snapshot_month, churn_probability) of every row of ``months`` in ``source``,
+    in tables of ``batch_rows`` rows, read by one query on ``con``.
 
-    Each batch has the ``ml.predictions`` columns. The read runs on ``con``; a caller that
-    writes while iterating should pass a separate cursor (``con.cursor()``) here, since a
-    new statement on the same connection ends the pending result.
+    A caller that writes while iterating passes a separate cursor (``con.cursor()``): a new
+    statement on the same connection ends the pending result. ``stats`` (if given) records
+    the path and the chunks.
     """
     import pyarrow as pa
 
     if batch_rows < 1:
         raise ScoringError(f"batch_rows must be a positive number of rows, got {batch_rows}")
-    version = getattr(model, "version", None)
-    if not version:
-        raise ScoringError("The model has no version: only registered models may write predictions")
-    bands = bands or RiskBands()
-    scored_at = scored_at or datetime.now(timezone.utc).replace(tzinfo=None)
-    partition = month_key(month)
-    month_value = date.fromisoformat(partition)
-    reader = con.sql(
-        _scoring_query(model_input_columns(model), source), params={"month": partition}
-    ).to_arrow_reader(batch_rows)
-    for batch in reader:
-        if batch.num_rows == 0:
-            continue
-        frame = batch.to_pandas()
-        probabilities = _validated_probabilities(
-            model.predict_proba(frame), batch.num_rows, partition[:7]
-        )
-        yield pa.RecordBatch.from_arrays(
-            [
-                batch.column(ID_COLUMN).cast(pa.string()),
-                pa.array([month_value] * batch.num_rows, type=pa.date32()),
-                pa.array(probabilities, type=pa.float64()),
-                pa.array(bands.assign(probabilities), type=pa.string()),
-                pa.array([str(version)] * batch.num_rows, type=pa.string()),
-                pa.array([scored_at] * batch.num_rows, type=pa.timestamp("us")),
-            ],
-            names=list(PREDICTION_COLUMNS),
-        )
+    partitions = sorted({month_key(m) for m in months})
+    if not partitions:
+        raise ScoringError("No months to score")
+    stats = stats if stats is not None else ScoringStats()
+    keys = [_quote(ID_COLUMN), _quote(MONTH_COLUMN)]
+    plan = matrix_select(model, _columns_of(con, source))
+    if plan is not None:
+        expressions, dtype = plan
+        stats.path = "matrix"
+        selected = keys + expressions
+    else:
+        columns = model_input_columns(model)
+        selected = ["*"] if columns is None else keys + [
+            _quote(c) for c in columns if c not in (ID_COLUMN, MONTH_COLUMN)]
+    query = f"SELECT {', '.join(selected)} FROM {source} WHERE {_month_filter(partitions)}"
+    where = ", ".join(p[:7] for p in partitions)
+    for chunk in _chunks(con.sql(query).to_arrow_reader(batch_rows), batch_rows):
+        if plan is not None:
+            raw = model.predict_proba_matrix(_matrix(chunk, 2, dtype))
+        else:
+            raw = model.predict_proba(chunk.to_pandas())
+        probabilities = _validated_probabilities(raw, chunk.num_rows, where)
+        stats.batches += 1
+        stats.largest_batch = max(stats.largest_batch, chunk.num_rows)
+        yield pa.table({
+            ID_COLUMN: chunk.column(ID_COLUMN).cast(pa.string()),
+            MONTH_COLUMN: chunk.column(MONTH_COLUMN).cast(pa.date32()),
+            "churn_probability": pa.array(probabilities, type=pa.float64()),
+        })
 
 
 def ensure_predictions_table(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE SCHEMA IF NOT EXISTS ml")
     body = ", ".join(f"{name} {kind}" for name, kind in PREDICTION_COLUMNS.items())
     con.execute(f"CREATE TABLE IF NOT EXISTS {PREDICTIONS_TABLE} ({body})")
+
+
+def risk_band_sql(probability: str, bands: RiskBands) -> str:
+    """The risk band of ``probability`` in SQL, with the same inclusive cut-offs as ``RiskBands``."""
+    return (f"CASE WHEN {probability} >= {bands.high!r} THEN 'high' "
+            f"WHEN {probability} >= {bands.medium!r} THEN 'medium' ELSE 'low' END")
 
 
 def write_predictions(
@@ -227,48 +335,48 @@ def write_predictions(
 ) -> ScoringStats:
     """Replace the predictions of ``months`` with fresh scores from ``model``.
 
-    Runs in the caller's transaction (``warehouse.write()``): the delete and every batch
+    Runs in the caller's transaction (``warehouse.write()``): the delete and every chunk's
     insert commit together, so a failure leaves the previous predictions in place. Features
     stream through a second connection to the same database, so they must be committed
     before this transaction began (they are: features.customer_features is its own asset).
     """
-    import numpy as np
-    import pyarrow as pa
-
     partitions = sorted({month_key(m) for m in months})
     if not partitions:
         raise ScoringError("No months to score")
+    version = getattr(model, "version", None)
+    if not version:
+        raise ScoringError("The model has no version: only registered models may write predictions")
+    bands = bands or RiskBands()
     ensure_predictions_table(con)
     scored_at = datetime.now(timezone.utc).replace(tzinfo=None)
     stats = ScoringStats()
     started = time.perf_counter()
+    con.execute(f"DELETE FROM {PREDICTIONS_TABLE} WHERE {_month_filter(partitions)}")
+    insert = (
+        f"INSERT INTO {PREDICTIONS_TABLE} SELECT {ID_COLUMN}, {MONTH_COLUMN}, churn_probability, "
+        f"{risk_band_sql('churn_probability', bands)}, $version, $scored_at FROM prediction_chunk"
+    )
     reader_con = con.cursor()
     try:
-        for partition in partitions:
-            con.execute(
-                f"DELETE FROM {PREDICTIONS_TABLE} WHERE snapshot_month = CAST(? AS DATE)", [partition]
-            )
-            written = 0
-            for batch in score_month(
-                reader_con, model, partition, batch_rows=batch_rows, bands=bands,
-                scored_at=scored_at, source=source,
-            ):
-                con.register("prediction_batch", pa.Table.from_batches([batch]))
-                try:
-                    con.execute(f"INSERT INTO {PREDICTIONS_TABLE} SELECT * FROM prediction_batch")
-                finally:
-                    con.unregister("prediction_batch")
-                written += batch.num_rows
-                stats.batches += 1
-                stats.largest_batch = max(stats.largest_batch, batch.num_rows)
-                bands_column = batch.column("risk_band").to_numpy(zero_copy_only=False)
-                names, counts = np.unique(bands_column, return_counts=True)
-                for name, count in zip(names, counts):
-                    stats.band_counts[str(name)] += int(count)
-                stats.probability_sum += float(np.sum(batch.column("churn_probability").to_numpy()))
-            stats.rows_by_month[partition[:7]] = written
-            stats.rows += written
+        for chunk in score_months(reader_con, model, partitions, batch_rows=batch_rows,
+                                  source=source, stats=stats):
+            con.register("prediction_chunk", chunk)
+            try:
+                con.execute(insert, {"version": str(version), "scored_at": scored_at})
+            finally:
+                con.unregister("prediction_chunk")
     finally:
         reader_con.close()
+    stats.months = {p[:7]: MonthStats() for p in partitions}
+    band_columns = ", ".join(f"count(*) FILTER (WHERE risk_band = {_literal(b)})" for b in RISK_BANDS)
+    for month, rows, mean, high, *per_band in con.execute(
+        f"SELECT strftime({MONTH_COLUMN}, '%Y-%m'), count(*), avg(churn_probability), "
+        f"avg(CAST(risk_band = 'high' AS DOUBLE)), {band_columns} "
+        f"FROM {PREDICTIONS_TABLE} WHERE {_month_filter(partitions)} GROUP BY 1"
+    ).fetchall():
+        stats.months[month] = MonthStats(rows=rows, mean_probability=mean, high_risk_share=high)
+        for band, count in zip(RISK_BANDS, per_band, strict=True):
+            stats.band_counts[band] += count
+    stats.rows = sum(figures.rows for figures in stats.months.values())
     stats.seconds = time.perf_counter() - started
     return stats

@@ -69,6 +69,10 @@ class ChurnModel:
         """Calibrated churn probabilities, one per row of ``frame``."""
         return apply_calibration(self.calibration, self.predict_raw(frame))
 
+    def predict_proba_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Calibrated churn probabilities of a feature matrix (``Candidate.predict_matrix``)."""
+        return apply_calibration(self.calibration, self.candidate.predict_matrix(self, matrix))
+
 
 
 # -- metrics and calibration ------------------------------------------------------------

@@ -71,6 +71,9 @@ class Candidate:
     # ``contributions`` gives exact attributions (TreeSHAP); otherwise the permutation fallback.
     exact_explanations: ClassVar[bool] = False
     Params: ClassVar[type[CandidateParams]] = CandidateParams
+    # Set (to "float32" or "float64") when ``predict_matrix`` scores a plain numeric matrix:
+    # batch scoring then builds the matrix in SQL instead of going through a DataFrame.
+    matrix_dtype: ClassVar[str | None] = None
 
     def params(self, overrides: dict[str, Any] | None = None) -> CandidateParams:
         return self.Params(**(overrides or {}))
@@ -79,6 +82,13 @@ class Candidate:
         raise NotImplementedError
 
     def predict_raw(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
+        """Uncalibrated churn probabilities of a ``matrix_dtype`` matrix with the model's features
+        as columns, in ``feature_spec.roles.features`` order: each categorical as the position of
+        its value among ``feature_spec.categories`` (NaN when missing or unseen), as the codes
+        of the pandas Categorical that ``model.features`` builds, and numerics as numbers."""
         raise NotImplementedError
 
     def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:

@@ -144,12 +144,17 @@ class LightGBMCandidate(Candidate):
     description = "LightGBM with native categorical splits, early stopping and (on small data) CV-chosen rounds."
     Params = LightGBMParams
     exact_explanations = True
+    # LightGBM compares in double precision; its categorical splits read category codes.
+    matrix_dtype = "float64"
 
     def fit(self, split: Split, spec: FeatureSpec, params: LightGBMParams, context: FitContext) -> ChurnModel:
         return train_lightgbm(split, spec, seed=context.seed, **params.model_dump())
 
     def predict_raw(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
         return model.estimator.predict(model.features(frame))
+
+    def predict_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
+        return model.estimator.predict(matrix)
 
     def save(self, model: ChurnModel, folder: Path) -> str:
         model.estimator.save_model(str(folder / MODEL_FILE))

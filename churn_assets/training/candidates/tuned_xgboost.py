@@ -329,6 +329,8 @@ class TunedXGBoostCandidate(Candidate):
     description = "XGBoost tuned by an Optuna study (seeded TPE, pruning, early stopping)."
     model_file = "model.ubj"
     exact_explanations = True
+    # XGBoost works in float32; its categorical splits read category codes.
+    matrix_dtype = "float32"
 
     def fit(self, split: Split, spec: FeatureSpec, params: CandidateParams, context: FitContext) -> ChurnModel:
         storage = storage_url_for(context.study_dir) if context.study_dir else None
@@ -358,6 +360,10 @@ class TunedXGBoostCandidate(Candidate):
 
         matrix = xgb.DMatrix(model.features(frame), enable_categorical=True, nthread=model.params.get("nthread", 2))
         return model.estimator.predict(matrix)
+
+    def predict_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
+        # No DMatrix: the booster reads the float32 array in place (categoricals as codes).
+        return model.estimator.inplace_predict(matrix)
 
     def save(self, model: ChurnModel, folder: Path) -> str:
         model.estimator.save_model(str(folder / self.model_file))

@@ -1,0 +1,77 @@
+"""Batch scoring's matrix path (category codes and float casts in SQL, the booster fed a numpy
+matrix) gives exactly the probabilities of the model's own DataFrame path."""
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from churn_assets.scoring.batch import matrix_select, write_predictions
+from churn_assets.training.candidates.lightgbm_model import train_lightgbm
+from churn_assets.training.candidates.tuned_xgboost import train_xgboost
+from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+from churn_assets.training.sample_data import synthetic_training_frame
+from churn_assets.training.split import split_training_set
+
+
+@pytest.fixture(scope="module")
+def training():
+    frame = synthetic_training_frame(n_customers=300, n_months=4, seed=5)
+    frame["plan"] = np.where(frame["monthly_charges"] > 60, "it's premium", "basic")  # a quote in a level
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    split = split_training_set(frame, roles)
+    return frame, split, build_feature_spec(split.train, roles)
+
+
+def scoring_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The training rows plus what training never saw: unseen levels, missing values, DECIMAL."""
+    rows = frame.drop(columns="churned").copy()
+    rows.loc[rows.index[:5], "contract"] = "Three year"
+    rows.loc[rows.index[5:10], "contract"] = None
+    rows["paperless_billing"] = rows["paperless_billing"].astype("object")
+    rows.loc[rows.index[10:15], "paperless_billing"] = None
+    rows.loc[rows.index[15:20], "monthly_charges"] = np.nan
+    return rows
+
+
+def feature_table(rows: pd.DataFrame) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA features")
+    con.register("rows", rows)
+    # A DECIMAL numeric, as a user's SQL model may well produce.
+    con.execute("CREATE TABLE features.customer_features AS SELECT * REPLACE "
+                "(CAST(monthly_charges AS DECIMAL(10, 2)) AS monthly_charges) FROM rows")
+    con.unregister("rows")
+    return con
+
+
+@pytest.mark.parametrize("algorithm", ["xgboost", "lightgbm"])
+def test_the_matrix_path_scores_exactly_as_the_frame_path(training, algorithm):
+    frame, split, spec = training
+    if algorithm == "xgboost":
+        model = train_xgboost(split, spec, {"eta": 0.3, "max_depth": 4}, max_rounds=30, nthread=1)
+    else:
+        model = train_lightgbm(split, spec, max_rounds=30)
+    model.version = f"{algorithm}-test"
+    con = feature_table(scoring_rows(frame))
+    months = [str(m.date()) for m in sorted(frame["snapshot_month"].unique())]
+
+    stats = write_predictions(con, model, months, batch_rows=97)
+
+    assert stats.path == "matrix" and stats.rows == len(frame) and stats.largest_batch == 97
+    stored = con.execute("SELECT * FROM ml.predictions").df()
+    features = con.execute("SELECT * FROM features.customer_features").df()
+    expected = pd.Series(model.predict_proba(features),
+                         index=pd.MultiIndex.from_frame(features[["customer_id", "snapshot_month"]]))
+    got = stored.set_index(["customer_id", "snapshot_month"])["churn_probability"]
+    np.testing.assert_array_equal(got.to_numpy(), expected.reindex(got.index).to_numpy())
+
+
+def test_types_the_sql_cannot_turn_into_training_text_use_the_frame_path(training):
+    frame, split, spec = training
+    model = train_xgboost(split, spec, {"eta": 0.3, "max_depth": 2}, max_rounds=5, nthread=1)
+    types = {name: "VARCHAR" for name in spec.roles.categorical} | {name: "DOUBLE" for name in spec.roles.numeric}
+    assert matrix_select(model, types) is not None
+    # An integer forced categorical: pandas writes 1.0 for an integer column with NULLs, so
+    # only pandas can reproduce the training text.
+    assert matrix_select(model, types | {spec.roles.categorical[0]: "INTEGER"}) is None
