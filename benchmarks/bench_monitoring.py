@@ -1,15 +1,10 @@
-"""Batch scoring throughput and memory, and drift computation time.
+"""Drift computation time (batch scoring: bench_scoring.py, which uses this file's synthetic
+feature rows and memory sampler).
 
-    uv run python benchmarks/bench_monitoring.py [--customers 1000000] [--drift-rows 100000]
+    uv run python benchmarks/bench_monitoring.py [--drift-rows 100000]
 
-1. Builds a synthetic month of ``--customers`` feature rows (the columns of
-   features.customer_features) in a temporary DuckDB, trains a small XGBoost ChurnModel
-   on a 20k sample, and scores the month with ``write_predictions`` at several batch
-   sizes, next to the naive "fetch the whole month as one DataFrame" approach. Peak memory
-   is the process's resident set size sampled every 10 ms, above the level before the
-   step (DuckDB and XGBoost allocate outside Python, so tracemalloc would miss them).
-2. Times drift for ``--drift-rows`` reference rows vs as many current rows over every
-   feature: PSI (numpy), Evidently's per-column tests, and Evidently's HTML report.
+Times drift for ``--drift-rows`` reference rows vs as many current rows over every
+feature: PSI (numpy), Evidently's per-column tests, and Evidently's HTML report.
 
 Prints Markdown tables.
 """
@@ -129,58 +124,6 @@ def peak_memory(result: dict):
         result["peak_mib"] = (max(peak[0], rss_bytes()) - baseline) / 2**20
 
 
-def train_model(con):
-    from churn_assets.training.candidates.tuned_xgboost import train_xgboost
-    from churn_assets.training.columns import RoleSettings, build_feature_spec, infer_roles
-    from churn_assets.training.split import SplitSettings, split_training_set
-
-    sample = con.execute("SELECT * FROM features.customer_features USING SAMPLE 20000 ROWS (reservoir, 7)").df()
-    types = dict(con.execute(
-        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'customer_features'"
-    ).fetchall())
-    roles = infer_roles(types, RoleSettings())
-    split = split_training_set(sample, roles, SplitSettings(seed=7))
-    spec = build_feature_spec(split.train, roles)
-    model = train_xgboost(split, spec, {"eta": 0.2, "max_depth": 4}, max_rounds=60, nthread=2)
-    model.version = "bench-xgboost"
-    return model
-
-
-def bench_scoring(customers: int, batch_sizes: list[int]) -> list[dict]:
-    import duckdb
-
-    from churn_assets.scoring.batch import write_predictions
-
-    rows = []
-    with tempfile.TemporaryDirectory() as folder:
-        con = duckdb.connect(str(Path(folder) / "bench.duckdb"), config={"threads": 2})
-        con.execute("CREATE SCHEMA features")
-        started = time.perf_counter()
-        con.execute(f"CREATE TABLE features.customer_features AS {feature_sql(customers, '2024-06-01')}")
-        print(f"built {customers:,} feature rows in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-        model = train_model(con)
-        write_predictions(con, model, ["2024-06"], batch_rows=10_000)  # warm-up: imports, first DMatrix
-        for batch_rows in batch_sizes:
-            measured: dict = {}
-            with peak_memory(measured):
-                con.execute("BEGIN TRANSACTION")
-                stats = write_predictions(con, model, ["2024-06"], batch_rows=batch_rows)
-                con.execute("COMMIT")
-            rows.append({"approach": f"streamed, batch_rows={batch_rows:,}", "rows": stats.rows,
-                         "batches": stats.batches, **measured})
-        measured = {}
-        with peak_memory(measured):
-            frame = con.execute(
-                "SELECT * FROM features.customer_features WHERE snapshot_month = DATE '2024-06-01'"
-            ).df()
-            probabilities = model.predict_proba(frame)
-            del frame
-        rows.append({"approach": "whole month as one DataFrame (no write)", "rows": len(probabilities),
-                     "batches": 1, **measured})
-        con.close()
-    return rows
-
-
 def bench_drift(rows: int) -> list[dict]:
     import duckdb
 
@@ -236,22 +179,11 @@ def bench_drift(rows: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--customers", type=int, default=1_000_000)
-    parser.add_argument("--batch-rows", type=int, nargs="+", default=[25_000, 100_000, 250_000])
     parser.add_argument("--drift-rows", type=int, default=100_000)
-    parser.add_argument("--skip-scoring", action="store_true")
     parser.add_argument("--skip-drift", action="store_true")
     args = parser.parse_args()
 
     print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs\n")
-    if not args.skip_scoring:
-        print(f"## Batch scoring: {args.customers:,} customers in one month, XGBoost (60 rounds, depth 4)\n")
-        print("| approach | rows | batches | seconds | rows/s | peak memory above start (MiB) |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for row in bench_scoring(args.customers, args.batch_rows):
-            print(f"| {row['approach']} | {row['rows']:,} | {row['batches']} | {row['seconds']:.1f} | "
-                  f"{row['rows'] / row['seconds']:,.0f} | {row['peak_mib']:.0f} |")
-        print()
     if not args.skip_drift:
         print(f"## Drift: {args.drift_rows:,} reference vs {args.drift_rows:,} current rows, "
               f"{len(NUMERIC)} numeric + {len(CATEGORICAL)} categorical features\n")

@@ -242,7 +242,12 @@ def feature_frame(frame: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
         raise RolesError(f"Scoring frame lacks feature column(s) {', '.join(missing)}")
     out = {}
     for name in spec.roles.categorical:
-        out[name] = pd.Categorical(categorical_text(frame[name]), categories=spec.categories[name])
+        values = frame[name]
+        if isinstance(values.dtype, pd.CategoricalDtype) and list(values.dtype.categories) == spec.categories[name]:
+            # Already this spec's input (an ensemble hands its members one shared frame).
+            out[name] = values
+            continue
+        out[name] = pd.Categorical(categorical_text(values), categories=spec.categories[name])
     for name in spec.roles.numeric:
         try:
             out[name] = pd.to_numeric(frame[name], errors="raise").astype("float64")

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from churn_assets.training.candidates.base import Candidate, CandidateParams, CandidateSkipped, FitContext
+from churn_assets.training.columns import feature_frame
 from churn_assets.training.model import (
     ChurnModel,
     choose_calibration,
@@ -64,6 +65,10 @@ class StackedModel:
     def margin(self, frame: pd.DataFrame) -> np.ndarray:
         import numpy as np
 
+        specs = {json.dumps(m.feature_spec.to_dict(), sort_keys=True) for m in self.members}
+        if len(specs) == 1:
+            # The members read the same columns: turn the rows into their input once, not per member.
+            frame = feature_frame(frame, self.members[0].feature_spec)
         margins = np.column_stack([m.candidate.margin(m, frame) for m in self.members])
         return margins @ np.asarray(self.coef) + self.intercept
 
