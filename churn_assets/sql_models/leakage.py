@@ -585,7 +585,13 @@ def check_point_in_time(
     sampled = dependency is not None and sample is not None and not full_recompute
     sampled_sql, counting_sql, restricted = None, None, []
     if sampled:
-        counting_sql = count_sql(sql, month_column)
+        # The count reads the model's direct inputs truncated at their time columns (stored
+        # upstream models are not recomputed from raw: deduplicating all history again is
+        # most of the cost), with the joins that cannot change it dropped.
+        direct_sql = sql if not inline_upstream_models else _point_in_time_sql(
+            models, sql_dir, model, time_columns, False
+        )[0]
+        counting_sql = count_sql(direct_sql, month_column)
         sampled_sql, _, _, restricted = _point_in_time_sql(
             models, sql_dir, model, time_columns, inline_upstream_models,
             entity=dependency.entity, relation_columns=_relation_columns(con),
