@@ -27,6 +27,7 @@ from churn_assets.sql_models import (
     transpile_report,
 )
 from churn_assets.sql_models import manifest as manifest_module
+from churn_assets.sql_models.loader import RowDependency
 
 RAW_KEYS = [dg.AssetKey(["raw", name]) for name in ("customers", "subscriptions", "events", "cancellations")]
 
@@ -315,8 +316,39 @@ def test_code_version_follows_sql_and_config_only(tmp_path):
         ),
         RAW_KEYS,
     ).models[0].code_version
-    assert first == described
+    # row_depends_on only informs the point-in-time check: the model computes the same.
+    declared = load_sql_project(
+        write_sql_dir(
+            tmp_path / "e",
+            {**files, "staging/_models.yml": "models:\n  - name: t\n    config: {row_depends_on: {entity: x}}"},
+        ),
+        RAW_KEYS,
+    ).models[0]
+    assert declared.config.row_depends_on == RowDependency("x")
+    assert first == described == declared.code_version
     assert len({first, changed_sql, changed_config}) == 3
+
+
+@pytest.mark.parametrize(
+    ("row_depends_on", "message"),
+    [
+        ("customer_id", "`row_depends_on` must be a mapping"),
+        ("{entity: customer_id, global: [x]}", r"unknown `row_depends_on` key\(s\) \['global'\]"),
+        ("{globals: [raw.x]}", "`row_depends_on.entity` must be a column name, got None"),
+        ("{entity: 'customer id'}", "`row_depends_on.entity` must be a column name"),
+        ("{entity: customer_id, globals: raw.x}", "`row_depends_on.globals` must be a list"),
+        ("{entity: customer_id, globals: [a.b.c]}", "entries are a relation \\(schema.table\\) or a CTE name"),
+        ("{entity: customer_id, globals: [observed, OBSERVED]}", "lists a name twice"),
+    ],
+)
+def test_row_depends_on_is_validated(tmp_path, row_depends_on, message):
+    files = {
+        "staging/t.sql": "SELECT 1 AS customer_id",
+        "staging/_models.yml": f"models:\n  - name: t\n    config: {{row_depends_on: {row_depends_on}}}",
+    }
+    with pytest.raises(SqlProjectError, match=message) as error:
+        load_sql_project(write_sql_dir(tmp_path, files), RAW_KEYS, use_cache=False)
+    assert "_models.yml: model 't'" in str(error.value) and "\n" not in str(error.value)
 
 
 # --- materialization -----------------------------------------------------------------------
@@ -683,6 +715,8 @@ CACHED_FILES = {
         models:
           - name: dated
             description: "42"
+            config:
+              row_depends_on: {entity: label, globals: [raw.crm_notes]}
             columns:
               - name: d
                 tests:
@@ -750,6 +784,7 @@ def test_cached_load_gives_the_same_project_as_parsing(tmp_path, churn_home, cou
     date_values, label_values = (t.args["values"] for t in dated.tests)
     assert [type(v).__name__ for v in date_values] == ["date", "datetime"]
     assert label_values == ["x", 3, 1.5, True, None]
+    assert dated.config.row_depends_on == RowDependency("label", ("raw.crm_notes",))
     assert warm.external_asset_keys == (dg.AssetKey(["raw", "crm_notes"]),)
     assert dg.AssetKey(["staging", "customers"]) in dict(
         (t.check_name, t.to_key) for t in warm.model("staging.people").tests

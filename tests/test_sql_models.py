@@ -546,6 +546,190 @@ def test_point_in_time_check_reports_what_is_wrong(random_warehouse, tmp_path):
         check_point_in_time(empty, SQL_DIR)
 
 
+def project_with(tmp_path, name: str, sql: str, config: dict) -> Path:
+    """A copy of sql/ with one more features model (its YAML beside it), in its own folder
+    (``sql_project`` caches a folder's project)."""
+    sql_dir = tmp_path / name / "sql"
+    shutil.copytree(SQL_DIR, sql_dir)
+    (sql_dir / "features" / f"{name}.sql").write_text(sql)
+    (sql_dir / "features" / f"{name}.yml").write_text(yaml.safe_dump({"models": [{
+        "name": name,
+        "config": {"materialized": "incremental", "partition_by": "snapshot_month", **config},
+        "tests": [{"unique": {"columns": ["customer_id", "snapshot_month"]}}],
+    }]}))
+    return sql_dir
+
+
+PER_CUSTOMER = {"row_depends_on": {"entity": "customer_id"}}
+
+
+def test_sampled_check_agrees_with_the_full_recompute_on_the_project_models(random_warehouse):
+    """The built-in models declare row_depends_on: {entity: customer_id}; recomputing only
+    the sampled customers gives the full recompute's verdict, and with every customer
+    sampled it compares exactly the rows the full recompute compares."""
+    months = ["2024-02", "2024-05", "2024-07"]
+    for model in ("features.customer_features", "staging.subscriptions", "staging.events"):
+        sampled = check_point_in_time(random_warehouse, SQL_DIR, model, months=months, sample=40)
+        assert sampled.passed and sampled.method == "sampled customer_id", (model, sampled.summary())
+        everyone = check_point_in_time(random_warehouse, SQL_DIR, model, months=months, sample=100_000)
+        full = check_point_in_time(random_warehouse, SQL_DIR, model, months=months, sample=None)
+        assert full.method == "full month" and full.passed
+        assert (everyone.passed, everyone.rows_compared, everyone.mismatches) == (
+            full.passed, full.rows_compared, full.mismatches), model
+    features = check_point_in_time(random_warehouse, SQL_DIR, months=months, sample=40)
+    assert sorted(features.restricted_relations) == ["raw.customers", "raw.events", "raw.subscriptions"]
+    assert features.rows_compared == 120  # one row per sampled customer and month
+    # The old way stays reachable and agrees.
+    old = check_point_in_time(random_warehouse, SQL_DIR, months=months, sample=40, full_recompute=True)
+    assert old.passed and old.method == "full month" and old.rows_compared == 120
+    # Labels share one global value (the latest observed month): read whole, not restricted.
+    from churn_assets.sql_models.leakage import point_in_time_sql
+
+    sql, _, _ = point_in_time_sql(SQL_DIR, "features.labels", sampled_entities=True)
+    assert "__pit_raw__events AS (SELECT * FROM raw.events WHERE event_time < $pit_cutoff)" in sql
+    assert "__pit_raw__subscriptions__sample AS (SELECT * FROM raw.subscriptions WHERE " \
+           "snapshot_month < $pit_cutoff AND customer_id IN (SELECT UNNEST($pit_entities)))" in sql
+
+
+def test_sampled_check_still_catches_the_leaky_model(random_warehouse, tmp_path):
+    sql_dir = project_with(tmp_path, "leaky_declared", LEAKY_SQL, PER_CUSTOMER)
+    build_models(random_warehouse, sql_dir, models=["features.leaky_declared"])
+    result = check_point_in_time(random_warehouse, sql_dir, "features.leaky_declared", months=["2024-03"], sample=30)
+    assert not result.passed and result.method == "sampled customer_id"
+    assert result.rows_compared == 30 and result.mismatches > 0 and result.cross_entity_mismatches == 0
+    assert result.diagnosis.endswith("also when recomputed from unrestricted sources: leakage")
+    assert result.summary().startswith("LEAKAGE")
+    stored = result.sample_of_mismatches[0]["columns"]["support_calls_ever"]
+    assert stored["stored"] > stored["recomputed"]
+    full = check_point_in_time(random_warehouse, sql_dir, "features.leaky_declared", months=["2024-03"], sample=None)
+    assert not full.passed
+
+
+CROSS_CUSTOMER_SQL = (
+    "-- Point in time, but each row reads every customer's row of the month.\n"
+    "SELECT customer_id, snapshot_month, monthly_charges,\n"
+    "       rank() OVER (PARTITION BY snapshot_month ORDER BY monthly_charges, customer_id) AS charge_rank,\n"
+    "       monthly_charges - avg(monthly_charges) OVER (PARTITION BY snapshot_month) AS above_average\n"
+    "FROM staging.subscriptions\n"
+    "WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end\n"
+)
+SHARED_AVERAGE_SQL = (
+    "-- The month's average is one value shared by every row: a declared global.\n"
+    "WITH month_average AS (\n"
+    "    SELECT snapshot_month, avg(monthly_charges) AS average FROM staging.subscriptions\n"
+    "    WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end\n"
+    "    GROUP BY snapshot_month\n"
+    ")\n"
+    "SELECT s.customer_id, s.snapshot_month, s.monthly_charges - a.average AS above_average\n"
+    "FROM staging.subscriptions AS s JOIN month_average AS a USING (snapshot_month)\n"
+    "WHERE s.snapshot_month >= $partition_start AND s.snapshot_month < $partition_end\n"
+)
+
+
+def test_a_cross_customer_dependency_fails_the_sampled_check(random_warehouse, tmp_path):
+    """A rank and an average over all customers declared per customer: point-in-time
+    correct (the full recompute passes), but restricted to the sample every row differs,
+    so the sampled check fails and says the declaration is wrong."""
+    sql_dir = project_with(tmp_path, "ranked", CROSS_CUSTOMER_SQL, PER_CUSTOMER)
+    build_models(random_warehouse, sql_dir, models=["features.ranked"])
+    assert check_point_in_time(random_warehouse, sql_dir, "features.ranked", sample=None).passed
+    result = check_point_in_time(random_warehouse, sql_dir, "features.ranked", months=["2024-03", "2024-05"], sample=25)
+    assert not result.passed
+    assert result.declaration_wrong and result.mismatches == 50  # every sampled row, both months
+    assert result.cross_entity_mismatches == 25  # the first month, recomputed unrestricted
+    assert "row_depends_on declaration is wrong" in result.diagnosis
+    assert result.summary().startswith("WRONG row_depends_on DECLARATION")
+    example = result.sample_of_mismatches[0]
+    assert example["problem"] == "differs only when the sources are restricted to the sampled entities"
+    assert {"charge_rank", "above_average"} & set(example["columns"])
+
+    # Naming the shared value as a global makes the declaration true: the check passes.
+    declared = {"row_depends_on": {"entity": "customer_id", "globals": ["month_average"]}}
+    sql_dir = project_with(tmp_path, "shared_average", SHARED_AVERAGE_SQL, declared)
+    build_models(random_warehouse, sql_dir, models=["features.shared_average"])
+    result = check_point_in_time(random_warehouse, sql_dir, "features.shared_average", sample=25)
+    assert result.passed and result.method == "sampled customer_id", result.summary()
+    without = project_with(tmp_path, "shared_average_undeclared", SHARED_AVERAGE_SQL, PER_CUSTOMER)
+    build_models(random_warehouse, without, models=["features.shared_average_undeclared"])
+    assert not check_point_in_time(
+        random_warehouse, without, "features.shared_average_undeclared", months=["2024-03"], sample=25
+    ).passed
+
+
+FUTURE_CHURNERS_SQL = (
+    "-- Leaves out customers who will cancel: rows vanish because of the future.\n"
+    "SELECT customer_id, snapshot_month, monthly_charges\n"
+    "FROM staging.subscriptions\n"
+    "WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end\n"
+    "  AND customer_id NOT IN (SELECT customer_id FROM staging.cancellations)\n"
+)
+
+
+def test_a_leak_that_only_removes_rows_is_caught_by_the_row_count(random_warehouse, tmp_path):
+    """Every stored row is right, so no sampled row differs; the month's count does."""
+    sql_dir = project_with(tmp_path, "stayers", FUTURE_CHURNERS_SQL, PER_CUSTOMER)
+    build_models(random_warehouse, sql_dir, models=["features.stayers"])
+    result = check_point_in_time(random_warehouse, sql_dir, "features.stayers", months=["2024-03"], sample=50)
+    assert not result.passed and result.method == "sampled customer_id"
+    assert result.rows_compared == 50 and result.diagnosis is None  # the sampled rows all match
+    (problem,) = result.sample_of_mismatches
+    assert problem["problem"] == "row count differs" and problem["recomputed"] > problem["stored"]
+    assert result.mismatches == problem["recomputed"] - problem["stored"]
+
+
+def test_count_sql_drops_only_joins_that_cannot_change_the_row_count(random_warehouse):
+    import sqlglot
+
+    from churn_assets.sql_models.leakage import count_sql, point_in_time_sql
+
+    sql, _, _ = point_in_time_sql(SQL_DIR, "features.customer_features")
+    counted = count_sql(sql, "snapshot_month")
+    joins = [j.this.alias_or_name for j in sqlglot.parse_one(counted, read="duckdb").args["joins"]]
+    # staging.customers (one row per customer), the trailing windows and the event history
+    # (grouped per customer and month) are unique on their join keys; the earlier
+    # snapshots' key comes through a CAST the proof does not follow, so they stay.
+    assert joins == ["p1", "p2", "p3"]
+    params = {"partition_start": dt.date(2024, 4, 1), "partition_end": dt.date(2024, 5, 1),
+              "pit_cutoff": dt.date(2024, 5, 1)}
+    counts = [
+        random_warehouse.execute(
+            f"SELECT count(*) FROM ({q}) WHERE snapshot_month >= $partition_start "
+            "AND snapshot_month < $partition_end", params).fetchall()[0][0]
+        for q in (sql, counted)
+    ]
+    assert counts[0] == counts[1] > 0
+    # A LEFT JOIN that can match several rows multiplies them: it stays.
+    fan_out = (
+        "SELECT s.customer_id, s.snapshot_month, e.value FROM staging.subscriptions AS s "
+        "LEFT JOIN staging.events AS e ON e.customer_id = s.customer_id"
+    )
+    assert "JOIN" in count_sql(fan_out, "snapshot_month")
+    grouped = (
+        "WITH g AS (SELECT customer_id, count(*) AS n FROM staging.events GROUP BY customer_id) "
+        "SELECT s.customer_id, s.snapshot_month, g.n FROM staging.subscriptions AS s "
+        "LEFT JOIN g ON g.customer_id = s.customer_id"
+    )
+    assert "JOIN" not in count_sql(grouped, "snapshot_month")
+    # ... unless something else reads it.
+    assert "JOIN" in count_sql(grouped + " WHERE g.n > 2", "snapshot_month")
+    for query in (fan_out, grouped):
+        assert random_warehouse.execute(f"SELECT count(*) FROM ({query})").fetchall() == \
+            random_warehouse.execute(f"SELECT count(*) FROM ({count_sql(query, 'snapshot_month')})").fetchall()
+
+
+def test_wrong_globals_are_one_clear_error(random_warehouse, tmp_path):
+    from churn_assets.sql_models.leakage import LeakageCheckError
+
+    declared = {"row_depends_on": {"entity": "customer_id", "globals": ["monthly_average"]}}
+    sql_dir = project_with(tmp_path, "misnamed", SHARED_AVERAGE_SQL, declared)
+    build_models(random_warehouse, sql_dir, models=["features.misnamed"])
+    with pytest.raises(LeakageCheckError, match="^features.misnamed: row_depends_on.globals names "
+                                                "'monthly_average', which is not a CTE of its SQL$"):
+        check_point_in_time(random_warehouse, sql_dir, "features.misnamed")
+    with pytest.raises(LeakageCheckError, match="sample must be a positive number"):
+        check_point_in_time(random_warehouse, SQL_DIR, sample=0)
+
+
 def test_yaml_documents_every_output_column(random_warehouse):
     for model in sql_project().models:
         name = model.relation

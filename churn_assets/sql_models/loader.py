@@ -32,7 +32,8 @@ YAML_SUFFIXES = (".yml", ".yaml")
 SHARED_YAML_STEM = "_models"
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CONFIG_KEYS = {"materialized", "partition_by", "time_column"}
+_CONFIG_KEYS = {"materialized", "partition_by", "time_column", "row_depends_on"}
+_ROW_DEPENDS_ON_KEYS = {"entity", "globals"}
 _MODEL_KEYS = {"name", "description", "config", "columns", "tests"}
 _COLUMN_KEYS = {"name", "description", "tests"}
 _COMMON_TEST_ARGS = {"severity", "name"}
@@ -52,10 +53,33 @@ class SqlProjectError(ValueError):
 
 
 @dataclass(frozen=True)
+class RowDependency:
+    """``config: row_depends_on: {entity: customer_id, globals: [...]}``: a row of the model
+    with entity value v is computed only from the rows with ``entity = v`` of the relations
+    it reads (those that have the column), plus ``globals`` read whole: relations
+    (``schema.table``) or CTEs of the model's own SQL (a bare name) that compute values
+    shared by every row, such as the latest observed month. The point-in-time check uses it
+    to recompute only the sampled entities, and verifies it on the sample."""
+
+    entity: str
+    globals: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"entity": self.entity, "globals": list(self.globals)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RowDependency | None:
+        if data is None:
+            return None
+        return cls(entity=data["entity"], globals=tuple(data.get("globals") or ()))
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     materialized: str = DEFAULT_MATERIALIZATION
     partition_by: str | None = None
     time_column: str | None = None
+    row_depends_on: RowDependency | None = None
 
     @property
     def is_incremental(self) -> bool:
@@ -66,7 +90,17 @@ class ModelConfig:
             "materialized": self.materialized,
             "partition_by": self.partition_by,
             "time_column": self.time_column,
+            "row_depends_on": self.row_depends_on.as_dict() if self.row_depends_on else None,
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        return cls(
+            materialized=data["materialized"],
+            partition_by=data["partition_by"],
+            time_column=data["time_column"],
+            row_depends_on=RowDependency.from_dict(data.get("row_depends_on")),
+        )
 
 
 @dataclass(frozen=True)
@@ -119,7 +153,10 @@ class SqlModel:
 
     @property
     def code_version(self) -> str:
-        payload = json.dumps({"sql": self.sql, "config": self.config.as_dict()}, sort_keys=True)
+        # row_depends_on only tells the point-in-time check how rows depend on each other;
+        # it does not change what the model computes, so it is not part of the version.
+        config = {k: v for k, v in self.config.as_dict().items() if k != "row_depends_on"}
+        payload = json.dumps({"sql": self.sql, "config": config}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def column_description(self, column: str) -> str | None:
@@ -445,8 +482,38 @@ def _parse_config(raw: Any, where: str) -> ModelConfig:
         if value is not None and (not isinstance(value, str) or not _IDENTIFIER.match(value)):
             raise SqlProjectError(f"{where}: `{key}` must be a column name, got {value!r}")
     return ModelConfig(
-        materialized=materialized, partition_by=partition_by, time_column=raw.get("time_column")
+        materialized=materialized,
+        partition_by=partition_by,
+        time_column=raw.get("time_column"),
+        row_depends_on=_parse_row_depends_on(raw.get("row_depends_on"), where),
     )
+
+
+def _parse_row_depends_on(raw: Any, where: str) -> RowDependency | None:
+    if raw is None:
+        return None
+    usage = "expected `row_depends_on: {entity: <column>, globals: [<schema.table or CTE>, ...]}`"
+    if not isinstance(raw, dict):
+        raise SqlProjectError(f"{where}: `row_depends_on` must be a mapping; {usage}, got {raw!r}")
+    unknown = set(raw) - _ROW_DEPENDS_ON_KEYS
+    if unknown:
+        raise SqlProjectError(f"{where}: unknown `row_depends_on` key(s) {sorted(unknown)}; {usage}")
+    entity = raw.get("entity")
+    if not isinstance(entity, str) or not _IDENTIFIER.match(entity):
+        raise SqlProjectError(f"{where}: `row_depends_on.entity` must be a column name, got {entity!r}")
+    globals_ = raw.get("globals") or []
+    if not isinstance(globals_, list):
+        raise SqlProjectError(f"{where}: `row_depends_on.globals` must be a list, got {globals_!r}")
+    for name in globals_:
+        parts = name.split(".") if isinstance(name, str) else []
+        if not parts or len(parts) > 2 or not all(_IDENTIFIER.match(p) for p in parts):
+            raise SqlProjectError(
+                f"{where}: `row_depends_on.globals` entries are a relation (schema.table) or a "
+                f"CTE name of the model's SQL, got {name!r}"
+            )
+    if len({g.lower() for g in globals_}) != len(globals_):
+        raise SqlProjectError(f"{where}: `row_depends_on.globals` lists a name twice: {globals_}")
+    return RowDependency(entity=entity, globals=tuple(globals_))
 
 
 @dataclass

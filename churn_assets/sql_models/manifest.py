@@ -41,7 +41,7 @@ from churn_assets.sql_models.loader import (
 logger = logging.getLogger(__name__)
 
 # Bump when the JSON layout below changes.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 MANIFEST_FOLDER = ".cache"
 MANIFEST_NAME = "sql_manifest.json"
 INPUT_SUFFIXES = (".sql", *YAML_SUFFIXES)
@@ -197,7 +197,7 @@ def _decode_model(data: dict[str, Any], sql_dir: Path) -> SqlModel:
         name=data["name"],
         path=sql_dir / data["path"],
         sql=data["sql"],
-        config=ModelConfig(**data["config"]),
+        config=ModelConfig.from_dict(data["config"]),
         description=_decode_value(data["description"]),
         columns=tuple(
             ColumnDoc(

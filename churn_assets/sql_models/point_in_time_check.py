@@ -13,8 +13,11 @@ if TYPE_CHECKING:
 
 
 class PointInTimeConfig(dg.Config):
+    # Customers per checked month when the model declares row_depends_on (else rows).
     sample_rows_per_month: int = 500
     months: list[str] | None = None
+    # Recompute each checked month in full instead of only the sampled customers.
+    full_recompute: bool = False
 
 
 def build_point_in_time_check(project: "SqlProject | Path",
@@ -28,8 +31,10 @@ def build_point_in_time_check(project: "SqlProject | Path",
         name="point_in_time_correct",
         blocking=True,
         description=(
-            "Recomputes a sample of feature rows with every upstream row dated after the "
-            "snapshot month removed; the stored rows must be identical (no leakage)."
+            "Recomputes a sample of customers' feature rows with every upstream row dated after "
+            "the snapshot month removed (only their own rows, as the model's row_depends_on "
+            "declares); the stored rows must be identical (no leakage), and so must the month's "
+            "row count."
         ),
     )
     def point_in_time_correct(
@@ -45,6 +50,7 @@ def build_point_in_time_check(project: "SqlProject | Path",
                 months=config.months,
                 sample=config.sample_rows_per_month,
                 time_columns=source_time_columns,
+                full_recompute=config.full_recompute,
             )
         return dg.AssetCheckResult(
             passed=result.passed,
