@@ -143,3 +143,20 @@ def test_check_without_a_warehouse_and_bad_demo_arguments_are_one_line(churn_hom
     assert main(["demo", "--months", "400"]) == 2
     assert "after the current month" in capsys.readouterr().err
     assert not (churn_home / "source").exists()
+
+
+def test_the_time_per_stage_groups_steps_by_their_layer():
+    from churn_assets.cli.runner import stage_lines
+    from churn_assets.definitions import defs
+
+    steps = {"raw_deliveries": 3.0, "features__customer_features": 2.0, "features__customer_features__tests": 1.0,
+             "ml__predictions": 1.5, "drift_checks": 0.5, "monitoring__drift": 2.0}
+    lines = stage_lines(defs, steps, run_seconds=12.0, before=[("generate data", 4.0)])
+    by_stage = {line.split()[0]: line for line in lines[1:]}
+    assert lines[0] == "Time per stage:"
+    assert "4.0s" in by_stage["generate"] and "3.0s" in by_stage["source"]
+    assert "2 steps" in by_stage["sql"] and "3.0s" in by_stage["sql"]
+    assert "1.5s" in by_stage["scoring"]
+    assert "2 steps" in by_stage["monitoring"] and "2.5s" in by_stage["monitoring"]
+    assert "2.0s" in by_stage["outside"]  # 12 s of run, 10 s in steps
+    assert "total" in lines[-1] and "16.0s" in lines[-1]

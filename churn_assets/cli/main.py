@@ -64,7 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     _say(f"Materializing every asset for {months[0][:7]} .. {months[-1][:7]} ({len(months)} months)")
     started = time.monotonic()
-    result = materialize(_load_defs(), months=months, raise_on_error=False,
+    defs = _load_defs()
+    step_seconds: dict[str, float] = {}
+    result = materialize(defs, months=months, raise_on_error=False, step_seconds=step_seconds,
                          tags={"churn/command": args.command, "churn/months": f"{months[0][:7]}..{months[-1][:7]}"})
     elapsed = time.monotonic() - started
     if not result.success:
@@ -81,6 +83,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     _say(f"Run {result.run_id} succeeded in {elapsed:.0f}s.")
     _print_summary()
+    from churn_assets.cli.runner import stage_lines
+
+    for line in stage_lines(defs, step_seconds, elapsed, before=getattr(args, "stages_before", ())):
+        print(line)
     return 0
 
 
@@ -162,7 +168,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         started = time.monotonic()
         written = write_source(source, config, replace=args.regenerate, progress=_say)
-        _say(f"Generated {len(written)} monthly deliveries in {time.monotonic() - started:.0f}s.")
+        generated = time.monotonic() - started
+        _say(f"Generated {len(written)} monthly deliveries in {generated:.0f}s.")
+        args.stages_before = [("generate data", generated)]
     return cmd_run(args)
 
 

@@ -193,8 +193,10 @@ class PoolWait:
         os._exit(130)
 
 
-def _progress_logger(emit: Callable[[str], None], pool_wait: PoolWait | None = None):
-    """A Dagster logger printing one line per finished step (with its checks) and per failure."""
+def _progress_logger(emit: Callable[[str], None], pool_wait: PoolWait | None = None,
+                     step_seconds: dict[str, float] | None = None):
+    """A Dagster logger printing one line per finished step (with its checks) and per failure;
+    ``step_seconds`` (if given) receives each finished step's duration."""
     import dagster as dg
 
     class ProgressHandler(logging.Handler):
@@ -221,6 +223,8 @@ def _progress_logger(emit: Callable[[str], None], pool_wait: PoolWait | None = N
                 pool_wait.blocked(step, event.event_specific_data.metadata["pool"].value)
             elif kind == "STEP_SUCCESS":
                 took = now - self.step_started.get(step, now)
+                if step_seconds is not None:
+                    step_seconds[step] = took
                 passed = self.checks_passed.pop(step, 0)
                 checks = f", {passed} checks passed" if passed else ""
                 emit(f"{stamp} done    {step} ({took:.1f}s{checks})")
@@ -263,8 +267,10 @@ def materialize(
     progress: Callable[[str], None] | None = None,
     raise_on_error: bool = True,
     tags: dict[str, str] | None = None,
+    step_seconds: dict[str, float] | None = None,
 ) -> dg.ExecuteInProcessResult:
-    """One run over ``selection`` (default: every asset) for the partition range of ``months``.
+    """One run over ``selection`` (default: every asset) for the partition range of ``months``;
+    ``step_seconds`` (if given) receives each finished step's duration.
 
     Partitioned assets have a single-run backfill policy, so the whole range is one step
     per asset; unpartitioned assets run once, in graph order.
@@ -291,7 +297,7 @@ def materialize(
     with PoolWait(instance, run_id, emit) as pool_wait:
         # Only the progress logger is configured, so the console logger (kept for the job's
         # default config) stays silent.
-        job = job.with_logger_defs({**job.loggers, "progress": _progress_logger(emit, pool_wait)})
+        job = job.with_logger_defs({**job.loggers, "progress": _progress_logger(emit, pool_wait, step_seconds)})
         return job.execute_in_process(
             instance=instance,
             run_id=run_id,
@@ -300,3 +306,42 @@ def materialize(
             raise_on_error=raise_on_error,
             run_config={"loggers": {"progress": {}}},
         )
+
+
+def step_layers(defs: dg.Definitions) -> dict[str, str]:
+    """Step key -> the layer (the ``layer`` tag) of the assets it materializes or checks."""
+    layer_of_key: dict = {}
+    steps: dict[str, str] = {}
+    for assets_def in defs.assets or []:
+        layers = [spec.tags.get("layer") for spec in getattr(assets_def, "specs", [])]
+        for spec, layer in zip(getattr(assets_def, "specs", []), layers):
+            layer_of_key[spec.key] = layer
+        if getattr(assets_def, "is_executable", False) and any(layers):
+            steps[assets_def.node_def.name] = next(layer for layer in layers if layer)
+    for checks_def in defs.asset_checks or []:
+        keys = [spec.asset_key for spec in checks_def.check_specs]
+        layer = next((layer_of_key[key] for key in keys if layer_of_key.get(key)), None)
+        if layer:
+            steps[checks_def.node_def.name] = layer
+    return steps
+
+
+def stage_lines(defs: dg.Definitions, step_seconds: dict[str, float], run_seconds: float,
+                before: Sequence[tuple[str, float]] = ()) -> list[str]:
+    """Seconds per layer of one run (its steps and their checks, in graph order), what the run
+    spent outside steps (Dagster's own work: the plan, events, the instance), and ``before``:
+    stages the command ran ahead of the run (the demo's data generation)."""
+    layers = step_layers(defs)
+    totals: dict[str, list] = {}
+    for step, seconds in step_seconds.items():
+        entry = totals.setdefault(layers.get(step, "other"), [0, 0.0])
+        entry[0] += 1
+        entry[1] += seconds
+    rows = [(name, "", seconds) for name, seconds in before]
+    rows += [(layer, f"{steps} steps", seconds) for layer, (steps, seconds) in totals.items()]
+    rows.append(("outside steps", "load, Dagster", max(run_seconds - sum(step_seconds.values()), 0.0)))
+    total = sum(seconds for _, _, seconds in rows)
+    lines = ["Time per stage:"]
+    lines += [f"  {name:<16} {what:>13} {seconds:7.1f}s  {seconds / total:4.0%}" for name, what, seconds in rows]
+    lines.append(f"  {'total':<16} {'':>13} {total:7.1f}s")
+    return lines
