@@ -93,52 +93,163 @@ def generate(folder: Path, customers: int, months: int, seed: int) -> dict[str, 
     return counts
 
 
-def run_duckdb(folder: Path) -> dict:
-    import duckdb
-    import yaml
+def _duckdb_settings(folder: Path) -> dict:
+    """The Warehouse resource's settings (its default memory_limit unless the benchmark was
+    given one), spilling into the benchmark's folder."""
+    from churn_assets.core.warehouse import default_memory_limit
 
-    limit = os.environ.get("BENCH_DUCKDB_MEMORY_LIMIT")
-    con = duckdb.connect(str(folder / "bench.duckdb"), config={"memory_limit": limit} if limit else {})
-    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    return {"memory_limit": os.environ.get("BENCH_DUCKDB_MEMORY_LIMIT") or default_memory_limit(),
+            "temp_directory": str(folder / "duckdb_tmp")}
+
+
+def load_raw(folder: Path, database: str):
+    """A DuckDB file with the raw tables typed as the raw layer types them (not timed)."""
+    import duckdb
+
     from churn_assets.source.contract import RAW_TABLES
 
+    con = duckdb.connect(str(folder / database), config=_duckdb_settings(folder))
+    con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     for name in RAW:
         casts = ", ".join(f"CAST({c.name} AS {c.dtype}) AS {c.name}" for c in RAW_TABLES[name].columns)
         con.execute(
             f"CREATE OR REPLACE TABLE raw.{name} AS SELECT {casts}, CAST(delivery_month AS DATE) AS delivery_month "
             f"FROM read_parquet('{folder / name}.parquet')"
         )
-    configs = {}
-    for yml in SQL_DIR.glob("*/_models.yml"):
-        for entry in yaml.safe_load(yml.read_text())["models"]:
-            configs[f"{yml.parent.name}.{entry['name']}"] = entry.get("config", {})
+    con.execute("CHECKPOINT")
+    return con
+
+
+def run_duckdb(folder: Path, leakage_check: bool = True) -> dict:
+    """The project's feature layer as its assets build it: the loader's models in order,
+    tables as CREATE OR REPLACE TABLE, the incremental customer_features through the same
+    write function the asset uses (one transaction over every month)."""
+    from churn_assets.source.raw_assets import RAW_ASSET_KEYS
+    from churn_assets.sql_models import load_sql_project
+    from churn_assets.sql_models.assets import _write_incremental
+    from churn_assets.sql_models.checks import quote_identifier, quote_relation
+
+    con = load_raw(folder, "bench.duckdb")
+    project = load_sql_project(SQL_DIR, RAW_ASSET_KEYS, use_cache=False)
+    models = {model.relation: model for model in project.models}
+    assert set(MODELS) <= set(models), f"the benchmark's models {MODELS} are not all in {sorted(models)}"
     started, cpu_started = time.perf_counter(), time.process_time()
+    passes = {}
     for name in MODELS:
-        schema, table = name.split(".")
-        sql = (SQL_DIR / schema / f"{table}.sql").read_text()
-        con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        if configs[name].get("materialized") == "incremental":
+        model = models[name]
+        pass_started, pass_cpu = time.perf_counter(), time.process_time()
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(model.schema)}")
+        con.execute("BEGIN TRANSACTION")
+        if model.config.is_incremental:
             first, last = con.execute(
-                "SELECT min(snapshot_month), max(snapshot_month) + INTERVAL 1 MONTH FROM staging.subscriptions"
+                "SELECT min(snapshot_month), CAST(max(snapshot_month) + INTERVAL 1 MONTH AS DATE) FROM staging.subscriptions"
             ).fetchall()[0]
-            con.execute(f"DROP TABLE IF EXISTS {name}")
-            con.execute(f"CREATE TABLE {name} AS {sql}", {"partition_start": first, "partition_end": last.date()})
+            con.execute(f"DROP TABLE IF EXISTS {quote_relation(model.key)}")
+            _write_incremental(con, model, first, last)
         else:
-            con.execute(f"CREATE OR REPLACE TABLE {name} AS {sql}")
+            con.execute(f"CREATE OR REPLACE TABLE {quote_relation(model.key)} AS\n{model.sql}")
+        con.execute("COMMIT")
+        passes[name] = (time.perf_counter() - pass_started, time.process_time() - pass_cpu)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     rows = con.execute("SELECT count(*) FROM features.customer_features").fetchall()[0][0]
     training = con.execute("SELECT count(*) FROM features.training_set").fetchall()[0][0]
     con.execute(f"COPY features.customer_features TO '{folder / 'duckdb_features.parquet'}'")
-    # The blocking point-in-time check runs after every feature materialization: its
-    # cost (default: 4 months x 500 rows) matters as much as the build's.
-    from churn_assets.sql_models.leakage import check_point_in_time
+    result = {"seconds": seconds, "cpu_seconds": cpu_seconds, "feature_rows": rows, "training_rows": training,
+              "passes": passes, "memory_limit": _duckdb_settings(folder)["memory_limit"]}
+    if leakage_check:
+        # The blocking point-in-time check runs after every feature materialization: its
+        # cost (default: 4 months x 500 rows) matters as much as the build's.
+        from churn_assets.sql_models.leakage import check_point_in_time
 
-    started = time.perf_counter()
-    leakage = check_point_in_time(con, SQL_DIR)
-    leakage_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        leakage = check_point_in_time(con, SQL_DIR)
+        result["leakage_check_seconds"] = time.perf_counter() - started
+        result["leakage_check"] = leakage.summary()
     con.close()
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "feature_rows": rows, "training_rows": training,
-            "leakage_check_seconds": leakage_seconds, "leakage_check": leakage.summary()}
+    return result
+
+
+# The limit: the passes the layer cannot do without, as bare SQL on the same raw data in the
+# same kind of DuckDB file, with none of the project's rules (no trimming, no window checks,
+# no fan-out of events into the trailing windows, no CASE logic). Each writes what a later
+# pass or the user reads, as the project does: staging tables, the features (as many columns
+# as the project writes), labels and the training set. The project's figure is within 2x of
+# this one when its SQL costs at most as much again as the bare passes.
+LIMIT_PASSES = {
+    "dedup": [
+        # Finding the keys that repeat is the least a dedup can do: one group-by per table.
+        "CREATE TEMP TABLE rep_subscriptions AS SELECT customer_id, snapshot_month FROM raw.subscriptions "
+        "GROUP BY ALL HAVING count(*) > 1",
+        "CREATE TEMP TABLE rep_events AS SELECT event_id FROM raw.events GROUP BY ALL HAVING count(*) > 1",
+        "CREATE TEMP TABLE rep_customers AS SELECT customer_id FROM raw.customers GROUP BY ALL HAVING count(*) > 1",
+    ],
+    "group-by over events": [
+        "CREATE TEMP TABLE event_months AS SELECT customer_id, CAST(date_trunc('month', event_time) AS DATE) AS month, "
+        "count(*) FILTER (WHERE event_type = 'plan_change') AS plan_changes, "
+        "sum(value) FILTER (WHERE event_type = 'usage') AS usage_gb, "
+        "count(*) FILTER (WHERE event_type = 'support_call') AS support_calls, "
+        "sum(value) FILTER (WHERE event_type = 'support_call') AS support_minutes, "
+        "count(*) FILTER (WHERE event_type = 'late_payment') AS late_payments, "
+        "sum(value) FILTER (WHERE event_type = 'late_payment') AS overdue_amount, "
+        "count(*) FILTER (WHERE event_type = 'outage') AS outages, "
+        "sum(value) FILTER (WHERE event_type = 'outage') AS outage_hours, "
+        "max(event_time) FILTER (WHERE event_type = 'support_call') AS last_support_call_at, "
+        "max(event_time) FILTER (WHERE event_type = 'late_payment') AS last_late_payment_at, "
+        "max(event_time) FILTER (WHERE event_type = 'outage') AS last_outage_at "
+        "FROM raw.events GROUP BY ALL",
+    ],
+    "lag windows": [
+        "CREATE TEMP TABLE snapshot_lags AS SELECT customer_id, snapshot_month, "
+        + ", ".join(f"lag({c}, {k}) OVER w AS {c}_{k}" for k in (1, 2, 3)
+                    for c in ("snapshot_month", "monthly_charges", "contract", "internet_service"))
+        + ", lag(total_charges, 1) OVER w AS total_charges_1 "
+        "FROM raw.subscriptions WINDOW w AS (PARTITION BY customer_id ORDER BY snapshot_month)",
+        "CREATE TEMP TABLE event_lags AS SELECT *, "
+        + ", ".join(f"lag({c}, {k}) OVER w AS {c}_{k}" for k in (1, 2) for c in ("month", "plan_changes", "usage_gb"))
+        + ", " + ", ".join(f"max({c}) OVER (w ROWS UNBOUNDED PRECEDING) AS {c}_running"
+                           for c in ("last_support_call_at", "last_late_payment_at", "last_outage_at"))
+        + " FROM event_months WINDOW w AS (PARTITION BY customer_id ORDER BY month)",
+    ],
+    # The joins build the outputs in memory; "write" then stores the seven tables the layer
+    # stores (four staging tables, features, labels, training set) in the database file,
+    # which on DuckDB is the dearest part of the layer (its column compression and blocks).
+    "join": [
+        "CREATE TEMP TABLE features AS SELECT s.*, c.* EXCLUDE (customer_id), l.* EXCLUDE (customer_id, snapshot_month), "
+        "e.* EXCLUDE (customer_id, month) FROM raw.subscriptions AS s "
+        "LEFT JOIN raw.customers AS c ON c.customer_id = s.customer_id "
+        "LEFT JOIN snapshot_lags AS l ON l.customer_id = s.customer_id AND l.snapshot_month = s.snapshot_month "
+        "LEFT JOIN event_lags AS e ON e.customer_id = s.customer_id AND e.month = s.snapshot_month",
+        "CREATE TEMP TABLE labels AS SELECT s.customer_id, s.snapshot_month, c.customer_id IS NOT NULL AS churned "
+        "FROM raw.subscriptions AS s LEFT JOIN (SELECT DISTINCT customer_id, "
+        "CAST(date_trunc('month', cancel_date) - INTERVAL 1 MONTH AS DATE) AS snapshot_month FROM raw.cancellations) AS c "
+        "ON c.customer_id = s.customer_id AND c.snapshot_month = s.snapshot_month",
+        "CREATE TEMP TABLE training_set AS SELECT f.*, l.churned FROM features AS f "
+        "JOIN labels AS l ON l.customer_id = f.customer_id AND l.snapshot_month = f.snapshot_month",
+    ],
+    "write": [
+        "CREATE SCHEMA IF NOT EXISTS lim",
+        *(f"CREATE TABLE lim.{name} AS SELECT * FROM raw.{name}" for name in RAW),
+        *(f"CREATE TABLE lim.{name} AS SELECT * FROM temp.{name}" for name in ("features", "labels", "training_set")),
+    ],
+}
+
+
+def run_limit(folder: Path) -> dict:
+    """LIMIT_PASSES, each timed (wall and CPU) in the same DuckDB settings as the project."""
+    con = load_raw(folder, "limit.duckdb")
+    passes = {}
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for name, statements in LIMIT_PASSES.items():
+        pass_started, pass_cpu = time.perf_counter(), time.process_time()
+        for statement in statements:
+            con.execute(statement)
+        passes[name] = (time.perf_counter() - pass_started, time.process_time() - pass_cpu)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    rows = con.execute("SELECT count(*) FROM lim.features").fetchone()[0]
+    columns = len(con.execute("DESCRIBE lim.features").fetchall())
+    con.close()
+    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "feature_rows": rows, "feature_columns": columns,
+            "passes": passes}
 
 
 def pandas_layer(raw: dict, observed=None, first_full_month=None) -> tuple:
@@ -470,67 +581,113 @@ def _compare(con, folder: Path) -> str:
     return "identical" if not differing else "differ: " + ", ".join(differing)
 
 
+QUICK_SIZE = 20_000
+
+
+def _ws(result: dict | None) -> str:
+    return f"{result['seconds']:.1f} / {result['cpu_seconds']:.1f}" if result else "-"
+
+
+def _ratio(a: dict | None, b: dict | None, key: str) -> str:
+    return f"{a[key] / b[key]:.2f}x" if a and b and b[key] else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000", help="customer counts, comma-separated")
     parser.add_argument("--months", type=int, default=24)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--engines", default="duckdb,pandas", help="engines to run, comma-separated")
-    parser.add_argument("--duckdb-memory-limit", help="DuckDB memory_limit, e.g. 8GB (it spills beyond it)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"one small size ({QUICK_SIZE:,} customers x 24 months), every engine; under two minutes")
+    parser.add_argument("--engines", default="duckdb,limit,pandas", help="engines to run, comma-separated "
+                        "(duckdb = the project's SQL, limit = the bare passes it needs, pandas)")
+    parser.add_argument("--duckdb-memory-limit", help="DuckDB memory_limit, e.g. 8GB (it spills beyond it); "
+                        "default: the Warehouse resource's default")
+    parser.add_argument("--skip-leakage-check", action="store_true", help="do not time the point-in-time check")
     parser.add_argument("--pandas-shards", default="auto",
                         help="customer shards for pandas: an integer (1 = all data at once), or auto "
                              "(1 up to 200k customers, else one shard per 100k customers)")
-    parser.add_argument("--engine", choices=["duckdb", "pandas"], help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=["duckdb", "limit", "pandas"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pandas_shards != "auto" and not (args.pandas_shards.isdigit() and int(args.pandas_shards) >= 1):
         parser.error(f"--pandas-shards must be auto or a positive integer, not {args.pandas_shards!r}")
     if args.engine:
-        result = run_duckdb(args.folder) if args.engine == "duckdb" else run_pandas(args.folder, int(args.pandas_shards))
+        if args.engine == "duckdb":
+            result = run_duckdb(args.folder, leakage_check=not args.skip_leakage_check)
+        elif args.engine == "limit":
+            result = run_limit(args.folder)
+        else:
+            result = run_pandas(args.folder, int(args.pandas_shards))
         print(json.dumps(result))
         return
     if args.duckdb_memory_limit:
         os.environ["BENCH_DUCKDB_MEMORY_LIMIT"] = args.duckdb_memory_limit
+    sizes = [QUICK_SIZE] if args.quick else [int(s) for s in args.sizes.split(",")]
+    engines = args.engines.split(",")
+    unknown = set(engines) - {"duckdb", "limit", "pandas"}
+    if unknown:
+        parser.error(f"unknown engines {sorted(unknown)}")
     rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
+    for size in sizes:
         with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
             folder = Path(tmp)
             started = time.perf_counter()
             counts = generate(folder, size, args.months, args.seed)
             print(f"{size:,} customers x {args.months} months: raw rows {counts} "
                   f"(generated in {time.perf_counter() - started:.0f}s)", flush=True)
-            engines = args.engines.split(",")
-            duck = child("duckdb", folder) if "duckdb" in engines else None
-            print(f"  duckdb {duck}", flush=True)
-            shards = (int(args.pandas_shards) if args.pandas_shards != "auto"
-                      else 1 if size <= 200_000 else math.ceil(size / 100_000))
-            pand = child("pandas", folder, "--pandas-shards", str(shards)) if "pandas" in engines else None
-            print(f"  pandas {pand}", flush=True)
+            results = {}
+            for engine in ("duckdb", "limit", "pandas"):
+                if engine not in engines:
+                    results[engine] = None
+                    continue
+                options = []
+                if engine == "pandas":
+                    shards = (int(args.pandas_shards) if args.pandas_shards != "auto"
+                              else 1 if size <= 200_000 else math.ceil(size / 100_000))
+                    options = ["--pandas-shards", str(shards)]
+                if engine == "duckdb" and args.skip_leakage_check:
+                    options = ["--skip-leakage-check"]
+                load = os.getloadavg()[0]
+                results[engine] = child(engine, folder, *options)
+                if results[engine] is not None:
+                    results[engine]["load_before"] = load
+                    results[engine]["load_after"] = os.getloadavg()[0]
+                print(f"  {engine} {results[engine]}", flush=True)
+            duck, pand = results["duckdb"], results["pandas"]
             verdict = compare(folder) if duck and pand else "not compared"
             if duck and pand and duck["training_rows"] != pand["training_rows"]:
                 verdict += f"; training rows differ ({duck['training_rows']:,} vs {pand['training_rows']:,})"
-            rows.append((size, counts, duck, pand, verdict, shards))
+            shards = pand["shards"] if pand else None
+            rows.append((size, counts, results, verdict, shards))
     print()
     # CPU seconds are shown next to wall time because on a shared machine wall time also
-    # measures the neighbours; DuckDB's CPU time sums all its threads.
-    print("| customers x months | snapshot rows | raw events | engine | wall s | CPU s | feature rows/s (wall) | peak RSS MB | pandas/duckdb wall | results |")
+    # measures the neighbours; DuckDB's CPU time sums all its threads. The load average
+    # (1 minute, before and after each engine) says how shared the machine was.
+    print("| customers x months | snapshot rows | project wall / CPU s | limit wall / CPU s | project / limit (wall, CPU) "
+          "| pandas wall / CPU s | DuckDB vs pandas (wall, CPU) | peak RSS MB (project, limit, pandas) | load | results |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for size, counts, duck, pand, verdict, shards in rows:
-        ratio = f"{pand['seconds'] / duck['seconds']:.1f}x" if duck and pand else "-"
-        pandas_label = "pandas" if shards == 1 else f"pandas ({shards} customer shards)"
-        for engine, name, result in (("duckdb", "duckdb", duck), ("pandas", pandas_label, pand)):
-            if result is None:
-                print(f"| {size:,} x {args.months} | {counts['subscriptions']:,} | {counts['events']:,} | {name} | "
-                      f"{'failed' if engine in args.engines.split(',') else 'not run'} | - | - | - | - | - |")
-                continue
-            print(f"| {size:,} x {args.months} | {counts['subscriptions']:,} | {counts['events']:,} | {name} | "
-                  f"{result['seconds']:.1f} | {result.get('cpu_seconds', float('nan')):.1f} | "
-                  f"{result['feature_rows'] / result['seconds']:,.0f} | "
-                  f"{result['peak_rss_mb']:,.0f} | {ratio} | {verdict} |")
-    for size, _, duck, _, _, _ in rows:
+    for size, counts, results, verdict, shards in rows:
+        duck, lim, pand = results["duckdb"], results["limit"], results["pandas"]
+        pandas_cell = _ws(pand) + (f" ({shards} shards)" if pand and shards != 1 else "")
+        rss = ", ".join(f"{r['peak_rss_mb']:,.0f}" if r else "-" for r in (duck, lim, pand))
+        loads = [f"{r['load_before']:.1f}-{r['load_after']:.1f}" for r in (duck, lim, pand) if r]
+        print(f"| {size:,} x {args.months} | {counts['subscriptions']:,} | {_ws(duck)} | {_ws(lim)} | "
+              f"{_ratio(duck, lim, 'seconds')}, {_ratio(duck, lim, 'cpu_seconds')} | {pandas_cell} | "
+              f"{_ratio(pand, duck, 'seconds')}, {_ratio(pand, duck, 'cpu_seconds')} | {rss} | "
+              f"{' / '.join(loads) or '-'} | {verdict} |")
+    for size, _, results, _, _ in rows:
+        for engine in ("duckdb", "limit"):
+            result = results[engine]
+            if result:
+                passes = ", ".join(f"{name} {w:.2f}/{c:.2f}" for name, (w, c) in result["passes"].items())
+                print(f"\n{size:,} {'project' if engine == 'duckdb' else 'limit'} passes (wall/CPU s): {passes}")
+        duck = results["duckdb"]
         if duck:
-            print(f"\n{size:,} customers: point-in-time check {duck['leakage_check_seconds']:.1f}s "
-                  f"({duck['leakage_check']})")
+            print(f"\n{size:,} customers: DuckDB memory_limit {duck['memory_limit']}")
+            if "leakage_check_seconds" in duck:
+                print(f"{size:,} customers: point-in-time check {duck['leakage_check_seconds']:.1f}s "
+                      f"({duck['leakage_check']})")
 
 
 if __name__ == "__main__":

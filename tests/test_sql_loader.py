@@ -520,6 +520,58 @@ def test_failed_incremental_run_keeps_the_previous_partition(tmp_path, warehouse
         assert query(warehouse, "SELECT * FROM features.monthly ORDER BY ALL") == before
 
 
+def test_incremental_write_refuses_changed_columns_and_a_missing_partition_column(tmp_path, warehouse):
+    """The rows go straight into the table (no staged copy), so these refusals come from the
+    model's described columns before anything is written, and leave the table as it was."""
+    project = load_sql_project(write_sql_dir(tmp_path / "good", INCREMENTAL_FILES), RAW_KEYS)
+    _materialize(project, warehouse, selection=dg.AssetSelection.assets(dg.AssetKey(["staging", "customers"])))
+    monthly = dg.AssetSelection.assets(dg.AssetKey(["features", "monthly"]))
+    _materialize(project, warehouse, selection=monthly, partition_key="2024-02-01")
+    before = query(warehouse, "SELECT * FROM features.monthly ORDER BY ALL")
+
+    renamed = {**INCREMENTAL_FILES, "features/monthly.sql": """
+        SELECT customer_id, snapshot_month, monthly_charges * 12 AS annual_charges, 'x' AS gender
+        FROM raw.subscriptions
+        WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end
+    """}
+    unpartitioned = {**INCREMENTAL_FILES, "features/monthly.sql": """
+        SELECT customer_id, monthly_charges * 12 AS yearly_charges, 'x' AS gender
+        FROM raw.subscriptions
+        WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end
+    """}
+    for name, files, expected in (
+        ("renamed", renamed, "no longer match features.monthly (new: ['annual_charges'], gone: ['yearly_charges'])"),
+        ("unpartitioned", unpartitioned, "partition_by column 'snapshot_month' is not among"),
+    ):
+        broken = load_sql_project(write_sql_dir(tmp_path / name, files), RAW_KEYS)
+        result = _materialize(broken, warehouse, selection=monthly, partition_key="2024-02-01", raise_on_error=False)
+        assert not result.success
+        message = step_failure_message(result)
+        assert f"{name}/sql/features/monthly.sql" in message and expected in message, message
+        assert query(warehouse, "SELECT * FROM features.monthly ORDER BY ALL") == before
+
+
+def test_window_guard_names_a_row_outside_the_window_and_writes_nothing(tmp_path, warehouse):
+    # The first write creates the table: the guard holds for CREATE TABLE ... AS as well.
+    leaky = {**INCREMENTAL_FILES, "features/monthly.sql": """
+        SELECT s.customer_id, s.snapshot_month, s.monthly_charges * 12 AS yearly_charges, c.gender
+        FROM raw.subscriptions AS s JOIN staging.customers AS c USING (customer_id)
+        WHERE s.snapshot_month < $partition_end
+    """}
+    project = load_sql_project(write_sql_dir(tmp_path, leaky), RAW_KEYS)
+    _materialize(project, warehouse, selection=dg.AssetSelection.assets(dg.AssetKey(["staging", "customers"])))
+    monthly = dg.AssetSelection.assets(dg.AssetKey(["features", "monthly"]))
+    result = _materialize(project, warehouse, selection=monthly, partition_key="2024-02-01", raise_on_error=False)
+    assert not result.success
+    message = step_failure_message(result)
+    assert "rows have snapshot_month outside the window [2024-02-01, 2024-03-01) (e.g. 2024-01-01)" in message
+    assert "$partition_start / $partition_end" in message
+    with warehouse.read() as con:
+        assert not con.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'monthly'"
+        ).fetchone()[0]
+
+
 # --- asset checks --------------------------------------------------------------------------
 
 CHECKED_FILES = {

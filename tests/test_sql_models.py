@@ -452,6 +452,26 @@ def test_two_builds_of_the_same_data_hash_the_same(random_warehouse):
             training_data_version(frame_of(random_warehouse, relation), keys), relation
 
 
+@pytest.mark.parametrize("months", [3, 7])
+def test_training_set_leaves_out_the_warm_up_months_only_when_later_ones_are_labelled(months):
+    """The warm-up bound is one scalar; it must keep what the rule says: from three months
+    after the first on when a labelled month exists from then on, else every labelled month
+    (a short history keeps everything rather than nothing)."""
+    con = warehouse_with(random_deliveries(customers=60, months=months, seed=11))
+    build_models(con)
+    labelled = con.execute(
+        "SELECT f.customer_id, f.snapshot_month FROM features.customer_features AS f "
+        "JOIN features.labels AS l USING (customer_id, snapshot_month) WHERE l.churned IS NOT NULL"
+    ).df()
+    first_full = con.execute("SELECT min(snapshot_month) FROM features.customer_features").fetchone()[0]
+    first_full = (pd.Timestamp(first_full) + pd.DateOffset(months=3)).date()
+    later = labelled[labelled["snapshot_month"].dt.date >= first_full]
+    expected = later if len(later) else labelled
+    training = con.execute("SELECT customer_id, snapshot_month FROM features.training_set").df()
+    assert len(training) > 0 and (len(later) > 0) == (months == 7)
+    assert sorted(map(tuple, training.to_numpy().tolist())) == sorted(map(tuple, expected.to_numpy().tolist()))
+
+
 def test_point_in_time_check_passes_on_the_project_model(random_warehouse):
     result = check_point_in_time(random_warehouse, SQL_DIR, sample=100, months=["2024-02", "2024-05", "2024-07"])
     assert result.passed, result.sample_of_mismatches

@@ -94,3 +94,38 @@ def test_a_waiting_writer_says_what_it_waits_for(tmp_path, capfd):
     assert holder.wait(timeout=30) == 0
     err = capfd.readouterr().err
     assert "Waiting for the warehouse: another process holds" in err and "w.write-lock" in err
+
+
+def test_default_memory_limit_and_spill_folder(tmp_path, monkeypatch):
+    from churn_assets.core import warehouse as warehouse_module
+
+    monkeypatch.setenv("CHURN_HOME", str(tmp_path / "home"))
+    # Half the memory, capped: fixed machine sizes, so the test does not depend on this one.
+    monkeypatch.setattr(warehouse_module, "available_memory_bytes", lambda: 16 * 1024**3)
+    assert warehouse_module.default_memory_limit() == "8192MiB"
+    monkeypatch.setattr(warehouse_module, "available_memory_bytes", lambda: 256 * 1024**3)
+    assert warehouse_module.default_memory_limit() == "16384MiB"
+    monkeypatch.setattr(warehouse_module, "available_memory_bytes", lambda: None)
+    assert warehouse_module.default_memory_limit() == "16384MiB"
+    monkeypatch.setattr(warehouse_module, "available_memory_bytes", lambda: 16 * 1024**3)
+
+    warehouse = Warehouse(path=str(tmp_path / "w.duckdb"))
+    with warehouse.write() as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS x")
+        limit, spill = con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchone()
+    assert limit == "8.0 GiB"
+    assert spill == str(tmp_path / "home" / "duckdb_tmp")
+    # Readers, sandboxed ones included, open with the same settings: DuckDB refuses a second
+    # connection to an open file with a different configuration.
+    with warehouse.read() as first, warehouse.read() as second:
+        assert first.execute("SELECT x FROM t").fetchall() == second.execute("SELECT x FROM t").fetchall()
+    with warehouse.read(sandboxed=True) as con:
+        assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] == spill
+
+    custom = Warehouse(path=str(tmp_path / "w.duckdb"), memory_limit="1GB", temp_directory=str(tmp_path / "spill"))
+    with custom.read() as con:
+        assert con.execute(
+            "SELECT current_setting('memory_limit'), current_setting('temp_directory')"
+        ).fetchone() == ("953.6 MiB", str(tmp_path / "spill"))

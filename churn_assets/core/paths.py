@@ -38,6 +38,13 @@ def warehouse_path(home: Path | None = None) -> Path:
     return (home or churn_home()) / "warehouse.duckdb"
 
 
+def duckdb_temp_dir(home: Path | None = None) -> Path:
+    """Where DuckDB spills what does not fit its memory_limit (created by DuckDB when needed,
+    emptied when the connection closes): under $CHURN_HOME, not the working directory's
+    ``.tmp`` (DuckDB's default), which may be read-only or on a small disk."""
+    return (home or churn_home()) / "duckdb_tmp"
+
+
 def source_dir(home: Path | None = None) -> Path:
     """Monthly deliveries the raw layer loads: ``source/YYYY-MM/<table>.parquet``."""
     return (home or churn_home()) / "source"

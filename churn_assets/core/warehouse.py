@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from churn_assets.core.paths import artifacts_dir, churn_home, warehouse_path
+from churn_assets.core.paths import artifacts_dir, churn_home, duckdb_temp_dir, warehouse_path
 
 if TYPE_CHECKING:
     import duckdb
@@ -46,6 +46,44 @@ class WarehouseMissingError(FileNotFoundError):
     """The warehouse file does not exist yet."""
 
 
+# The default memory_limit: half of the memory the process may use, at most this much.
+# DuckDB's own default is 80% of RAM, which leaves too little for what runs beside it (the
+# training and scoring steps hold the features in pandas / numpy in the same process,
+# Dagster's webserver and daemon run next to it). Half of a 16 GB laptop is 8 GB, under
+# which the 1M-customer feature build runs (benchmarks/bench_features.py); past the limit
+# DuckDB spills to temp_directory instead of failing. The cap keeps a large shared server
+# from handing one warehouse most of its memory; set memory_limit to go beyond it.
+DEFAULT_MEMORY_SHARE = 0.5
+DEFAULT_MEMORY_CAP_BYTES = 16 * 1024**3
+
+
+def available_memory_bytes() -> int | None:
+    """Physical memory, or the container's (cgroup) limit when that is lower; None if unknown."""
+    import os
+
+    sizes = []
+    try:
+        sizes.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        pass
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) > 0:
+            sizes.append(int(text))
+    return min(sizes) if sizes else None
+
+
+def default_memory_limit() -> str:
+    """``memory_limit`` when none is configured: half the available memory, at most 16GB,
+    in whole MiB."""
+    memory = available_memory_bytes()
+    limit = DEFAULT_MEMORY_CAP_BYTES if memory is None else min(int(memory * DEFAULT_MEMORY_SHARE), DEFAULT_MEMORY_CAP_BYTES)
+    return f"{limit // 1024**2}MiB"
+
+
 def _is_lock_conflict(error: Exception) -> bool:
     text = str(error).lower()
     return "lock" in text or "different configuration" in text
@@ -64,18 +102,29 @@ class Warehouse(dg.ConfigurableResource):
         default=1800.0, description="How long a writer queues behind other writers."
     )
     threads: int | None = Field(default=None, description="DuckDB worker threads.")
-    memory_limit: str | None = Field(default=None, description="DuckDB memory_limit, e.g. '4GB'.")
+    memory_limit: str | None = Field(
+        default=None,
+        description="DuckDB memory_limit, e.g. '4GB'; beyond it DuckDB spills to temp_directory. "
+        "Defaults to half the machine's memory (or its cgroup limit), at most 16GB.",
+    )
+    temp_directory: str | None = Field(
+        default=None, description="Where DuckDB spills; defaults to $CHURN_HOME/duckdb_tmp."
+    )
 
     @property
     def db_path(self) -> Path:
         return Path(self.path) if self.path else warehouse_path()
 
     def _settings(self) -> dict:
-        config = {}
+        # Every connection of the process gets the same settings: DuckDB refuses a second
+        # connection to an open file with a different configuration, so these are computed
+        # the same way each time (no per-call state).
+        config = {
+            "memory_limit": self.memory_limit or default_memory_limit(),
+            "temp_directory": self.temp_directory or str(duckdb_temp_dir()),
+        }
         if self.threads:
             config["threads"] = self.threads
-        if self.memory_limit:
-            config["memory_limit"] = self.memory_limit
         return config
 
     @contextmanager
@@ -173,8 +222,10 @@ class Warehouse(dg.ConfigurableResource):
         deadline = time.monotonic() + self.read_wait_s
         while True:
             try:
+                # The sandbox's keys go first: DuckDB refuses a temp_directory given before
+                # enable_external_access = false in the same config (checked on DuckDB 2.0).
                 con = duckdb.connect(str(self.db_path), read_only=True,
-                                     config={**self._settings(), **(SANDBOX_SETTINGS if sandboxed else {})})
+                                     config={**(SANDBOX_SETTINGS if sandboxed else {}), **self._settings()})
                 break
             except (duckdb.IOException, duckdb.ConnectionException) as error:
                 if not _is_lock_conflict(error):
@@ -238,4 +289,5 @@ __all__ = [
     "WarehouseDamagedError",
     "WarehouseMissingError",
     "churn_home",
+    "default_memory_limit",
 ]

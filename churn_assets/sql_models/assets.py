@@ -22,9 +22,6 @@ from churn_assets.core.warehouse import WAREHOUSE_POOL, table_exists
 from churn_assets.sql_models.checks import quote_identifier, quote_relation
 from churn_assets.sql_models.loader import SqlModel, SqlProjectError
 
-STAGING_TABLE = "_sql_model_window"
-
-
 class SqlModelError(dg.Failure):
     """A model failed to materialize; the message names its SQL file."""
 
@@ -70,58 +67,86 @@ def _columns(con, relation: str) -> list[tuple[str, str, bool]]:
     return [(row[0], row[1], row[2] == "YES") for row in con.execute(f"DESCRIBE {relation}").fetchall()]
 
 
+# Marks the error the window guard raises inside DuckDB, so that it can be told from any
+# other failure and reported in the model's terms.
+WINDOW_GUARD_MARK = "churn-window-guard:"
+
+
 def _write_incremental(con, model: SqlModel, start: date, end: date) -> dict[str, Any]:
+    """Replace the window [start, end) of an incremental model with the model's rows, in the
+    caller's transaction (so an error anywhere rolls the whole write back).
+
+    The rows go straight into the target: no staged copy. The output columns come from
+    DESCRIBE (DuckDB binds the query, it does not run it), and the window is guarded
+    inside the INSERT itself: a row outside it raises an error from the projection,
+    which aborts the statement and, with it, the transaction.
+    """
+    import duckdb
+
     relation = quote_relation(model.key)
     partition_column = quote_identifier(model.config.partition_by or "")
     window = {"partition_start": start, "partition_end": end}
     model_params = {name: window[name] for name in model.parameters}
 
-    con.execute(f"CREATE OR REPLACE TEMP TABLE {STAGING_TABLE} AS SELECT * FROM (\n{model.sql}\n)", model_params)
-    staged = [c[0] for c in _columns(con, STAGING_TABLE)]
-    if model.config.partition_by.lower() not in {c.lower() for c in staged}:
+    output = [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM (\n{model.sql}\n)", model_params).fetchall()]
+    if model.config.partition_by.lower() not in {c.lower() for c in output}:
         raise SqlModelError(
             f"{model.path}: partition_by column {model.config.partition_by!r} is not among "
-            f"the model's output columns {staged}"
+            f"the model's output columns {output}"
         )
-    outside, example = con.execute(
-        f"SELECT count(*), min({partition_column}) FROM {STAGING_TABLE} "
-        f"WHERE {partition_column} IS NULL OR {partition_column} < $partition_start "
-        f"OR {partition_column} >= $partition_end",
-        window,
-    ).fetchone()
-    if outside:
-        # Rows outside the window would survive the next delete of this window and be
-        # inserted again: the model must filter on $partition_start / $partition_end.
-        raise SqlModelError(
-            f"{model.path}: {outside} row(s) have {model.config.partition_by} outside the "
-            f"window [{start}, {end}) (e.g. {example}); filter the SQL with "
-            f"$partition_start / $partition_end"
-        )
+    # Rows outside the window would survive the next delete of this window and be inserted
+    # again: the model must filter on $partition_start / $partition_end. The guard is in
+    # the projection above the model, not in a WHERE, so DuckDB cannot evaluate it on a
+    # row before the model's own filters have dropped it (a projection is never pushed
+    # below them); CASE returns the partition value itself for every row in the window.
+    guarded = (
+        f"SELECT * REPLACE (CASE WHEN {partition_column} IS NULL "
+        f"OR {partition_column} < $partition_start OR {partition_column} >= $partition_end "
+        f"THEN error('{WINDOW_GUARD_MARK}' || coalesce(CAST({partition_column} AS VARCHAR), 'NULL')) "
+        f"ELSE {partition_column} END AS {partition_column})\n"
+        f"FROM (\n{model.sql}\n)"
+    )
 
-    if table_exists(con, f"{model.schema}.{model.name}"):
+    exists = table_exists(con, f"{model.schema}.{model.name}")
+    if exists:
         existing = [c[0] for c in _columns(con, relation)]
-        if {c.lower() for c in existing} != {c.lower() for c in staged}:
-            added = sorted(set(staged) - set(existing))
-            removed = sorted(set(existing) - set(staged))
+        if {c.lower() for c in existing} != {c.lower() for c in output}:
+            added = sorted(set(output) - set(existing))
+            removed = sorted(set(existing) - set(output))
             raise SqlModelError(
                 f"{model.path}: the model's columns no longer match {model.relation} "
                 f"(new: {added or '-'}, gone: {removed or '-'}). Rebuild it: "
                 f"DROP TABLE {model.relation}, then backfill every partition."
             )
-        deleted = con.execute(
-            f"DELETE FROM {relation} WHERE {partition_column} >= $partition_start "
-            f"AND {partition_column} < $partition_end",
-            window,
-        ).fetchone()[0]
-        con.execute(f"INSERT INTO {relation} BY NAME SELECT * FROM {STAGING_TABLE}")
-    else:
-        deleted = 0
-        con.execute(f"CREATE TABLE {relation} AS SELECT * FROM {STAGING_TABLE}")
+    try:
+        if exists:
+            deleted = con.execute(
+                f"DELETE FROM {relation} WHERE {partition_column} >= $partition_start "
+                f"AND {partition_column} < $partition_end",
+                window,
+            ).fetchone()[0]
+            con.execute(f"INSERT INTO {relation} BY NAME {guarded}", window)
+        else:
+            deleted = 0
+            con.execute(f"CREATE TABLE {relation} AS {guarded}", window)
+    except duckdb.Error as error:
+        text = str(error)
+        if WINDOW_GUARD_MARK not in text:
+            raise
+        example = text.split(WINDOW_GUARD_MARK, 1)[1].strip().splitlines()[0]
+        raise SqlModelError(
+            f"{model.path}: rows have {model.config.partition_by} outside the window "
+            f"[{start}, {end}) (e.g. {example}); filter the SQL with "
+            f"$partition_start / $partition_end"
+        ) from None
+    # The window was emptied before the insert and every inserted row is in it, so the
+    # window's rows are exactly the inserted ones: a scan of one column, not of a copy.
     rows_by_month = con.execute(
         f"SELECT strftime(date_trunc('month', {partition_column}), '%Y-%m'), count(*) "
-        f"FROM {STAGING_TABLE} GROUP BY ALL ORDER BY 1"
+        f"FROM {relation} WHERE {partition_column} >= $partition_start "
+        f"AND {partition_column} < $partition_end GROUP BY ALL ORDER BY 1",
+        window,
     ).fetchall()
-    con.execute(f"DROP TABLE {STAGING_TABLE}")
     return {
         "rows_deleted": deleted,
         "rows_by_month": {month: n for month, n in rows_by_month},
