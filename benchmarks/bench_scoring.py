@@ -72,7 +72,7 @@ def limit_pipeline(con, model, months: list[str]) -> int:
     import numpy as np
     import pyarrow as pa
 
-    from churn_assets.scoring.batch import RiskBands, _columns_of, matrix_select, risk_band_sql
+    from churn_assets.scoring.batch import RiskBands, _columns_of, matrix_select
     from churn_assets.training.model import apply_calibration
 
     expressions, dtype = matrix_select(model, _columns_of(con, "features.customer_features"))
@@ -85,7 +85,7 @@ def limit_pipeline(con, model, months: list[str]) -> int:
                        "churn_probability": probabilities})
     con.register("scored", scored)
     con.execute(f"INSERT INTO limit_predictions SELECT customer_id, snapshot_month, churn_probability, "
-                f"{risk_band_sql('churn_probability', RiskBands())}, $version, now()::TIMESTAMP FROM scored",
+                f"{RiskBands().sql('churn_probability')}, $version, now()::TIMESTAMP FROM scored",
                 {"version": model.version})
     con.unregister("scored")
     return table.num_rows

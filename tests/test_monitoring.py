@@ -118,9 +118,10 @@ def test_score_months_reads_every_month_in_one_query_and_chunks_of_batch_rows(fe
 
 def test_risk_bands_use_the_cut_offs_inclusively():
     bands = RiskBands(medium=0.25, high=0.5)
-    assert bands.assign(np.array([0.0, 0.2499, 0.25, 0.4999, 0.5, 1.0])).tolist() == [
-        "low", "low", "medium", "medium", "high", "high",
-    ]
+    probabilities = [0.0, 0.2499, 0.25, 0.4999, 0.5, 1.0]
+    banded = duckdb.sql(f"SELECT {bands.sql('p')} FROM (SELECT unnest(?) AS p, generate_subscripts(?, 1) AS i) "
+                        "ORDER BY i", params=[probabilities, probabilities]).fetchall()
+    assert [band for (band,) in banded] == ["low", "low", "medium", "medium", "high", "high"]
     with pytest.raises(ScoringError, match="medium < high"):
         RiskBands(medium=0.6, high=0.4)
 
@@ -142,7 +143,9 @@ def test_write_predictions_replaces_only_its_months(feature_con):
     assert stats.months["2024-02"].mean_probability == pytest.approx(stored["churn_probability"].mean())
     assert stats.months["2024-02"].high_risk_share == pytest.approx((stored["risk_band"] == "high").mean())
     assert set(stored["risk_band"]) <= {"low", "medium", "high"}
-    assert (stored["risk_band"] == RiskBands().assign(stored["churn_probability"].to_numpy())).all()
+    expected_bands = np.select([stored["churn_probability"] >= 0.6, stored["churn_probability"] >= 0.3],
+                               ["high", "medium"], default="low")
+    assert (stored["risk_band"] == expected_bands).all()
     assert len(after) == len(before) == 180
     assert con.execute(
         "SELECT count(*) FROM (SELECT customer_id, snapshot_month FROM ml.predictions GROUP BY ALL HAVING count(*) > 1)"

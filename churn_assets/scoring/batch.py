@@ -86,14 +86,10 @@ class RiskBands:
                 f"high={self.high}"
             )
 
-    def assign(self, probabilities: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        return np.select(
-            [probabilities >= self.high, probabilities >= self.medium],
-            ["high", "medium"],
-            default="low",
-        )
+    def sql(self, probability: str) -> str:
+        """The band of the SQL expression ``probability``: computed where the rows are written."""
+        return (f"CASE WHEN {probability} >= {self.high!r} THEN 'high' "
+                f"WHEN {probability} >= {self.medium!r} THEN 'medium' ELSE 'low' END")
 
 
 class ScoringPolicy(dg.ConfigurableResource):
@@ -318,12 +314,6 @@ def ensure_predictions_table(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"CREATE TABLE IF NOT EXISTS {PREDICTIONS_TABLE} ({body})")
 
 
-def risk_band_sql(probability: str, bands: RiskBands) -> str:
-    """The risk band of ``probability`` in SQL, with the same inclusive cut-offs as ``RiskBands``."""
-    return (f"CASE WHEN {probability} >= {bands.high!r} THEN 'high' "
-            f"WHEN {probability} >= {bands.medium!r} THEN 'medium' ELSE 'low' END")
-
-
 def write_predictions(
     con: duckdb.DuckDBPyConnection,
     model: ScoringModel,
@@ -354,7 +344,7 @@ def write_predictions(
     con.execute(f"DELETE FROM {PREDICTIONS_TABLE} WHERE {_month_filter(partitions)}")
     insert = (
         f"INSERT INTO {PREDICTIONS_TABLE} SELECT {ID_COLUMN}, {MONTH_COLUMN}, churn_probability, "
-        f"{risk_band_sql('churn_probability', bands)}, $version, $scored_at FROM prediction_chunk"
+        f"{bands.sql('churn_probability')}, $version, $scored_at FROM prediction_chunk"
     )
     reader_con = con.cursor()
     try:
