@@ -9,7 +9,7 @@ the same run in one Python process, from the same built CHURN_HOME in the same r
   in_process (the default) and multiprocess (a process per step).
 
 Every figure is wall seconds from the process's start (imports and code location included),
-the median of three runs of the latest delivered month.
+the median (mean) of two runs of the latest delivered month.
 
     uv run python benchmarks/bench_jobs.py --churn-home ~/.churn   # a home built by churn demo
     uv run python benchmarks/bench_jobs.py --quick                 # builds a small demo first
@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = "monthly_scoring"
-REPEATS = 3
+REPEATS = 2
 
 IN_PROCESS = """
 import sys, time, json
@@ -89,7 +89,7 @@ def main() -> None:
     reference = statistics.median(run["cold"] for run in in_process)
     rows = [("in process (one python process, imports included)", reference),
             ("in process, warm (a second run in that process)", statistics.median(r["warm"] for r in in_process))]
-    launch = [sys.executable, "-m", "dagster", "job", "execute", "-m", "churn_assets.definitions", "-j", JOB,
+    launch = [sys.executable, "-m", "dagster", "job", "execute", "-m", "churn_assets.definitions", "-a", "defs", "-j", JOB,
               "--tags", json.dumps({"dagster/partition": month})]
     with tempfile.TemporaryDirectory() as folder:
         for executor in ("in_process", "multiprocess"):
