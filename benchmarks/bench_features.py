@@ -106,9 +106,16 @@ def load_raw(folder: Path, database: str):
     """A DuckDB file with the raw tables typed as the raw layer types them (not timed)."""
     import duckdb
 
+    con = duckdb.connect(str(folder / database), config=_duckdb_settings(folder))
+    create_raw_tables(con, folder)
+    con.execute("CHECKPOINT")
+    return con
+
+
+def create_raw_tables(con, folder: Path) -> None:
+    """raw.<table> from the generated ``<table>.parquet`` files, typed by the raw contract."""
     from churn_assets.source.contract import RAW_TABLES
 
-    con = duckdb.connect(str(folder / database), config=_duckdb_settings(folder))
     con.execute("CREATE SCHEMA IF NOT EXISTS raw")
     for name in RAW:
         casts = ", ".join(f"CAST({c.name} AS {c.dtype}) AS {c.name}" for c in RAW_TABLES[name].columns)
@@ -116,8 +123,6 @@ def load_raw(folder: Path, database: str):
             f"CREATE OR REPLACE TABLE raw.{name} AS SELECT {casts}, CAST(delivery_month AS DATE) AS delivery_month "
             f"FROM read_parquet('{folder / name}.parquet')"
         )
-    con.execute("CHECKPOINT")
-    return con
 
 
 def run_duckdb(folder: Path, leakage_check: bool = True) -> dict:

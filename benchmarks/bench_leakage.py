@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from bench_features import RAW, SQL_DIR, generate  # noqa: E402
+from bench_features import SQL_DIR, create_raw_tables, generate  # noqa: E402
 
 MODEL = "features.customer_features"
 LEAKY_SQL = (
@@ -82,18 +82,11 @@ def leaky_project(folder: Path) -> Path:
 def build(con, folder: Path, sql_dir: Path, only: set[str] | None = None) -> None:
     """Raw tables from the generated Parquet, then the project's models in dependency
     order (incremental ones in one window over every month)."""
-    from churn_assets.source.contract import RAW_TABLES
     from churn_assets.source.raw_assets import RAW_ASSET_KEYS
     from churn_assets.sql_models import load_sql_project
 
     if only is None:
-        con.execute("CREATE SCHEMA IF NOT EXISTS raw")
-        for name in RAW:
-            casts = ", ".join(f"CAST({c.name} AS {c.dtype}) AS {c.name}" for c in RAW_TABLES[name].columns)
-            con.execute(
-                f"CREATE OR REPLACE TABLE raw.{name} AS SELECT {casts}, "
-                f"CAST(delivery_month AS DATE) AS delivery_month FROM read_parquet('{folder / name}.parquet')"
-            )
+        create_raw_tables(con, folder)
     for model in load_sql_project(sql_dir, RAW_ASSET_KEYS, use_cache=False).models:
         if only is not None and model.relation not in only:
             continue

@@ -313,11 +313,10 @@ def step_layers(defs: dg.Definitions) -> dict[str, str]:
     layer_of_key: dict = {}
     steps: dict[str, str] = {}
     for assets_def in defs.assets or []:
-        layers = [spec.tags.get("layer") for spec in getattr(assets_def, "specs", [])]
-        for spec, layer in zip(getattr(assets_def, "specs", []), layers):
-            layer_of_key[spec.key] = layer
-        if getattr(assets_def, "is_executable", False) and any(layers):
-            steps[assets_def.node_def.name] = next(layer for layer in layers if layer)
+        for spec in getattr(assets_def, "specs", []):
+            layer_of_key[spec.key] = spec.tags.get("layer")
+            if getattr(assets_def, "is_executable", False) and layer_of_key[spec.key]:
+                steps.setdefault(assets_def.node_def.name, layer_of_key[spec.key])
     for checks_def in defs.asset_checks or []:
         keys = [spec.asset_key for spec in checks_def.check_specs]
         layer = next((layer_of_key[key] for key in keys if layer_of_key.get(key)), None)
