@@ -7,7 +7,7 @@ customers the months hold.
 
 Two paths, chosen per model:
 - the matrix path, for models whose candidate scores a numeric matrix (the tree boosters,
-  ``Candidate.matrix_dtype``): the query itself turns categoricals into the codes of the
+  ``ChurnModel.matrix_dtype``): the query itself turns categoricals into the codes of the
   training levels (an ENUM of the levels: unseen values and NULLs become missing) and casts
   numerics to the booster's float type, so a chunk goes from Arrow to one numpy matrix to
   the booster with no DataFrame in between;
@@ -174,8 +174,7 @@ def matrix_select(model: Any, column_types: Mapping[str, str]) -> tuple[list[str
     pandas Categorical of those levels has in training), NULL where the value is missing or
     was never seen; a numeric is cast to the matrix's float type (DECIMALs through DOUBLE,
     as pandas reads them)."""
-    candidate = getattr(model, "candidate", None)
-    dtype = getattr(candidate, "matrix_dtype", None)
+    dtype = getattr(model, "matrix_dtype", None)
     spec = getattr(model, "feature_spec", None)
     if dtype is None or spec is None:
         return None

@@ -52,6 +52,8 @@ class ChurnModel:
     # models with the same settings that did not see the row, and each fold's AUC. Every
     # candidate is then compared by the same K-fold cross-validation (``cv_auc``).
     cross_validation: dict = field(default_factory=dict, repr=False)
+    # Threads a prediction may use (None: the estimator's own setting); see ``use_threads``.
+    predict_threads: int | None = field(default=None, repr=False)
 
     @property
     def algorithm(self) -> str:
@@ -69,10 +71,22 @@ class ChurnModel:
         """Calibrated churn probabilities, one per row of ``frame``."""
         return apply_calibration(self.calibration, self.predict_raw(frame))
 
+    def use_threads(self, threads: int) -> ChurnModel:
+        """Predict with ``threads`` threads from now on. A service answering one row at a time
+        wants one: a booster's OpenMP threads cost more to wake than a row costs to score, and
+        two boosters' idle threads spin against each other (measured: an ensemble's row 5x slower)."""
+        self.predict_threads = threads
+        self.candidate.use_threads(self, threads)
+        return self
+
+    @property
+    def matrix_dtype(self) -> str | None:
+        """The dtype of the matrix ``predict_proba_matrix`` reads; None: score frames only."""
+        return self.candidate.matrix_dtype_for(self)
+
     def predict_proba_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Calibrated churn probabilities of a feature matrix (``Candidate.predict_matrix``)."""
         return apply_calibration(self.calibration, self.candidate.predict_matrix(self, matrix))
-
 
 
 # -- metrics and calibration ------------------------------------------------------------

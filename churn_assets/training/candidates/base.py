@@ -72,7 +72,8 @@ class Candidate:
     exact_explanations: ClassVar[bool] = False
     Params: ClassVar[type[CandidateParams]] = CandidateParams
     # Set (to "float32" or "float64") when ``predict_matrix`` scores a plain numeric matrix:
-    # batch scoring then builds the matrix in SQL instead of going through a DataFrame.
+    # batch scoring then builds the matrix in SQL, and the HTTP service from its snapshot,
+    # instead of going through a DataFrame.
     matrix_dtype: ClassVar[str | None] = None
 
     def params(self, overrides: dict[str, Any] | None = None) -> CandidateParams:
@@ -90,6 +91,32 @@ class Candidate:
         its value among ``feature_spec.categories`` (NaN when missing or unseen), as the codes
         of the pandas Categorical that ``model.features`` builds, and numerics as numbers."""
         raise NotImplementedError
+
+    def matrix_dtype_for(self, model: ChurnModel) -> str | None:
+        """The dtype ``predict_matrix`` reads for ``model``, or None when it is scored from frames
+        only (a candidate whose support depends on the fitted model overrides this)."""
+        return self.matrix_dtype
+
+    def raw_from_margin(self, model: ChurnModel, margin: np.ndarray) -> np.ndarray | None:
+        """``predict_matrix``'s probabilities from the margin ``matrix_contributions`` gave, when
+        they are exactly a function of it (a service explaining a row then predicts it once);
+        None when the estimator computes them its own way (a booster's float32 sigmoid)."""
+        return None
+
+    def use_threads(self, model: ChurnModel, threads: int) -> None:
+        """Make ``model``'s estimator predict with ``threads`` threads (``model.predict_threads``
+        is already set; candidates whose estimator holds its own setting apply it here)."""
+
+    def margin_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
+        """Uncalibrated log-odds of the rows of a ``predict_matrix`` matrix."""
+        from churn_assets.training.model import logit
+
+        return logit(self.predict_matrix(model, matrix))
+
+    def matrix_contributions(self, model: ChurnModel, matrix: np.ndarray) -> tuple[Contributions, np.ndarray] | None:
+        """``contributions`` of the rows of a ``predict_matrix`` matrix (float64 accepted for any
+        ``matrix_dtype``): the same values, without a DataFrame. None: explain from frames."""
+        return None
 
     def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of churn; what ``contributions`` add up to."""

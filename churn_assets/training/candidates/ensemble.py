@@ -77,6 +77,18 @@ class StackedModel:
 
         return 1.0 / (1.0 + np.exp(-self.margin(frame)))
 
+    def reads_one_matrix(self) -> bool:
+        """Whether every member scores the same matrix (one feature spec, each with a matrix path)."""
+        specs = {json.dumps(m.feature_spec.to_dict(), sort_keys=True) for m in self.members}
+        return len(specs) == 1 and all(m.matrix_dtype is not None for m in self.members)
+
+    def margin_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        margins = np.column_stack([m.candidate.margin_matrix(m, np.asarray(matrix, dtype=m.matrix_dtype))
+                                   for m in self.members])
+        return margins @ np.asarray(self.coef) + self.intercept
+
     def to_dict(self) -> dict[str, Any]:
         return {"members": [m.version for m in self.members], "coef": self.coef, "intercept": self.intercept}
 
@@ -167,29 +179,38 @@ class StackedEnsembleCandidate(Candidate):
     def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
         return model.estimator.margin(frame)
 
-    def contributions(self, model: ChurnModel, features: pd.DataFrame, approximate: bool = False):
-        """The weighted sum of the members' exact attributions, or None if one has none."""
+    # The matrix path, when every member reads the same matrix: float64, which each member
+    # casts to its own dtype (the XGBoost member's float32 is the same rounding as in SQL).
+    def matrix_dtype_for(self, model: ChurnModel) -> str | None:
+        return "float64" if model.estimator.reads_one_matrix() else None
+
+    def predict_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
+        return self.raw_from_margin(model, model.estimator.margin_matrix(matrix))
+
+    def raw_from_margin(self, model: ChurnModel, margin: np.ndarray) -> np.ndarray:
         import numpy as np
 
-        from churn_assets.training.explain import Contributions
+        return 1.0 / (1.0 + np.exp(-margin))
 
-        stacked: StackedModel = model.estimator
-        values = np.zeros((len(features), len(features.columns)))
-        base = np.full(len(features), stacked.intercept)
-        margin = np.full(len(features), stacked.intercept)
-        for member, weight in zip(stacked.members, stacked.coef, strict=True):
-            exact = member.candidate.contributions(member, features, approximate=approximate)
-            if exact is None:
-                return None
-            part, member_margin = exact
-            position = {name: i for i, name in enumerate(part.feature_names)}
-            for column, name in enumerate(features.columns):
-                if name in position:
-                    values[:, column] += weight * part.values[:, position[name]]
-            base += weight * part.base_values
-            margin += weight * member_margin
-        return Contributions(values=values, base_values=base, feature_names=list(features.columns),
-                             method="stacked"), margin
+    def use_threads(self, model: ChurnModel, threads: int) -> None:
+        for member in model.estimator.members:
+            member.use_threads(threads)
+
+    def margin_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
+        return model.estimator.margin_matrix(matrix)
+
+    def contributions(self, model: ChurnModel, features: pd.DataFrame, approximate: bool = False):
+        """The weighted sum of the members' exact attributions, or None if one has none."""
+        return _weighted_contributions(
+            model.estimator, list(features.columns), len(features),
+            lambda member: member.candidate.contributions(member, features, approximate=approximate))
+
+    def matrix_contributions(self, model: ChurnModel, matrix: np.ndarray):
+        import numpy as np
+
+        return _weighted_contributions(
+            model.estimator, list(model.feature_spec.roles.features), len(matrix),
+            lambda member: member.candidate.matrix_contributions(member, np.asarray(matrix, dtype=np.float64)))
 
     def explains_exactly(self, model: ChurnModel) -> bool:
         return all(m.candidate.explains_exactly(m) for m in model.estimator.members)
@@ -209,6 +230,34 @@ class StackedEnsembleCandidate(Candidate):
         root = path.parent.parent
         members = [load_model_folder(root / version, version) for version in stored["members"]]
         return StackedModel(members, stored["coef"], stored["intercept"])
+
+
+def _weighted_contributions(stacked: StackedModel, names: list[str], rows: int, member_contributions):
+    """The intercept plus each member's exact attributions (``member_contributions(member)``)
+    times its weight, feature by feature; None if a member has none."""
+    import numpy as np
+
+    from churn_assets.training.explain import Contributions
+
+    values = np.zeros((rows, len(names)))
+    base = np.full(rows, stacked.intercept)
+    margins = []
+    for member, weight in zip(stacked.members, stacked.coef, strict=True):
+        exact = member_contributions(member)
+        if exact is None:
+            return None
+        part, member_margin = exact
+        if part.feature_names == names:
+            values += weight * part.values
+        else:
+            position = {name: i for i, name in enumerate(part.feature_names)}
+            columns = [column for column, name in enumerate(names) if name in position]
+            values[:, columns] += weight * part.values[:, [position[names[c]] for c in columns]]
+        base += weight * part.base_values
+        margins.append(member_margin)
+    # The same arithmetic as ``StackedModel.margin``: the same margin to the last bit.
+    margin = np.column_stack(margins) @ np.asarray(stacked.coef) + stacked.intercept
+    return Contributions(values=values, base_values=base, feature_names=names, method="stacked"), margin
 
 
 CANDIDATE = StackedEnsembleCandidate()

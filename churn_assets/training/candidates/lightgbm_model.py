@@ -137,6 +137,12 @@ def train_lightgbm(split: Split, spec: FeatureSpec, *, seed: int = 42, **setting
     return model
 
 
+def _threads(model: ChurnModel) -> dict[str, int]:
+    """Prediction threads when the model was told (``ChurnModel.use_threads``); else the
+    booster's own (its training setting). A loaded booster's parameters cannot be reset."""
+    return {"num_threads": model.predict_threads} if model.predict_threads else {}
+
+
 class LightGBMCandidate(Candidate):
     algorithm = LIGHTGBM
     asset = "lightgbm"
@@ -151,10 +157,15 @@ class LightGBMCandidate(Candidate):
         return train_lightgbm(split, spec, seed=context.seed, **params.model_dump())
 
     def predict_raw(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
-        return model.estimator.predict(model.features(frame))
+        return model.estimator.predict(model.features(frame), **_threads(model))
 
     def predict_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
-        return model.estimator.predict(matrix)
+        return model.estimator.predict(matrix, **_threads(model))
+
+    def margin_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        return np.asarray(model.estimator.predict(matrix, raw_score=True, **_threads(model)), dtype=np.float64)
 
     def save(self, model: ChurnModel, folder: Path) -> str:
         model.estimator.save_model(str(folder / MODEL_FILE))
@@ -168,18 +179,25 @@ class LightGBMCandidate(Candidate):
     def margin(self, model: ChurnModel, frame: pd.DataFrame) -> np.ndarray:
         import numpy as np
 
-        return np.asarray(model.estimator.predict(model.features(frame), raw_score=True), dtype=np.float64)
+        return np.asarray(model.estimator.predict(model.features(frame), raw_score=True, **_threads(model)), dtype=np.float64)
 
     def contributions(self, model: ChurnModel, features: pd.DataFrame, approximate: bool = False):
+        return self._contributions(model, features, list(features.columns))
+
+    @staticmethod
+    def _contributions(model: ChurnModel, rows: Any, names: list[str]):
+        """TreeSHAP and margin of ``rows``: model input as a frame or a matrix of codes."""
         import numpy as np
 
         from churn_assets.training.explain import Contributions
 
-        raw = np.asarray(model.estimator.predict(features, pred_contrib=True), dtype=np.float64)
-        margin = np.asarray(model.estimator.predict(features, raw_score=True), dtype=np.float64)
-        contributions = Contributions(values=raw[:, :-1], base_values=raw[:, -1],
-                                      feature_names=list(features.columns), method="lightgbm-treeshap")
-        return contributions, margin
+        raw = np.asarray(model.estimator.predict(rows, pred_contrib=True, **_threads(model)), dtype=np.float64)
+        margin = np.asarray(model.estimator.predict(rows, raw_score=True, **_threads(model)), dtype=np.float64)
+        return Contributions(values=raw[:, :-1], base_values=raw[:, -1], feature_names=names,
+                             method="lightgbm-treeshap"), margin
+
+    def matrix_contributions(self, model: ChurnModel, matrix: np.ndarray):
+        return self._contributions(model, matrix, list(model.feature_spec.roles.features))
 
     def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
         return "tree_shap"

@@ -376,6 +376,15 @@ class TunedXGBoostCandidate(Candidate):
         # No DMatrix: the booster reads the float32 array in place (categoricals as codes).
         return model.estimator.inplace_predict(matrix)
 
+    def use_threads(self, model: ChurnModel, threads: int) -> None:
+        model.estimator.set_param({"nthread": threads})
+
+    def margin_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        margin = model.estimator.inplace_predict(np.asarray(matrix, dtype=np.float32), predict_type="margin")
+        return np.asarray(margin, dtype=np.float64)
+
     def save(self, model: ChurnModel, folder: Path) -> str:
         model.estimator.save_model(str(folder / self.model_file))
         return self.model_file
@@ -397,6 +406,23 @@ class TunedXGBoostCandidate(Candidate):
 
         return (xgboost_contributions(model.estimator, features, approximate=approximate),
                 booster_margin(model.estimator, features))
+
+    def matrix_contributions(self, model: ChurnModel, matrix: np.ndarray):
+        import numpy as np
+        import xgboost as xgb
+
+        from churn_assets.training.explain import NATIVE_METHOD, Contributions
+
+        booster, spec = model.estimator, model.feature_spec
+        # The types the booster was trained with (pandas categoricals, then numbers), in its
+        # column order; no names: the booster's would be read back from C on every call.
+        types = ["c"] * len(spec.roles.categorical) + ["q"] * len(spec.roles.numeric)
+        data = xgb.DMatrix(np.asarray(matrix, dtype=np.float32), feature_types=types, enable_categorical=True,
+                           nthread=model.predict_threads or model.params.get("nthread", 0))
+        raw = np.asarray(booster.predict(data, pred_contribs=True, validate_features=False), dtype=np.float64)
+        margin = np.asarray(booster.predict(data, output_margin=True, validate_features=False), dtype=np.float64)
+        return Contributions(values=raw[:, :-1], base_values=raw[:, -1],
+                             feature_names=list(model.feature_spec.roles.features), method=NATIVE_METHOD), margin
 
     def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
         return "saabas" if approximate else "tree_shap"
