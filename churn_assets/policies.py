@@ -11,6 +11,7 @@ tuning         the tuned boosters' budget and trial selection      training/tuni
 promotion      margin, significance and bootstrap of the gate      training/promotion.py
 evaluation     business assumptions, slices, evaluation checks     evaluation/metrics.py
 scoring        risk bands, scoring batch size                      scoring/batch.py
+serving        the HTTP service: address, limits, A/B and shadow   scoring/serving.py
 drift          drift measurement and its warn / error levels       monitoring/drift.py
 retraining     decay level, when a new model is due                monitoring/retraining.py
 =============  ==================================================  =========================
@@ -35,6 +36,7 @@ from churn_assets.evaluation.metrics import EvaluationPolicy
 from churn_assets.monitoring.drift import DriftPolicy
 from churn_assets.monitoring.retraining import RetrainingPolicy
 from churn_assets.scoring.batch import ScoringPolicy
+from churn_assets.scoring.serving import ServingPolicy
 from churn_assets.source.export import SourcePolicy
 from churn_assets.training.promotion import PromotionPolicy
 from churn_assets.training.train import TrainingPolicy
@@ -59,6 +61,7 @@ class Policies(BaseModel):
     promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
     evaluation: EvaluationPolicy = Field(default_factory=EvaluationPolicy)
     scoring: ScoringPolicy = Field(default_factory=ScoringPolicy)
+    serving: ServingPolicy = Field(default_factory=ServingPolicy)
     drift: DriftPolicy = Field(default_factory=DriftPolicy)
     retraining: RetrainingPolicy = Field(default_factory=RetrainingPolicy)
 

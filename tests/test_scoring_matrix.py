@@ -116,9 +116,10 @@ def test_matrix_contributions_equal_the_frame_contributions(training, models, al
     np.testing.assert_allclose(matrix_margin, frame_margin, rtol=1e-9, atol=1e-9)
     # The margin explained is the margin scored, to the last bit: a row's reasons and its score agree.
     np.testing.assert_array_equal(model.candidate.margin_matrix(model, matrix), matrix_margin)
-    raw = model.candidate.raw_from_margin(model, matrix_margin)
-    if raw is not None:
-        np.testing.assert_array_equal(raw, model.candidate.predict_matrix(model, matrix))
+    # Explained and predicted in one pass: the same contributions, margin and probabilities.
+    explained, raw = model.candidate.explain_matrix(model, matrix)
+    np.testing.assert_array_equal(explained.values, by_matrix.values)
+    np.testing.assert_array_equal(raw, model.candidate.predict_matrix(model, matrix))
     np.testing.assert_allclose(model.predict_proba_matrix(matrix), model.predict_proba(rows), rtol=1e-12, atol=1e-15)
 
 

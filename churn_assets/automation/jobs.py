@@ -23,10 +23,11 @@ from churn_assets.training.assets import CANDIDATE_ASSET_KEYS
 
 TRAINING_KEYS = [
     *CANDIDATE_ASSET_KEYS, keys.MODEL_VERSIONS_KEY, keys.CHAMPION_KEY,
-    keys.EVALUATION_REPORT_KEY, keys.SHAP_SUMMARY_KEY,
+    keys.EVALUATION_REPORT_KEY, keys.SHAP_SUMMARY_KEY, keys.SERVING_SNAPSHOT_KEY,
 ]
 SCORING_KEYS = [
     keys.PREDICTIONS_KEY, keys.EXPLANATIONS_KEY, keys.DRIFT_KEY, keys.REALISED_PERFORMANCE_KEY,
+    keys.SERVING_SNAPSHOT_KEY, keys.SERVING_ARMS_KEY,
 ]
 DATA_LAYERS = dg.AssetSelection.groups("raw", "staging", "features")
 RAW_LOADED_MARKER = dg.AssetKey(["raw", "subscriptions"])

@@ -1,4 +1,4 @@
-"""The `churn` command: init, demo, run, ingest, sql, check, ui.
+"""The `churn` command: init, demo, run, ingest, sql, check, ui, reports, serve.
 
 Every command serves one project: ``--project DIR`` (or ``$CHURN_PROJECT``), else the built-in
 synthetic telecom one. The project is chosen before anything of the code location is imported,
@@ -355,6 +355,53 @@ def cmd_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The HTTP scoring service (FastAPI on uvicorn) for this project's champion."""
+    import json
+    import os
+    import socket
+    import tempfile
+
+    from churn_assets.core.paths import artifacts_dir
+    from churn_assets.policies import load_policies
+    from churn_assets.scoring.serving import ServingError, pointer_path
+    from churn_assets.scoring.service import MULTIPROCESS_ENV, SERVE_OVERRIDES_ENV
+
+    from churn_assets.scoring.service import serving_with
+
+    overrides = {name: getattr(args, name) for name in ("host", "port", "workers") if getattr(args, name) is not None}
+    try:
+        serving = serving_with(load_policies().serving, overrides)
+        serving.check()
+    except ServingError as error:
+        _say(f"churn serve: {error}")
+        return 2
+    try:  # a clear line now rather than uvicorn's log after the models are loaded
+        family = socket.AF_INET6 if ":" in serving.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((serving.host, serving.port))
+    except OSError as error:
+        _say(f"churn serve: cannot listen on {serving.host}:{serving.port}: {error.strerror} (choose --port)")
+        return 2
+    if not pointer_path(artifacts_dir()).is_file():
+        _say("churn serve: no serving snapshot yet (materialize ml/serving_snapshot: `churn run`); /ready answers "
+             "503 until one is written, then the service loads it")
+    os.environ[SERVE_OVERRIDES_ENV] = json.dumps(overrides)
+    # One thread per prediction (ChurnModel.use_threads); OpenMP's default would start one per core.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if serving.workers > 1:
+        # Each worker writes its metrics here; /metrics adds them up.
+        os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="churn-serve-metrics-")
+    import uvicorn
+
+    _say(f"churn serve: http://{serving.host}:{serving.port} (API docs at /docs, reports at /reports/), "
+         f"{serving.workers} worker(s); Ctrl-C stops it.")
+    uvicorn.run("churn_assets.cli.serve:app_from_environment", factory=True, host=serving.host,
+                port=serving.port, workers=serving.workers, log_level="warning", access_log=False)
+    return 0
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -436,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--junit", help="write JUnit XML to this path")
     check.add_argument("--verbose", action="store_true", help="print each check as it runs")
     check.set_defaults(func=cmd_check)
+
+    serve = add("serve", help="the HTTP scoring service for the champion (FastAPI + uvicorn)")
+    serve.add_argument("--host", help="address to listen on (default: serving.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default: serving.port, 8000)")
+    serve.add_argument("--workers", type=_positive_int, help="server processes (default: serving.workers, 1)")
+    serve.set_defaults(func=cmd_serve)
 
     ui = add("ui", help="start the Dagster UI and daemon on this CHURN_HOME's instance")
     ui.add_argument("--port", type=int)

@@ -16,6 +16,10 @@ EVALUATION_REPORT_KEY = dg.AssetKey(["ml", "evaluation_report"])
 SHAP_SUMMARY_KEY = dg.AssetKey(["ml", "shap_summary"])
 PREDICTIONS_KEY = dg.AssetKey(["ml", "predictions"])
 EXPLANATIONS_KEY = dg.AssetKey(["ml", "explanations"])
+SERVING_SNAPSHOT_KEY = dg.AssetKey(["ml", "serving_snapshot"])
+# Written by the HTTP service (`churn serve`), not by a run: an external asset in the graph.
+SCORE_LOG_KEY = dg.AssetKey(["serving", "score_log"])
 
 DRIFT_KEY = dg.AssetKey(["monitoring", "drift"])
 REALISED_PERFORMANCE_KEY = dg.AssetKey(["monitoring", "realised_performance"])
+SERVING_ARMS_KEY = dg.AssetKey(["monitoring", "serving_arms"])

@@ -28,6 +28,8 @@ from churn_assets.core.keys import (
     MODEL_VERSIONS_KEY,
     PREDICTIONS_KEY,
     REALISED_PERFORMANCE_KEY,
+    SCORE_LOG_KEY,
+    SERVING_ARMS_KEY,
     TRAINING_SET_KEY,
 )
 from churn_assets.core.metadata import (
@@ -58,6 +60,9 @@ from churn_assets.monitoring.performance import (
     check_decay,
 )
 from churn_assets.monitoring.retraining import RetrainingPolicy
+from churn_assets.monitoring.serving_arms import ARMS_COLUMNS, ARMS_TABLE
+from churn_assets.scoring.serving import ServingPolicy
+from churn_assets.training.promotion import PromotionPolicy
 
 
 # -- drift -------------------------------------------------------------------------------
@@ -283,6 +288,50 @@ def realised_performance(context: dg.AssetExecutionContext, warehouse: Warehouse
     return dg.MaterializeResult(metadata=metadata)
 
 
+# -- champion and challenger in production --------------------------------------------------
+
+
+@dg.asset(
+    key=SERVING_ARMS_KEY,
+    deps=[SCORE_LOG_KEY, LABELS_KEY],
+    pool=WAREHOUSE_POOL,
+    group_name="monitoring",
+    kinds={"duckdb", "scikit-learn"},
+    code_version="serving-arms-v1",
+    description=(
+        f"{ARMS_TABLE}: the champion and the challenger side by side on the scores `churn serve` logged, once "
+        "the labels arrive: AUC per arm with a bootstrap interval, paired on the customers both scored (shadow) "
+        "and per arm on the customers each answered (A/B), and a decision by the promotion policy's margin and "
+        "confidence."
+    ),
+    metadata=table_metadata(column_schema=table_schema(
+        {name: kind for name, (kind, _) in ARMS_COLUMNS.items()},
+        {name: text for name, (_, text) in ARMS_COLUMNS.items()}), table_name=ARMS_TABLE),
+)
+def serving_arms(context: dg.AssetExecutionContext, warehouse: Warehouse, serving_policy: ServingPolicy,
+                 promotion_policy: PromotionPolicy) -> dg.MaterializeResult:
+    from churn_assets.monitoring.serving_arms import compare_arms, labelled_scores, latest_versions, write_arms
+
+    with warehouse.read() as con:
+        scores, versions = labelled_scores(con), latest_versions(con)
+    result = compare_arms(scores, versions, promotion_policy, serving_policy.arm_min_labelled)
+    with warehouse.write() as con:
+        write_arms(con, result.rows)
+    context.log.info(f"Serving arms: {result.decision}: {result.reason}")
+    metadata: dict[str, Any] = {
+        **table_metadata(row_count=len(result.rows)),
+        "decision": dg.MetadataValue.text(result.decision),
+        "reason": dg.MetadataValue.text(result.reason),
+        "labelled_scores": dg.MetadataValue.int(len(scores)),
+    }
+    if result.rows:
+        metadata["arms"] = dg.MetadataValue.md(markdown_table(list(ARMS_COLUMNS), result.rows))
+    if result.difference is not None:
+        metadata["auc_difference"] = dg.MetadataValue.float(round(result.difference, 6))
+        metadata["auc_difference_interval"] = dg.MetadataValue.json([round(result.low, 6), round(result.high, 6)])
+    return dg.MaterializeResult(metadata=metadata)
+
+
 # -- checks --------------------------------------------------------------------------------
 
 
@@ -386,5 +435,5 @@ def performance_decay_check(retraining_policy: RetrainingPolicy, warehouse: Ware
     return verdict_result(check_decay(latest, retraining_policy.decay()))
 
 
-monitoring_assets = [drift, realised_performance]
+monitoring_assets = [drift, realised_performance, serving_arms]
 monitoring_checks = [drift_checks, performance_decay_check]

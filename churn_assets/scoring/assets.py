@@ -12,7 +12,15 @@
 import dagster as dg
 from pydantic import Field
 
-from churn_assets.core.keys import CHAMPION_KEY, CUSTOMER_FEATURES_KEY, EXPLANATIONS_KEY, PREDICTIONS_KEY
+from churn_assets.core.keys import (
+    CHAMPION_KEY,
+    CUSTOMER_FEATURES_KEY,
+    EXPLANATIONS_KEY,
+    PREDICTIONS_KEY,
+    SCORE_LOG_KEY,
+    SERVING_SNAPSHOT_KEY,
+    TRAINING_SET_KEY,
+)
 from churn_assets.core.metadata import (
     add_partition_metadata,
     partition_row_counts,
@@ -23,7 +31,9 @@ from churn_assets.core.metadata import (
 from churn_assets.core.partitions import monthly_partitions
 from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 from churn_assets.scoring.batch import PREDICTION_COLUMNS, PREDICTION_DESCRIPTIONS, PREDICTIONS_TABLE, ScoringPolicy
-from churn_assets.scoring.explanations import EXPLANATION_COLUMNS, EXPLANATIONS_TABLE
+from churn_assets.scoring.explanations import DEFAULT_TOP_REASONS, EXPLANATION_COLUMNS, EXPLANATIONS_TABLE
+from churn_assets.scoring.score_log import SCORE_LOG_COLUMNS, SCORE_LOG_TABLE
+from churn_assets.scoring.serving import ServingPolicy
 
 FEATURES_TABLE = "features.customer_features"
 
@@ -103,7 +113,7 @@ predictions = silenced_backfill_warning(_predictions_asset)
 
 
 class ExplanationsConfig(dg.Config):
-    top_k: int = Field(default=3, description="Reasons per direction per customer.")
+    top_k: int = Field(default=DEFAULT_TOP_REASONS, description="Reasons per direction per customer.")
     batch_rows: int = Field(default=50_000, description="Rows explained per batch.")
     background_rows: int = Field(default=10, description="Background rows (non-tree models).")
     approximate: bool = Field(
@@ -187,4 +197,53 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
     })
 
 
-scoring_assets = [predictions, explanations]
+# -- the HTTP service's snapshot and score log ----------------------------------------------
+
+
+@dg.asset(
+    key=SERVING_SNAPSHOT_KEY,
+    deps=[CUSTOMER_FEATURES_KEY, TRAINING_SET_KEY, CHAMPION_KEY],
+    group_name="ml",
+    kinds={"duckdb", "parquet"},
+    code_version="serving-snapshot-v1",
+    description="What `churn serve` answers from without a warehouse connection: every customer's latest row "
+                "of features.customer_features as Parquet, the champion's and the challenger's versions and "
+                "hashes, and the training range of every numeric feature, under artifacts/serving/. The service "
+                "loads a new snapshot when this asset writes one.",
+)
+def serving_snapshot(context: dg.AssetExecutionContext, serving_policy: ServingPolicy, warehouse: Warehouse,
+                     artifacts: ArtifactStore) -> dg.MaterializeResult:
+    from churn_assets.scoring.serving import pointer_path, write_snapshot
+
+    with warehouse.read() as con:
+        described = write_snapshot(con, artifacts.root_path, serving_policy.challenger)
+    models = described["models"]
+    challenger = models.get("challenger")
+    context.log.info(f"Serving snapshot {described['snapshot_id']}: {described['customers']:,} customers, "
+                     f"champion {models['champion']['version']}, challenger "
+                     f"{challenger['version'] if challenger else 'none'}")
+    return dg.MaterializeResult(metadata={
+        "snapshot_id": dg.MetadataValue.text(described["snapshot_id"]),
+        "customers": dg.MetadataValue.int(described["customers"]),
+        "latest_feature_month": dg.MetadataValue.text(described["feature_months"]["last"] or ""),
+        "champion_version": dg.MetadataValue.text(models["champion"]["version"]),
+        "challenger_version": dg.MetadataValue.text(challenger["version"] if challenger else "none"),
+        "pointer": dg.MetadataValue.path(str(pointer_path(artifacts.root_path))),
+    })
+
+
+score_log = dg.AssetSpec(
+    SCORE_LOG_KEY,
+    deps=[SERVING_SNAPSHOT_KEY],
+    group_name="ml",
+    kinds={"duckdb", "fastapi"},
+    code_version="score-log-v1",
+    description="serving.score_log: one row per score `churn serve` computed (customer, feature month, model "
+                "version, arm, answered or shadow, probability, band, latency), written by the service's "
+                "background writer. Not materialized by a run.",
+    metadata=table_metadata(column_schema=table_schema(
+        {name: kind for name, (kind, _) in SCORE_LOG_COLUMNS.items()},
+        {name: text for name, (_, text) in SCORE_LOG_COLUMNS.items()}), table_name=SCORE_LOG_TABLE),
+)
+
+scoring_assets = [predictions, explanations, serving_snapshot, score_log]

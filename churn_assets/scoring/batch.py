@@ -91,10 +91,14 @@ class RiskBands:
         return (f"CASE WHEN {probability} >= {self.high!r} THEN 'high' "
                 f"WHEN {probability} >= {self.medium!r} THEN 'medium' ELSE 'low' END")
 
+    def of(self, probability: float) -> str:
+        """The band of one probability, by the same rule as ``sql`` (the HTTP service's answers)."""
+        return "high" if probability >= self.high else "medium" if probability >= self.medium else "low"
+
 
 class ScoringPolicy(dg.ConfigurableResource):
-    """How the champion's scores are written and banded: read by ml/predictions (and the
-    HTTP service to come), so a band means the same everywhere."""
+    """How the champion's scores are written and banded: read by ml/predictions and the HTTP
+    service, so a band means the same everywhere."""
 
     medium_risk: float = Field(default=RiskBands.medium, description="Churn probability from which a customer is medium risk.")
     high_risk: float = Field(default=RiskBands.high, description="Churn probability from which a customer is high risk.")

@@ -10,6 +10,8 @@ if TYPE_CHECKING:
     from churn_assets.training.model import ChurnModel
 
 EXPLANATIONS_TABLE = "ml.explanations"
+# Reasons per direction per customer: ml/explanations' and the HTTP service's default.
+DEFAULT_TOP_REASONS = 3
 
 EXPLANATION_COLUMNS: dict[str, tuple[str, str]] = {
     "customer_id": ("VARCHAR NOT NULL", "Customer identifier."),

@@ -100,6 +100,29 @@ def _weighted_auc(scores_sorted_groups: np.ndarray, labels: np.ndarray, weights:
     return wins / total
 
 
+def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, *, samples: int, seed: int) -> np.ndarray:
+    """ROC-AUC of ``samples`` bootstrap resamples of the rows (NaN-free: draws with one class dropped)."""
+    import numpy as np
+
+    labels = np.asarray(labels, dtype="float64")
+    order = np.argsort(np.asarray(scores), kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    groups = np.concatenate([[0], np.cumsum(np.diff(sorted_scores) != 0)])
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    draws = []
+    chunk = max(1, min(samples, 2_000_000 // max(n, 1)))
+    done = 0
+    while done < samples:
+        size = min(chunk, samples - done)
+        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype("float64")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            draws.append(_weighted_auc(groups, labels[order], weights[:, order]))
+        done += size
+    values = np.concatenate(draws)
+    return values[np.isfinite(values)]
+
+
 def paired_bootstrap_auc_difference(
     labels: np.ndarray,
     challenger: np.ndarray,

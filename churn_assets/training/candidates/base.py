@@ -103,6 +103,17 @@ class Candidate:
         None when the estimator computes them its own way (a booster's float32 sigmoid)."""
         return None
 
+    def explain_matrix(self, model: ChurnModel, matrix: np.ndarray) -> tuple[Contributions, np.ndarray] | None:
+        """``matrix_contributions`` and ``predict_matrix`` of the same rows, computed together where
+        that saves work (a service explaining a row predicts it in the same pass): contributions
+        and uncalibrated probabilities; None when there are no exact contributions."""
+        exact = self.matrix_contributions(model, matrix)
+        if exact is None:
+            return None
+        contributions, margin = exact
+        raw = self.raw_from_margin(model, margin)
+        return contributions, self.predict_matrix(model, matrix) if raw is None else raw
+
     def use_threads(self, model: ChurnModel, threads: int) -> None:
         """Make ``model``'s estimator predict with ``threads`` threads (``model.predict_threads``
         is already set; candidates whose estimator holds its own setting apply it here)."""

@@ -408,21 +408,35 @@ class TunedXGBoostCandidate(Candidate):
                 booster_margin(model.estimator, features))
 
     def matrix_contributions(self, model: ChurnModel, matrix: np.ndarray):
+        # The margin from inplace_predict, as scoring computes it: the DMatrix's own prediction
+        # can differ from it in the last float32 bit, and a row's score must not depend on
+        # whether its reasons were asked for.
+        return self._contributions(model, self._dmatrix(model, matrix)), self.margin_matrix(model, matrix)
+
+    @staticmethod
+    def _dmatrix(model: ChurnModel, matrix: np.ndarray):
         import numpy as np
         import xgboost as xgb
 
-        from churn_assets.training.explain import NATIVE_METHOD, Contributions
-
-        booster, spec = model.estimator, model.feature_spec
+        spec = model.feature_spec
         # The types the booster was trained with (pandas categoricals, then numbers), in its
         # column order; no names: the booster's would be read back from C on every call.
         types = ["c"] * len(spec.roles.categorical) + ["q"] * len(spec.roles.numeric)
-        data = xgb.DMatrix(np.asarray(matrix, dtype=np.float32), feature_types=types, enable_categorical=True,
+        return xgb.DMatrix(np.asarray(matrix, dtype=np.float32), feature_types=types, enable_categorical=True,
                            nthread=model.predict_threads or model.params.get("nthread", 0))
-        raw = np.asarray(booster.predict(data, pred_contribs=True, validate_features=False), dtype=np.float64)
-        margin = np.asarray(booster.predict(data, output_margin=True, validate_features=False), dtype=np.float64)
+
+    @staticmethod
+    def _predict(model: ChurnModel, data, **how) -> np.ndarray:
+        import numpy as np
+
+        return np.asarray(model.estimator.predict(data, validate_features=False, **how), dtype=np.float64)
+
+    def _contributions(self, model: ChurnModel, data):
+        from churn_assets.training.explain import NATIVE_METHOD, Contributions
+
+        raw = self._predict(model, data, pred_contribs=True)
         return Contributions(values=raw[:, :-1], base_values=raw[:, -1],
-                             feature_names=list(model.feature_spec.roles.features), method=NATIVE_METHOD), margin
+                             feature_names=list(model.feature_spec.roles.features), method=NATIVE_METHOD)
 
     def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
         return "saabas" if approximate else "tree_shap"

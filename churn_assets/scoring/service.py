@@ -1,0 +1,674 @@
+"""``churn serve``: the champion (and the challenger) over HTTP, with FastAPI and uvicorn.
+
+The application answers from a ``ServingState`` (``scoring/serving.py``): both models and
+every customer's latest features, loaded from the snapshot ``ml/serving_snapshot`` writes. A
+watcher thread looks for a new snapshot every ``reload_interval_s``, loads it beside the one in
+use and swaps it in with one assignment; each request reads the state once. Scores go to the
+score log (``scoring/score_log.py``) without waiting for the warehouse.
+
+Request bodies are checked by pydantic models built from the loaded models' feature specs
+(every feature required, nullable; categories from the training levels; numbers finite and
+inside the training range widened by ``numeric_range_slack``), so a dataset project needs no
+code and ``/docs`` shows its own fields. Errors are one JSON object, ``{"error": "<one line
+naming the field>", "errors": [...]}``, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Path as PathParam, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from churn_assets.scoring.batch import RiskBands
+from churn_assets.scoring.score_log import ScoreLog, elapsed_ms, now_utc
+from churn_assets.scoring.serving import (
+    CHALLENGER,
+    CHAMPION,
+    FeatureField,
+    ServingError,
+    ServingPolicy,
+    ServingState,
+    UnknownCustomerError,
+    is_loopback,
+    load_state,
+    pointer_path,
+    read_pointer,
+    routing_fraction,
+)
+
+API_VERSION = "v1"
+API_KEY_HEADER = "x-api-key"
+# Paths answered without an API key: a load balancer's probes carry none.
+OPEN_PATHS = frozenset({"/health", "/ready"})
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+# -- response models (documentation; answers are written as JSON directly) -----------------
+
+
+class Reason(BaseModel):
+    feature: str
+    value: str | None = Field(description="The row's value of the feature, as text; null if missing.")
+    shap_value: float = Field(description="Contribution to the log-odds of churn.")
+
+
+class Reasons(BaseModel):
+    increases_risk: list[Reason]
+    decreases_risk: list[Reason]
+
+
+class Score(BaseModel):
+    customer_id: str | None
+    feature_month: str | None = Field(description="Snapshot month of the features scored (YYYY-MM-DD).")
+    churn_probability: float
+    risk_band: Literal["low", "medium", "high"]
+    model_version: str
+    arm: Literal["champion", "challenger"]
+    reasons: Reasons | None = Field(default=None, description="Top reasons up and down (absent with reasons=false).")
+    explanation_method: str | None = None
+
+
+class BatchScores(BaseModel):
+    request_id: str
+    scores: list[Score]
+
+
+class ScoreResponse(Score):
+    request_id: str
+
+
+class ErrorItem(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="One line naming what is wrong.")
+    errors: list[ErrorItem] = []
+
+
+ERRORS = {code: {"model": ErrorResponse} for code in (401, 404, 413, 422, 503)}
+
+
+# -- request models built from the loaded models' feature specs ------------------------------
+
+
+def request_models(fields: dict[str, FeatureField], max_batch_rows: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(one row, a batch) pydantic models of posted rows for these features."""
+    definitions = {}
+    for position, (name, field) in enumerate(sorted(fields.items())):
+        if field.categorical:
+            # A Literal is checked in pydantic's core (a Python validator per field costs 50 ms a
+            # 1,000-row batch); its error lists the levels: "Input should be 'A' or 'B'".
+            kind = Literal[field.levels] | None if field.levels else None
+            definitions[f"f{position}"] = (kind, Field(alias=name, description="A category seen in training "
+                                                                               "(as text), or null (missing)."))
+        else:
+            bounds = {key: value for key, value in (("ge", field.low), ("le", field.high)) if value is not None}
+            definitions[f"f{position}"] = (float | None, Field(alias=name, strict=True, allow_inf_nan=False,
+                                                               description="A number, or null (missing).", **bounds))
+    features = create_model("Features", __config__=ConfigDict(extra="forbid"), **definitions)
+    row = create_model(
+        "ScoreRequest", __config__=ConfigDict(extra="forbid"),
+        features=(features, Field(description="Every feature of the model; null where a value is missing.")),
+        customer_id=(str | None, Field(default=None, max_length=200,
+                                       description="Routes the row (A/B) and goes to the score log.")),
+        snapshot_month=(str | None, Field(default=None, pattern=r"^\d{4}-\d{2}(-01)?$",
+                                          description="Month the features describe (YYYY-MM), for the score log.")),
+    )
+    batch = create_model("BatchScoreRequest", __config__=ConfigDict(extra="forbid"),
+                         rows=(list[row], Field(min_length=1, max_length=max_batch_rows)))
+    return row, batch
+
+
+def _error_items(error: ValidationError) -> list[dict]:
+    items = []
+    for problem in error.errors(include_url=False):
+        where = ".".join(str(part) for part in problem["loc"]) or "body"
+        message = problem["msg"].removeprefix("Value error, ")
+        items.append({"field": where, "message": message})
+    return items
+
+
+class Rejected(Exception):
+    """A request answered with an error status: ``status``, one line, and the items."""
+
+    def __init__(self, status: int, message: str, items: list[dict] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.items = status, message, items or []
+
+
+def _json(content: Any, status: int = 200, background: BackgroundTask | None = None,
+          headers: dict | None = None) -> Response:
+    return Response(json.dumps(content, allow_nan=False).encode(), status_code=status,
+                    media_type="application/json", background=background, headers=headers)
+
+
+def _rejection(error: Rejected) -> Response:
+    return _json({"error": error.message, "errors": error.items}, error.status)
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+class Metrics:
+    """Prometheus metrics of one application. With several workers each process writes its
+    values to ``$PROMETHEUS_MULTIPROC_DIR`` and ``/metrics`` adds them up (prometheus_client's
+    multiprocess mode)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+        disable_created_metrics()  # no *_created series: Prometheus does not need them
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.requests = Counter("churn_http_requests_total", "HTTP requests by endpoint and status.",
+                                ["endpoint", "method", "status"], registry=registry)
+        self.latency = Histogram("churn_http_request_duration_seconds", "Time from request to response.",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.scores = Counter("churn_scores_total", "Scores computed, by arm and whether they were the answer.",
+                              ["arm", "model_version", "answered"], registry=registry)
+        self.model_info = Gauge("churn_model_info", "1 for each model being served, by arm and version.",
+                                ["arm", "version"], registry=registry, multiprocess_mode="liveall")
+        self.reloads = Counter("churn_snapshot_loads_total", "Snapshot loads by outcome.", ["outcome"],
+                               registry=registry)
+        self.log_written = Counter("churn_score_log_rows_written_total", "Rows written to serving.score_log.",
+                                   registry=registry)
+        self.log_dropped = Gauge("churn_score_log_dropped_total", "Score log rows dropped while the warehouse was busy.",
+                                 registry=registry, multiprocess_mode="liveall")
+        self._dropped_seen = 0
+
+    def served_models(self, state: ServingState | None, previous: ServingState | None) -> None:
+        if previous is not None:
+            for arm, served in previous.models.items():
+                self.model_info.labels(arm, served.version).set(0)
+        if state is not None:
+            for arm, served in state.models.items():
+                self.model_info.labels(arm, served.version).set(1)
+
+    def text(self) -> bytes:
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if os.environ.get(MULTIPROCESS_ENV):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+# -- the service -----------------------------------------------------------------------------
+
+
+class Service:
+    """The state in use, the watcher that replaces it, the score log and the metrics."""
+
+    def __init__(self, policy: ServingPolicy, bands: RiskBands, artifacts_root: Path, warehouse):
+        self.policy, self.bands, self.artifacts_root = policy, bands, Path(artifacts_root)
+        self.state: ServingState | None = None
+        self.load_error: str | None = None
+        self._pointer_seen: str | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.metrics = Metrics()
+        self.log = ScoreLog(warehouse, policy.log_flush_s, policy.log_buffer_rows, on_flush=self._flushed)
+        self.request_model: type[BaseModel] | None = None
+        self.batch_model: type[BaseModel] | None = None
+        self._reload_lock = threading.Lock()
+
+    def _flushed(self, written: int, dropped: int) -> None:
+        if written:
+            self.metrics.log_written.inc(written)
+        self.metrics.log_dropped.set(dropped)
+
+    # loading
+
+    def reload(self) -> bool:
+        """Load the snapshot ``current.json`` names if it is not the one in use; True when a new
+        state was swapped in. A failure keeps the state in use and is kept in ``load_error``."""
+        with self._reload_lock:
+            try:
+                text = pointer_path(self.artifacts_root).read_text()
+            except OSError:
+                text = None
+            if text is not None and text == self._pointer_seen:
+                return False
+            try:
+                pointer = json.loads(text) if text is not None else read_pointer(self.artifacts_root)
+                state = load_state(self.artifacts_root, self.policy, self.bands, pointer)
+                single, batch = request_models(state.fields, self.policy.max_batch_rows)
+            except Exception as error:  # any failure to load keeps the previous state serving
+                self._pointer_seen = text
+                self.load_error = " ".join(str(error).split())[:500] or type(error).__name__
+                self.metrics.reloads.labels("failed").inc()
+                _log(f"snapshot not loaded ({self.load_error}); "
+                     + (f"still serving {self.state.champion.version}" if self.state else "not ready"))
+                return False
+            previous = self.state
+            # One assignment each; a request reads self.state once, then uses only that.
+            self.request_model, self.batch_model = single, batch
+            self.state = state
+            self._pointer_seen = text
+            self.load_error = None
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.served_models(state, previous)
+            arms = ", ".join(f"{arm} {served.version}" for arm, served in state.models.items())
+            _log(f"serving snapshot {state.snapshot_id} ({len(state.row_of):,} customers; {arms})")
+            return True
+
+    def start(self) -> None:
+        self.reload()
+        self.log.start()
+        self._watcher = threading.Thread(target=self._watch, name="snapshot-watcher", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.log.stop()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.policy.reload_interval_s):
+            self.reload()
+
+    def ready_state(self) -> ServingState:
+        state = self.state
+        if state is None:
+            raise Rejected(503, f"not ready: {self.load_error or 'loading'}")
+        return state
+
+    # routing
+
+    def arms(self, state: ServingState, customer_id: str | None) -> tuple[str, str | None]:
+        """(the arm that answers, the arm scoring in shadow or None) for one customer."""
+        if state.challenger is None:
+            return CHAMPION, None
+        answering = CHAMPION
+        if customer_id is not None and self.policy.challenger_share > 0 and \
+                routing_fraction(customer_id, self.policy.routing_salt) < self.policy.challenger_share:
+            answering = CHALLENGER
+        shadow = (CHALLENGER if answering == CHAMPION else CHAMPION) if self.policy.shadow else None
+        return answering, shadow
+
+    # answering
+
+    def score(self, endpoint: str, state: ServingState, keys: list[tuple[str | None, str | None]],
+              reasons: bool, rows: list[int] | None = None, posted: list[dict] | None = None) -> tuple[list[dict], str, BackgroundTask | None]:
+        """Answers for rows (snapshot positions or posted feature dicts) of customers ``keys``
+        ((customer id, feature month) per row), the request id, and the shadow scoring task."""
+        request_id = uuid.uuid4().hex
+        routes = [self.arms(state, customer) for customer, _ in keys]
+        answers: list[dict | None] = [None] * len(keys)
+        log_rows: list[tuple] = []
+        shadow_groups: dict[str, list[int]] = {}
+        for arm in dict.fromkeys(answering for answering, _ in routes):
+            positions = [i for i, (answering, _) in enumerate(routes) if answering == arm]
+            started = time.perf_counter()
+            group = self._answer(state, arm, positions, rows, posted, reasons)
+            latency = elapsed_ms(started) / len(positions)
+            served_at = now_utc()
+            for i, answer in zip(positions, group, strict=True):
+                customer, month = keys[i]
+                answers[i] = {"customer_id": customer, "feature_month": month, **answer, "arm": arm}
+                log_rows.append((served_at, request_id, endpoint, customer, month, answer["model_version"], arm, True,
+                                 answer["churn_probability"], answer["risk_band"], latency))
+            self.metrics.scores.labels(arm, state.models[arm].version, "true").inc(len(positions))
+        for i, (_, shadow) in enumerate(routes):
+            if shadow is not None:
+                shadow_groups.setdefault(shadow, []).append(i)
+        self.log.add(log_rows)
+        task = None
+        if shadow_groups:
+            # After the response is sent: the shadow model never delays the answer.
+            task = BackgroundTask(self._shadow, endpoint, request_id, state, keys, shadow_groups, rows, posted)
+        return answers, request_id, task
+
+    def _answer(self, state: ServingState, arm: str, positions: list[int], rows: list[int] | None,
+                posted: list[dict] | None, reasons: bool) -> list[dict]:
+        served = state.models[arm]
+        if rows is not None:
+            return state.answer(served, rows=[rows[i] for i in positions], reasons=reasons)
+        return state.answer(served, posted=[posted[i] for i in positions], reasons=reasons)
+
+    def _shadow(self, endpoint: str, request_id: str, state: ServingState, keys, groups: dict[str, list[int]],
+                rows, posted) -> None:
+        log_rows = []
+        for arm, positions in groups.items():
+            started = time.perf_counter()
+            try:
+                group = self._answer(state, arm, positions, rows, posted, reasons=False)
+            except Exception as error:  # a failing shadow model must not take the worker down
+                _log(f"shadow {arm} {state.models[arm].version} failed: {' '.join(str(error).split())[:300]}")
+                continue
+            latency = elapsed_ms(started) / len(positions)
+            served_at = now_utc()
+            for i, answer in zip(positions, group, strict=True):
+                customer, month = keys[i]
+                log_rows.append((served_at, request_id, endpoint, customer, month, answer["model_version"], arm, False,
+                                 answer["churn_probability"], answer["risk_band"], latency))
+            self.metrics.scores.labels(arm, state.models[arm].version, "false").inc(len(positions))
+        self.log.add(log_rows)
+
+    def describe(self) -> dict:
+        state = self.ready_state()
+        from churn_assets.training.registry import read_artifact
+
+        def model(arm: str) -> dict | None:
+            served = state.models.get(arm)
+            if served is None:
+                return None
+            spec = served.model.feature_spec
+            split = read_artifact(self.artifacts_root, served.version, "split.json")
+            return {
+                "version": served.version, "algorithm": served.model.algorithm,
+                "manifest_sha256": served.manifest_sha256,
+                "metrics": read_artifact(self.artifacts_root, served.version, "metrics.json"),
+                "training_window": {part: {"months": [values["months"][0], values["months"][-1]] if values.get("months") else [],
+                                           "rows": values.get("rows")}
+                                    for part, values in split.get("parts", {}).items()},
+                "features": {
+                    "categorical": {name: spec.categories[name] for name in spec.roles.categorical},
+                    "numeric": {name: {"min": state.fields[name].low, "max": state.fields[name].high}
+                                for name in spec.roles.numeric},
+                },
+                "explanation_method": served.model.candidate.explanation_method(served.model),
+            }
+
+        return {
+            "champion": model(CHAMPION), "challenger": model(CHALLENGER),
+            "routing": {"challenger_share": self.policy.challenger_share if state.challenger else 0.0,
+                        "shadow": bool(self.policy.shadow and state.challenger)},
+            "snapshot": {"id": state.snapshot_id, "customers": len(state.row_of),
+                         "feature_months": state.snapshot["feature_months"],
+                         "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.loaded_at))},
+            "risk_bands": {"medium": self.bands.medium, "high": self.bands.high},
+            "reload_error": self.load_error,
+        }
+
+
+def _log(message: str) -> None:
+    print(f"churn serve [{os.getpid()}]: {message}", file=sys.stderr, flush=True)
+
+
+# -- the ASGI guard: API key, loopback host, body size, metrics ------------------------------
+
+
+class Guard:
+    """In front of the application: refuses a request without the API key (when one is set),
+    one naming a host other than loopback while bound to loopback (a web page rebinding its
+    DNS), and a body over the limit (read at most that far); then times the answer."""
+
+    def __init__(self, app, service: Service, api_key: str | None, loopback_only: bool):
+        self.app, self.service = app, service
+        self.api_key = api_key.encode() if api_key else None
+        self.loopback_only = loopback_only
+        self.limit = service.policy.max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_seen = [500]
+
+        async def send_and_see(message):
+            if message["type"] == "http.response.start":
+                status_seen[0] = message["status"]
+            await send(message)
+
+        rejection = self._refusal(scope)
+        if rejection is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            receive, rejection = await self._bounded_body(scope, receive)
+        if rejection is not None:
+            await rejection(scope, receive, send_and_see)
+        else:
+            await self.app(scope, receive, send_and_see)
+        route = scope.get("route")
+        endpoint = getattr(route, "path", None) or "unmatched"
+        metrics = self.service.metrics
+        metrics.requests.labels(endpoint, scope["method"], str(status_seen[0])).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    def _refusal(self, scope) -> Response | None:
+        headers = {key: value for key, value in scope["headers"] if key in (b"host", API_KEY_HEADER.encode())}
+        if self.loopback_only:
+            host = headers.get(b"host", b"").decode("latin-1").rsplit(":", 1)[0].strip("[]")
+            if not is_loopback(host):
+                return _json({"error": f"Host {host!r} refused: this service answers requests to loopback only",
+                              "errors": []}, 403)
+        if self.api_key is not None and scope["path"] not in OPEN_PATHS:
+            given = headers.get(API_KEY_HEADER.encode())
+            if given is None or not hmac.compare_digest(given, self.api_key):
+                return _json({"error": f"missing or wrong API key (header {API_KEY_HEADER})", "errors": []}, 401,
+                             headers={"WWW-Authenticate": "ApiKey"})
+        return None
+
+    async def _bounded_body(self, scope, receive):
+        for key, value in scope["headers"]:
+            if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return receive, self._too_large()
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return receive, self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay, None
+
+    def _too_large(self) -> Response:
+        return _json({"error": f"request body larger than {self.limit:,} bytes (serving.max_body_bytes)",
+                      "errors": []}, 413)
+
+
+# -- the application ---------------------------------------------------------------------------
+
+
+def create_app(policy: ServingPolicy, bands: RiskBands, artifacts_root: Path, warehouse,
+               reports_root: Path | None = None, start: bool = True) -> FastAPI:
+    """The FastAPI application; ``start`` loads the snapshot and starts the watcher and the log
+    writer with the application's lifespan (tests drive ``Service.reload`` themselves with
+    ``start=False``)."""
+    from contextlib import asynccontextmanager
+
+    policy.check()
+    service = Service(policy, bands, artifacts_root, warehouse)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if start:
+            service.start()
+        try:
+            yield
+        finally:
+            if start:
+                service.stop()
+
+    app = FastAPI(
+        title="Churn scoring service", version=API_VERSION, lifespan=lifespan,
+        description="Churn probability, risk band and reasons from the champion model, for known customers "
+                    "(their latest features) and for posted feature rows. Request schemas follow the loaded "
+                    "model's feature spec.",
+    )
+    app.state.service = service
+
+    @app.exception_handler(Rejected)
+    async def rejected(request: Request, error: Rejected) -> Response:
+        return _rejection(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> Response:
+        items = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in error.errors()]
+        return _rejection(Rejected(422, f"{items[0]['field']}: {items[0]['message']}" if items else "invalid request",
+                                   items))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+        return _json({"error": str(error.detail), "errors": []}, error.status_code)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, error: Exception) -> Response:
+        _log(f"{request.method} {request.url.path} failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}")
+        return _json({"error": "internal error while scoring; the service log has the details", "errors": []}, 500)
+
+    @app.get("/health", tags=["service"], summary="Liveness: the process answers.")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["service"], summary="Readiness: a model and the features are loaded.",
+             responses={503: {"model": ErrorResponse}})
+    async def ready() -> Response:
+        state = service.state
+        if state is None:
+            return _json({"ready": False, "error": f"not ready: {service.load_error or 'loading'}"}, 503)
+        return _json({"ready": True, "champion": state.champion.version, "snapshot": state.snapshot_id})
+
+    @app.get(f"/{API_VERSION}/model", tags=["model"], summary="The served models, routing and snapshot.",
+             responses=ERRORS)
+    async def model() -> Response:
+        return _json(service.describe())
+
+    @app.get(f"/{API_VERSION}/customers/{{customer_id}}/score", tags=["scoring"], response_model=ScoreResponse,
+             summary="Score a known customer's latest features now.", responses=ERRORS)
+    async def score_customer(customer_id: Annotated[str, PathParam(max_length=200)],
+                             reasons: Annotated[bool, Query(description="Include the top reasons (exact SHAP).")] = True) -> Response:
+        state = service.ready_state()
+        try:
+            row = state.row(customer_id)
+        except UnknownCustomerError:
+            raise Rejected(404, f"unknown customer {customer_id!r}: not in the serving snapshot "
+                                f"{state.snapshot_id}") from None
+        answers, request_id, task = service.score("customer", state, [(customer_id, state.months[row])], reasons,
+                                                  rows=[row])
+        return _json({"request_id": request_id, **answers[0]}, background=task)
+
+    def parsed(model: type[BaseModel] | None, body: bytes) -> BaseModel:
+        if model is None:
+            raise Rejected(503, f"not ready: {service.load_error or 'loading'}")
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as error:
+            items = _error_items(error)
+            if any(item["field"] == "rows" and "at most" in item["message"] for item in items):
+                raise Rejected(413, f"rows: more than {service.policy.max_batch_rows:,} rows in one batch "
+                                    "(serving.max_batch_rows)", items) from None
+            raise Rejected(422, f"{items[0]['field']}: {items[0]['message']}", items) from None
+
+    def posted_rows(requests: list[BaseModel]) -> tuple[list[dict], list[tuple[str | None, str | None]]]:
+        rows = [request.features.model_dump(by_alias=True) for request in requests]
+        keys = [(request.customer_id, _month(request.snapshot_month)) for request in requests]
+        return rows, keys
+
+    score_body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/ScoreRequest"}}}}}
+    batch_body = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/BatchScoreRequest"}}}}}
+
+    @app.post(f"/{API_VERSION}/score", tags=["scoring"], response_model=ScoreResponse, openapi_extra=score_body,
+              summary="Score one posted feature row.", responses=ERRORS)
+    async def score_row(request: Request, reasons: Annotated[bool, Query()] = True) -> Response:
+        state = service.ready_state()
+        model = service.request_model
+        parsed_request = parsed(model, await request.body())
+        rows, keys = posted_rows([parsed_request])
+        answers, request_id, task = service.score("score", state, keys, reasons, posted=rows)
+        return _json({"request_id": request_id, **answers[0]}, background=task)
+
+    @app.post(f"/{API_VERSION}/score:batch", tags=["scoring"], response_model=BatchScores, openapi_extra=batch_body,
+              summary="Score up to serving.max_batch_rows posted feature rows.", responses=ERRORS)
+    async def score_batch(request: Request, reasons: Annotated[bool, Query()] = True) -> Response:
+        state = service.ready_state()
+        parsed_request = parsed(service.batch_model, await request.body())
+        rows, keys = posted_rows(parsed_request.rows)
+        answers, request_id, task = service.score("batch", state, keys, reasons, posted=rows)
+        return _json({"request_id": request_id, "scores": answers}, background=task)
+
+    @app.get("/metrics", tags=["service"], summary="Prometheus metrics (text format).")
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(service.metrics.text(), media_type=CONTENT_TYPE_LATEST)
+
+    if reports_root is not None:
+        from starlette.staticfiles import StaticFiles
+
+        app.mount("/reports", StaticFiles(directory=str(reports_root), html=True, check_dir=False), name="reports")
+
+    _document_request_bodies(app, service)
+    app.add_middleware(Guard, service=service, api_key=policy.api_key(), loopback_only=is_loopback(policy.host))
+    return app
+
+
+def _document_request_bodies(app: FastAPI, service: Service) -> None:
+    """``/openapi.json`` with the request schemas of the models being served (rebuilt when the
+    snapshot changes: a new champion may read other features)."""
+    from fastapi.openapi.utils import get_openapi
+
+    cache: dict[int, dict] = {}
+
+    def openapi() -> dict:
+        key = id(service.request_model)
+        if key not in cache:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (service.request_model, service.batch_model):
+                if model is None:
+                    continue
+                generated = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+                components.update(generated.pop("$defs", {}))
+                components[model.__name__] = generated
+            cache.clear()
+            cache[key] = schema
+        return cache[key]
+
+    app.openapi = openapi
+
+
+def _month(text: str | None) -> str | None:
+    return None if text is None else f"{text[:7]}-01"
+
+
+def serving_with(policy: ServingPolicy, overrides: dict) -> ServingPolicy:
+    """``policy`` with the command line's settings, validated like the policy file's."""
+    if not overrides:
+        return policy
+    try:
+        return type(policy)(**{**policy.model_dump(), **overrides})
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ServingError(f"--{first['loc'][0]}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+# The command line's --host/--port/--workers, handed to the workers uvicorn spawns.
+SERVE_OVERRIDES_ENV = "CHURN_SERVE_OVERRIDES"
