@@ -560,3 +560,52 @@ def test_serving_arms_asset_reads_the_log(trained, tmp_path):
         "promotion_policy": PromotionPolicy(bootstrap_samples=100)})
     metadata = result.asset_materializations_for_node("monitoring__serving_arms")[0].metadata
     assert metadata["decision"].value in ("no_challenger_served", "waiting_for_labels")
+
+
+def test_reports_are_served_read_only(trained, tmp_path):
+    reports = trained["home"] / "artifacts" / "reports"
+    (reports / "v1").mkdir(parents=True, exist_ok=True)
+    (reports / "v1" / "index.html").write_text("<h1>evaluation</h1>")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for you")
+    link = reports / "v1" / "leak.txt"
+    if not link.exists():
+        link.symlink_to(secret)
+    app, service = make_app(trained)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert client.get("/reports/v1/").text == "<h1>evaluation</h1>"
+        assert client.get("/reports/v1/leak.txt").status_code == 404
+        assert client.get("/reports/../warehouse.duckdb").status_code == 404
+        assert client.post("/reports/v1/index.html").status_code == 405
+
+
+def test_models_without_a_matrix_path_are_served_from_frames(trained, monkeypatch):
+    """A model scored from frames only (a random forest; any candidate without matrix_dtype):
+    the same answer shape, its probability as the model's own, permutation reasons."""
+    from churn_assets.scoring.serving import _served_model
+    from churn_assets.training.candidates.random_forest import train_random_forest
+    from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+    from churn_assets.training.split import split_training_set
+
+    frame = trained["frame"]
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    split = split_training_set(frame, roles)
+    forest = train_random_forest(split, build_feature_spec(split.train, roles), n_estimators=10, n_jobs=1)
+    forest.version = "random_forest-test"
+    assert forest.matrix_dtype is None
+    app, service = make_app(trained)
+    service.reload()
+    state = service.state
+    served = _served_model(CHAMPION, forest, "sha", state.frame)
+    assert served.matrix is None
+    customer = latest_rows(trained).index[2]
+    row = state.row(customer)
+
+    [answer] = state.answer(served, rows=[row], reasons=True)
+    [posted] = state.answer(served, posted=[posted_body(trained, customer)["features"]], reasons=True)
+
+    expected = float(forest.predict_proba(state.frame.iloc[[row]])[0])
+    assert answer["churn_probability"] == pytest.approx(expected, abs=1e-12)
+    assert posted["churn_probability"] == pytest.approx(expected, abs=1e-12)
+    assert answer["explanation_method"] == "permutation"
+    assert answer["reasons"]["increases_risk"] or answer["reasons"]["decreases_risk"]

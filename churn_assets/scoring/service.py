@@ -267,7 +267,7 @@ class Service:
             self.load_error = None
             self.metrics.reloads.labels("ok").inc()
             self.metrics.served_models(state, previous)
-            arms = ", ".join(f"{arm} {served.version}" for arm, served in state.models.items())
+            arms = ", ".join(f"{arm} {state.models[arm].version}" for arm in (CHAMPION, CHALLENGER) if arm in state.models)
             _log(f"serving snapshot {state.snapshot_id} ({len(state.row_of):,} customers; {arms})")
             return True
 

@@ -380,10 +380,9 @@ class TunedXGBoostCandidate(Candidate):
         model.estimator.set_param({"nthread": threads})
 
     def margin_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
-        import numpy as np
-
-        margin = model.estimator.inplace_predict(np.asarray(matrix, dtype=np.float32), predict_type="margin")
-        return np.asarray(margin, dtype=np.float64)
+        # Through a DMatrix, as the frame path's margin (booster_margin) and matrix_contributions
+        # compute it: inplace_predict can differ from it in the last float32 bit.
+        return self._predict(model, self._dmatrix(model, matrix), output_margin=True)
 
     def save(self, model: ChurnModel, folder: Path) -> str:
         model.estimator.save_model(str(folder / self.model_file))
@@ -408,10 +407,10 @@ class TunedXGBoostCandidate(Candidate):
                 booster_margin(model.estimator, features))
 
     def matrix_contributions(self, model: ChurnModel, matrix: np.ndarray):
-        # The margin from inplace_predict, as scoring computes it: the DMatrix's own prediction
-        # can differ from it in the last float32 bit, and a row's score must not depend on
-        # whether its reasons were asked for.
-        return self._contributions(model, self._dmatrix(model, matrix)), self.margin_matrix(model, matrix)
+        # One DMatrix for both, the margin computed as margin_matrix does: a row's score must not
+        # depend on whether its reasons were asked for.
+        data = self._dmatrix(model, matrix)
+        return self._contributions(model, data), self._predict(model, data, output_margin=True)
 
     @staticmethod
     def _dmatrix(model: ChurnModel, matrix: np.ndarray):
