@@ -100,26 +100,39 @@ def _weighted_auc(scores_sorted_groups: np.ndarray, labels: np.ndarray, weights:
     return wins / total
 
 
-def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, *, samples: int, seed: int) -> np.ndarray:
-    """ROC-AUC of ``samples`` bootstrap resamples of the rows (NaN-free: draws with one class dropped)."""
+def _bootstrap_draws(labels: np.ndarray, score_sets: list[np.ndarray], *, samples: int,
+                     seed: int) -> list[np.ndarray]:
+    """ROC-AUC of each score set on the same ``samples`` bootstrap resamples of the rows
+    (NaN where a resample lost a class)."""
     import numpy as np
 
     labels = np.asarray(labels, dtype="float64")
-    order = np.argsort(np.asarray(scores), kind="mergesort")
-    sorted_scores = np.asarray(scores)[order]
-    groups = np.concatenate([[0], np.cumsum(np.diff(sorted_scores) != 0)])
     rng = np.random.default_rng(seed)
     n = len(labels)
-    draws = []
+    prepared = []
+    for scores in score_sets:
+        order = np.argsort(scores, kind="mergesort")
+        sorted_scores = np.asarray(scores)[order]
+        groups = np.concatenate([[0], np.cumsum(np.diff(sorted_scores) != 0)])
+        prepared.append((order, groups))
+    draws: list[list[np.ndarray]] = [[] for _ in score_sets]
     chunk = max(1, min(samples, 2_000_000 // max(n, 1)))
     done = 0
     while done < samples:
         size = min(chunk, samples - done)
         weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype("float64")
         with np.errstate(invalid="ignore", divide="ignore"):
-            draws.append(_weighted_auc(groups, labels[order], weights[:, order]))
+            for found, (order, groups) in zip(draws, prepared, strict=True):
+                found.append(_weighted_auc(groups, labels[order], weights[:, order]))
         done += size
-    values = np.concatenate(draws)
+    return [np.concatenate(found) for found in draws]
+
+
+def bootstrap_aucs(labels: np.ndarray, scores: np.ndarray, *, samples: int, seed: int) -> np.ndarray:
+    """ROC-AUC of ``samples`` bootstrap resamples of the rows (draws that lost a class left out)."""
+    import numpy as np
+
+    values = _bootstrap_draws(labels, [np.asarray(scores)], samples=samples, seed=seed)[0]
     return values[np.isfinite(values)]
 
 
@@ -137,28 +150,9 @@ def paired_bootstrap_auc_difference(
     import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    labels = np.asarray(labels, dtype="float64")
     difference = float(roc_auc_score(labels, challenger) - roc_auc_score(labels, reference))
-    rng = np.random.default_rng(seed)
-    n = len(labels)
-    prepared = []
-    for scores in (challenger, reference):
-        order = np.argsort(scores, kind="mergesort")
-        sorted_scores = np.asarray(scores)[order]
-        groups = np.concatenate([[0], np.cumsum(np.diff(sorted_scores) != 0)])
-        prepared.append((order, groups))
-    differences = []
-    chunk = max(1, min(samples, 2_000_000 // max(n, 1)))
-    done = 0
-    while done < samples:
-        size = min(chunk, samples - done)
-        weights = rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype("float64")
-        aucs = [
-            _weighted_auc(groups, labels[order], weights[:, order]) for order, groups in prepared
-        ]
-        differences.append(aucs[0] - aucs[1])
-        done += size
-    values = np.concatenate(differences)
+    ours, theirs = _bootstrap_draws(labels, [challenger, reference], samples=samples, seed=seed)
+    values = ours - theirs
     values = values[np.isfinite(values)]
     alpha = (1 - confidence) / 2
     return difference, float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
