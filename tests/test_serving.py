@@ -178,6 +178,7 @@ def test_service_endpoints(trained, served):
     assert 'churn_http_requests_total{endpoint="/v1/customers/{customer_id}/score",method="GET",status="404"}' in metrics
     assert f'churn_model_info{{arm="champion",version="{trained["models"]["xgboost"].version}"}} 1.0' in metrics
     assert "churn_http_request_duration_seconds_bucket" in metrics
+    assert client.get(f"/v1/customers/{latest_rows(trained).index[0]}/score").json()["stale"] in (True, False)
     # The OpenAPI document carries the served model's own request schema.
     schema = client.get("/openapi.json").json()
     features = schema["components"]["schemas"]["Features"]
@@ -239,6 +240,10 @@ def test_bad_requests_get_a_status_naming_the_problem_and_log_nothing(trained, s
     answer = client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"})
     assert answer.status_code == 422 and "json" in answer.json()["error"].lower()
 
+    bad_month = client.post("/v1/score", json={**good, "snapshot_month": "2025-13"})
+    assert bad_month.status_code == 422 and bad_month.json()["error"].startswith("snapshot_month"), bad_month.text
+    as_text = client.post("/v1/score", content=json.dumps(good), headers={"content-type": "text/plain"})
+    assert as_text.status_code == 415  # a simple cross-site request a web page could send
     unknown = client.get("/v1/customers/C-does-not-exist/score")
     assert unknown.status_code == 404 and "C-does-not-exist" in unknown.json()["error"]
     assert client.get(f"/v1/customers/{customer}/score", params={"reasons": "maybe"}).status_code == 422
@@ -294,6 +299,14 @@ def test_other_addresses_need_a_key_and_loopback_refuses_foreign_hosts(trained, 
     service.reload()
     with TestClient(app, base_url="http://attacker.example") as client:
         assert client.get("/health").status_code == 403
+    for host in ("127.0.0.1.evil.example", "127.evil.example"):  # names a rebinding attacker controls
+        with TestClient(app, base_url=f"http://{host}") as client:
+            assert client.get("/health").status_code == 403, host
+    with TestClient(app, base_url="http://LOCALHOST") as client:
+        assert client.get("/health").status_code == 200
+        assert client.head("/health").status_code == 200
+        refused = client.delete("/v1/score")
+        assert refused.status_code == 405 and "POST" in refused.headers["allow"]
 
 
 def test_churn_serve_refuses_a_public_address_without_a_key(trained, monkeypatch):
@@ -392,7 +405,7 @@ def test_a_failed_load_keeps_serving_the_previous_state(trained, tmp_path):
     assert service.reload()
     version = service.state.champion.version
     pointer = json.loads(pointer_path(artifacts).read_text())
-    pointer["features_sha256"] = "0" * 64
+    pointer["features_sha256"], pointer["snapshot_id"] = "0" * 64, "f" * 16  # a new snapshot, damaged
     pointer_path(artifacts).write_text(json.dumps(pointer))
 
     assert not service.reload()
@@ -576,7 +589,7 @@ def test_reports_are_served_read_only(trained, tmp_path):
         assert client.get("/reports/v1/").text == "<h1>evaluation</h1>"
         assert client.get("/reports/v1/leak.txt").status_code == 404
         assert client.get("/reports/../warehouse.duckdb").status_code == 404
-        assert client.post("/reports/v1/index.html").status_code == 405
+        assert client.post("/reports/v1/index.html", json={}).status_code == 405
 
 
 def test_models_without_a_matrix_path_are_served_from_frames(trained, monkeypatch):

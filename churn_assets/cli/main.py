@@ -390,15 +390,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ[SERVE_OVERRIDES_ENV] = json.dumps(overrides)
     # One thread per prediction (ChurnModel.use_threads); OpenMP's default would start one per core.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    metrics_dir = None
     if serving.workers > 1:
         # Each worker writes its metrics here; /metrics adds them up.
-        os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="churn-serve-metrics-")
+        metrics_dir = os.environ[MULTIPROCESS_ENV] = tempfile.mkdtemp(prefix="churn-serve-metrics-")
+    import shutil
+
     import uvicorn
 
     _say(f"churn serve: http://{serving.host}:{serving.port} (API docs at /docs, reports at /reports/), "
          f"{serving.workers} worker(s); Ctrl-C stops it.")
-    uvicorn.run("churn_assets.cli.serve:app_from_environment", factory=True, host=serving.host,
-                port=serving.port, workers=serving.workers, log_level="warning", access_log=False)
+    try:
+        uvicorn.run("churn_assets.cli.serve:app_from_environment", factory=True, host=serving.host,
+                    port=serving.port, workers=serving.workers, log_level="warning", access_log=False)
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

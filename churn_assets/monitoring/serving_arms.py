@@ -1,8 +1,9 @@
 """Champion against challenger in production: the scores ``churn serve`` logged, joined with the
 labels once the month after has shown who churned, side by side per arm.
 
-Each model's last logged score of a customer-month counts once (a customer asked about ten
-times is one observation). Two comparisons, each of the latest champion and challenger the log
+Only scores of a known customer's own latest features count (``GET /v1/customers/{id}/score``;
+a posted row may be a what-if with changed features), and each model's last logged score of a
+customer-month counts once (a customer asked about ten times is one observation). Two comparisons, each of the latest champion and challenger the log
 names:
 
 - ``shadow``: customer-months both models scored (one answered, the other in shadow). Paired:
@@ -86,7 +87,8 @@ def labelled_scores(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
             SELECT *, row_number() OVER (PARTITION BY customer_id, feature_month, model_version
                                          ORDER BY served_at DESC, request_id DESC) AS latest
             FROM {SCORE_LOG_TABLE}
-            WHERE customer_id IS NOT NULL AND feature_month IS NOT NULL
+            -- Only scores of known customers' own features: a posted row may be a what-if.
+            WHERE endpoint = 'customer' AND customer_id IS NOT NULL AND feature_month IS NOT NULL
         ) AS s
         JOIN {LABELS_TABLE} AS l ON l.customer_id = s.customer_id AND l.snapshot_month = s.feature_month
         WHERE s.latest = 1 AND l.churned IS NOT NULL

@@ -5,8 +5,9 @@ A request appends its rows to an in-memory buffer (a deque: appending is atomic 
 Every ``log_flush_s`` the writer takes what is there and inserts it in one transaction through
 the warehouse's writer lock, waiting at most a moment: while a pipeline run holds the
 warehouse, the rows stay buffered and go with a later flush. A buffer full after a long wait
-drops its oldest rows and counts them (``churn_score_log_dropped_total``). The last flush runs
-when the service stops.
+drops its oldest rows and counts them (``churn_score_log_dropped_rows``); rows the table refuses
+are dropped, counted and logged rather than retried forever. The last flush runs when the
+service stops (waiting up to 30 s for a busy warehouse).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ SCORE_LOG_COLUMNS: dict[str, tuple[str, str]] = {
     "answered": ("BOOLEAN NOT NULL", "Whether this score was the answer (false: computed in shadow)."),
     "churn_probability": ("DOUBLE NOT NULL", "Calibrated churn probability."),
     "risk_band": ("VARCHAR NOT NULL", "low / medium / high by the scoring policy's cut-offs."),
-    "latency_ms": ("DOUBLE NOT NULL", "Milliseconds this model took for the request's rows."),
+    "latency_ms": ("DOUBLE NOT NULL", "Milliseconds this model took per row of the request (its time / its rows)."),
 }
 # How long a flush waits for the warehouse's writer lock before leaving the rows for the next.
 FLUSH_LOCK_WAIT_S = 0.25
@@ -60,6 +61,11 @@ class ScoreLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one flush at a time (the thread's, or the final one)
+        self._table_ready = False
+
+    def status(self) -> dict:
+        return {"buffered": len(self.buffer), "written": self.written, "dropped": self.dropped,
+                "last_error": self.last_error}
 
     def add(self, rows: list[tuple]) -> None:
         overflow = len(self.buffer) + len(rows) - (self.buffer.maxlen or 0)
@@ -72,10 +78,14 @@ class ScoreLog:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread and write what is left, waiting up to 30 s for a busy warehouse."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.warehouse = self.warehouse.model_copy(update={"write_wait_s": 30.0, "read_wait_s": 30.0})
         self.flush()
+        if self.buffer:
+            _log(f"{len(self.buffer):,} served scores not written to {SCORE_LOG_TABLE} at shutdown: {self.last_error}")
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_s):
@@ -96,13 +106,22 @@ class ScoreLog:
                 return 0
             try:
                 self._write(rows)
-            except (WarehouseBusyError, OSError, RuntimeError) as error:
-                # Back in front, in order; what no longer fits is the oldest, dropped and counted.
+            except (WarehouseBusyError, OSError) as error:
+                # Busy: back in front, in order; what no longer fits is the oldest, dropped and counted.
                 room = (self.buffer.maxlen or 0) - len(self.buffer)
                 kept = rows[-room:] if room > 0 else []
                 self.dropped += len(rows) - len(kept)
                 self.buffer.extendleft(reversed(kept))
                 self.last_error = " ".join(str(error).split())[:300]
+                written = 0
+            except RuntimeError as error:
+                # The rows themselves cannot be written: retrying them would stop the log for
+                # good, so they are dropped, counted and said.
+                self.dropped += len(rows)
+                message = " ".join(str(error).split())[:300]
+                if message != self.last_error:
+                    _log(f"dropped {len(rows)} served scores that {SCORE_LOG_TABLE} refused: {message}")
+                self.last_error = message
                 written = 0
             else:
                 self.written += len(rows)
@@ -120,14 +139,26 @@ class ScoreLog:
         table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(columns)})
         try:
             with self.warehouse.write() as con:
-                create_score_log(con)
+                if not self._table_ready:
+                    create_score_log(con)
                 con.register("served_rows", table)
                 casts = ", ".join(f"CAST({name} AS {kind.replace(' NOT NULL', '')})"
                                   for name, (kind, _) in SCORE_LOG_COLUMNS.items())
                 con.execute(f"INSERT INTO {SCORE_LOG_TABLE} SELECT {casts} FROM served_rows")
                 con.unregister("served_rows")
+            self._table_ready = True
+        except duckdb.CatalogException:
+            self._table_ready = False  # dropped meanwhile: created again by the next flush
+            raise RuntimeError("the score log table disappeared; it is created again") from None
         except duckdb.Error as error:
             raise RuntimeError(f"score log write failed: {error}") from None
+
+
+def _log(message: str) -> None:
+    import os
+    import sys
+
+    print(f"churn serve [{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
 def now_utc():

@@ -28,8 +28,9 @@ from typing import Annotated, Any, Literal
 from fastapi import FastAPI, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from churn_assets.scoring.batch import RiskBands
@@ -50,9 +51,11 @@ from churn_assets.scoring.serving import (
 )
 
 API_VERSION = "v1"
+POINTER_NAME = "artifacts/serving/current.json"
 API_KEY_HEADER = "x-api-key"
-# Paths answered without an API key: a load balancer's probes carry none.
-OPEN_PATHS = frozenset({"/health", "/ready"})
+# Paths answered without an API key: a load balancer's probes carry none, and a browser opening
+# the API docs cannot send one (the docs' "Authorize" sends it with the calls they make).
+OPEN_PATHS = frozenset({"/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -79,6 +82,9 @@ class Score(BaseModel):
     model_version: str
     arm: Literal["champion", "challenger"]
     reasons: Reasons | None = Field(default=None, description="Top reasons up and down (absent with reasons=false).")
+    stale: bool | None = Field(default=None, description="GET by id: true when the customer's latest features are "
+                                                         "older than the snapshot's latest month (a customer who has "
+                                                         "probably left); absent for posted rows.")
     explanation_method: str | None = None
 
 
@@ -127,8 +133,8 @@ def request_models(fields: dict[str, FeatureField], max_batch_rows: int) -> tupl
         features=(features, Field(description="Every feature of the model; null where a value is missing.")),
         customer_id=(str | None, Field(default=None, max_length=200,
                                        description="Routes the row (A/B) and goes to the score log.")),
-        snapshot_month=(str | None, Field(default=None, pattern=r"^\d{4}-\d{2}(-01)?$",
-                                          description="Month the features describe (YYYY-MM), for the score log.")),
+        snapshot_month=(Annotated[str | None, AfterValidator(_real_month)],
+                        Field(default=None, description="Month the features describe (YYYY-MM), for the score log.")),
     )
     batch = create_model("BatchScoreRequest", __config__=ConfigDict(extra="forbid"),
                          rows=(list[row], Field(min_length=1, max_length=max_batch_rows)))
@@ -188,14 +194,18 @@ class Metrics:
                                registry=registry)
         self.log_written = Counter("churn_score_log_rows_written_total", "Rows written to serving.score_log.",
                                    registry=registry)
-        self.log_dropped = Gauge("churn_score_log_dropped_total", "Score log rows dropped while the warehouse was busy.",
+        self.log_dropped = Gauge("churn_score_log_dropped_rows", "Score log rows dropped (the buffer was full, or a write "
+                                 "failed for a reason other than a busy warehouse).",
                                  registry=registry, multiprocess_mode="liveall")
         self._dropped_seen = 0
 
     def served_models(self, state: ServingState | None, previous: ServingState | None) -> None:
         if previous is not None:
             for arm, served in previous.models.items():
-                self.model_info.labels(arm, served.version).set(0)
+                try:
+                    self.model_info.remove(arm, served.version)
+                except KeyError:
+                    pass
         if state is not None:
             for arm, served in state.models.items():
                 self.model_info.labels(arm, served.version).set(1)
@@ -227,8 +237,6 @@ class Service:
         self._watcher: threading.Thread | None = None
         self.metrics = Metrics()
         self.log = ScoreLog(warehouse, policy.log_flush_s, policy.log_buffer_rows, on_flush=self._flushed)
-        self.request_model: type[BaseModel] | None = None
-        self.batch_model: type[BaseModel] | None = None
         self._reload_lock = threading.Lock()
 
     def _flushed(self, written: int, dropped: int) -> None:
@@ -240,7 +248,8 @@ class Service:
 
     def reload(self) -> bool:
         """Load the snapshot ``current.json`` names if it is not the one in use; True when a new
-        state was swapped in. A failure keeps the state in use and is kept in ``load_error``."""
+        state was swapped in. A failure keeps the state in use, is kept in ``load_error`` (logged
+        once per distinct error) and is tried again at the next look."""
         with self._reload_lock:
             try:
                 text = pointer_path(self.artifacts_root).read_text()
@@ -250,18 +259,22 @@ class Service:
                 return False
             try:
                 pointer = json.loads(text) if text is not None else read_pointer(self.artifacts_root)
+                if self.state is not None and isinstance(pointer, dict) and \
+                        pointer.get("snapshot_id") == self.state.snapshot_id:
+                    self._pointer_seen = text  # the snapshot in use, written again
+                    return False
                 state = load_state(self.artifacts_root, self.policy, self.bands, pointer)
-                single, batch = request_models(state.fields, self.policy.max_batch_rows)
+                state.request_model, state.batch_model = request_models(state.fields, self.policy.max_batch_rows)
             except Exception as error:  # any failure to load keeps the previous state serving
-                self._pointer_seen = text
-                self.load_error = " ".join(str(error).split())[:500] or type(error).__name__
-                self.metrics.reloads.labels("failed").inc()
-                _log(f"snapshot not loaded ({self.load_error}); "
-                     + (f"still serving {self.state.champion.version}" if self.state else "not ready"))
+                message = describe_load_error(error)
+                if message != self.load_error:
+                    self.metrics.reloads.labels("failed").inc()
+                    _log(f"snapshot not loaded ({message}); "
+                         + (f"still serving {self.state.champion.version}" if self.state else "not ready"))
+                self.load_error = message
                 return False
             previous = self.state
-            # One assignment each; a request reads self.state once, then uses only that.
-            self.request_model, self.batch_model = single, batch
+            # One assignment; a request reads self.state once, then uses only that.
             self.state = state
             self._pointer_seen = text
             self.load_error = None
@@ -384,7 +397,9 @@ class Service:
                                     for part, values in split.get("parts", {}).items()},
                 "features": {
                     "categorical": {name: spec.categories[name] for name in spec.roles.categorical},
-                    "numeric": {name: {"min": state.fields[name].low, "max": state.fields[name].high}
+                    # What a posted value may be: the training range widened by numeric_range_slack.
+                    "numeric": {name: {"accepted_low": state.fields[name].low, "accepted_high": state.fields[name].high,
+                                       "training_range": state.snapshot.get("numeric_ranges", {}).get(name)}
                                 for name in spec.roles.numeric},
                 },
                 "explanation_method": served.model.candidate.explanation_method(served.model),
@@ -399,7 +414,16 @@ class Service:
                          "loaded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.loaded_at))},
             "risk_bands": {"medium": self.bands.medium, "high": self.bands.high},
             "reload_error": self.load_error,
+            "score_log": self.log.status(),
         }
+
+
+def describe_load_error(error: Exception) -> str:
+    """One line for a snapshot that cannot be loaded; a pointer file of the wrong shape is named."""
+    if isinstance(error, (KeyError, TypeError, AttributeError)):
+        return (f"{POINTER_NAME} is not a serving snapshot description ({type(error).__name__}: {error}): "
+                "rematerialize ml/serving_snapshot")
+    return " ".join(str(error).split())[:500] or type(error).__name__
 
 
 def _log(message: str) -> None:
@@ -426,24 +450,32 @@ class Guard:
             return
         started = time.perf_counter()
         status_seen = [500]
+        answered = [None]
 
         async def send_and_see(message):
             if message["type"] == "http.response.start":
                 status_seen[0] = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                # The answer is out: a background task (the shadow model) runs after this.
+                answered[0] = time.perf_counter()
 
         rejection = self._refusal(scope)
         if rejection is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            rejection = self._not_json(scope)
+        if rejection is None and scope["method"] in ("POST", "PUT", "PATCH"):
             receive, rejection = await self._bounded_body(scope, receive)
-        if rejection is not None:
-            await rejection(scope, receive, send_and_see)
-        else:
-            await self.app(scope, receive, send_and_see)
-        route = scope.get("route")
-        endpoint = getattr(route, "path", None) or "unmatched"
-        metrics = self.service.metrics
-        metrics.requests.labels(endpoint, scope["method"], str(status_seen[0])).inc()
-        metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        try:
+            if rejection is not None:
+                await rejection(scope, receive, send_and_see)
+            else:
+                await self.app(scope, receive, send_and_see)
+        finally:  # also when the application raised (Starlette answers 500 outside this guard)
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            metrics = self.service.metrics
+            metrics.requests.labels(endpoint, scope["method"], str(status_seen[0])).inc()
+            metrics.latency.labels(endpoint).observe((answered[0] or time.perf_counter()) - started)
 
     def _refusal(self, scope) -> Response | None:
         headers = {key: value for key, value in scope["headers"] if key in (b"host", API_KEY_HEADER.encode())}
@@ -486,6 +518,15 @@ class Guard:
             return await receive()
 
         return replay, None
+
+    def _not_json(self, scope) -> Response | None:
+        # Only JSON: a form or text/plain post is a "simple" cross-site request a web page may
+        # send without asking (no CORS preflight).
+        kind = next((value for key, value in scope["headers"] if key == b"content-type"), b"")
+        if kind.split(b";")[0].strip().lower() != b"application/json":
+            return _json({"error": f"content-type {kind.decode('latin-1') or '(none)'!r} refused: send "
+                                   "application/json", "errors": []}, 415)
+        return None
 
     def _too_large(self) -> Response:
         return _json({"error": f"request body larger than {self.limit:,} bytes (serving.max_body_bytes)",
@@ -535,7 +576,7 @@ def create_app(policy: ServingPolicy, bands: RiskBands, artifacts_root: Path, wa
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> Response:
-        return _json({"error": str(error.detail), "errors": []}, error.status_code)
+        return _json({"error": str(error.detail), "errors": []}, error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, error: Exception) -> Response:
@@ -554,6 +595,9 @@ def create_app(policy: ServingPolicy, bands: RiskBands, artifacts_root: Path, wa
             return _json({"ready": False, "error": f"not ready: {service.load_error or 'loading'}"}, 503)
         return _json({"ready": True, "champion": state.champion.version, "snapshot": state.snapshot_id})
 
+    for probe in (health, ready):  # HEAD wherever a probe may GET
+        app.add_api_route(f"/{probe.__name__}", probe, methods=["HEAD"], include_in_schema=False)
+
     @app.get(f"/{API_VERSION}/model", tags=["model"], summary="The served models, routing and snapshot.",
              responses=ERRORS)
     async def model() -> Response:
@@ -569,13 +613,12 @@ def create_app(policy: ServingPolicy, bands: RiskBands, artifacts_root: Path, wa
         except UnknownCustomerError:
             raise Rejected(404, f"unknown customer {customer_id!r}: not in the serving snapshot "
                                 f"{state.snapshot_id}") from None
-        answers, request_id, task = service.score("customer", state, [(customer_id, state.months[row])], reasons,
-                                                  rows=[row])
-        return _json({"request_id": request_id, **answers[0]}, background=task)
+        month = state.months[row]
+        answers, request_id, task = service.score("customer", state, [(customer_id, month)], reasons, rows=[row])
+        stale = month < state.snapshot["feature_months"]["last"]
+        return _json({"request_id": request_id, **answers[0], "stale": stale}, background=task)
 
-    def parsed(model: type[BaseModel] | None, body: bytes) -> BaseModel:
-        if model is None:
-            raise Rejected(503, f"not ready: {service.load_error or 'loading'}")
+    def parsed(model: type[BaseModel], body: bytes) -> BaseModel:
         try:
             return model.model_validate_json(body)
         except ValidationError as error:
@@ -598,9 +641,8 @@ def create_app(policy: ServingPolicy, bands: RiskBands, artifacts_root: Path, wa
     @app.post(f"/{API_VERSION}/score", tags=["scoring"], response_model=ScoreResponse, openapi_extra=score_body,
               summary="Score one posted feature row.", responses=ERRORS)
     async def score_row(request: Request, reasons: Annotated[bool, Query()] = True) -> Response:
-        state = service.ready_state()
-        model = service.request_model
-        parsed_request = parsed(model, await request.body())
+        state = service.ready_state()  # its request models are the features its models read
+        parsed_request = parsed(state.request_model, await request.body())
         rows, keys = posted_rows([parsed_request])
         answers, request_id, task = service.score("score", state, keys, reasons, posted=rows)
         return _json({"request_id": request_id, **answers[0]}, background=task)
@@ -609,9 +651,12 @@ def create_app(policy: ServingPolicy, bands: RiskBands, artifacts_root: Path, wa
               summary="Score up to serving.max_batch_rows posted feature rows.", responses=ERRORS)
     async def score_batch(request: Request, reasons: Annotated[bool, Query()] = True) -> Response:
         state = service.ready_state()
-        parsed_request = parsed(service.batch_model, await request.body())
+        parsed_request = parsed(state.batch_model, await request.body())
         rows, keys = posted_rows(parsed_request.rows)
-        answers, request_id, task = service.score("batch", state, keys, reasons, posted=rows)
+        # Off the event loop: a 1,000-row batch with reasons takes a good fraction of a second,
+        # which /health and the single-row requests should not wait for.
+        answers, request_id, task = await run_in_threadpool(service.score, "batch", state, keys, reasons,
+                                                            posted=rows)
         return _json({"request_id": request_id, "scores": answers}, background=task)
 
     @app.get("/metrics", tags=["service"], summary="Prometheus metrics (text format).")
@@ -638,16 +683,19 @@ def _document_request_bodies(app: FastAPI, service: Service) -> None:
     cache: dict[int, dict] = {}
 
     def openapi() -> dict:
-        key = id(service.request_model)
+        state = service.state
+        key = id(state)
         if key not in cache:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (service.request_model, service.batch_model):
-                if model is None:
-                    continue
+            for model in ((state.request_model, state.batch_model) if state is not None else ()):
                 generated = model.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
                 components.update(generated.pop("$defs", {}))
                 components[model.__name__] = generated
+            if service.policy.api_key() is not None:
+                schema["components"]["securitySchemes"] = {
+                    "ApiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}}
+                schema["security"] = [{"ApiKey": []}]
             cache.clear()
             cache[key] = schema
         return cache[key]
@@ -657,6 +705,23 @@ def _document_request_bodies(app: FastAPI, service: Service) -> None:
 
 def _month(text: str | None) -> str | None:
     return None if text is None else f"{text[:7]}-01"
+
+
+def _real_month(text: str | None) -> str | None:
+    """YYYY-MM or YYYY-MM-01 naming a real month (the score log stores it as a DATE)."""
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        if len(text) not in (7, 10) or (len(text) == 10 and not text.endswith("-01")):
+            raise ValueError
+        dt.date(int(text[:4]), int(text[5:7]), 1)
+        if text[4] != "-" or not 1 <= int(text[:4]) <= 9999:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"expected a month as YYYY-MM, got {text!r}") from None
+    return text
 
 
 def serving_with(policy: ServingPolicy, overrides: dict) -> ServingPolicy:

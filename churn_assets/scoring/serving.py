@@ -112,7 +112,17 @@ class ServingPolicy(dg.ConfigurableResource):
 
 
 def is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    """Whether ``host`` (an address or a name) is this machine's loopback: an IP address in
+    127.0.0.0/8 or ::1, or "localhost" (no name that merely starts with "127.")."""
+    import ipaddress
+
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- the snapshot (written by ml/serving_snapshot) ------------------------------------------
@@ -347,6 +357,10 @@ class ServingState:
     bands: RiskBands
     top_reasons: int
     loaded_at: float = 0.0
+    # The pydantic models of posted rows for these features (scoring/service.py builds them):
+    # in the state, so a request is validated and scored against the same models.
+    request_model: Any = None
+    batch_model: Any = None
     _background: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
