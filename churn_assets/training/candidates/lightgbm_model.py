@@ -175,14 +175,74 @@ class LightGBMCandidate(Candidate):
 
         from churn_assets.training.explain import Contributions
 
-        raw = np.asarray(model.estimator.predict(features, pred_contrib=True), dtype=np.float64)
         margin = np.asarray(model.estimator.predict(features, raw_score=True), dtype=np.float64)
+        if approximate:
+            values, base = saabas_contributions(model.estimator, features)
+            return Contributions(values=values, base_values=np.full(len(features), base),
+                                 feature_names=list(features.columns), method="lightgbm-saabas"), margin
+        raw = np.asarray(model.estimator.predict(features, pred_contrib=True), dtype=np.float64)
         contributions = Contributions(values=raw[:, :-1], base_values=raw[:, -1],
                                       feature_names=list(features.columns), method="lightgbm-treeshap")
         return contributions, margin
 
     def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
-        return "tree_shap"
+        return "saabas" if approximate else "tree_shap"
+
+
+def leaf_paths(booster) -> tuple[list[np.ndarray], float]:
+    """Per tree, a (leaves, features) table: what each split on the way from the root to the
+    leaf adds to the node's expected output (its row-weighted mean leaf value), by the split's
+    feature; and the sum of the roots' expected outputs (the base value). A leaf's row sums to
+    its value minus its root's expected output, so the attributions add up to the margin."""
+    import numpy as np
+
+    dump = booster.dump_model()
+    features = len(dump["feature_names"])
+    tables, base = [], 0.0
+
+    def expected(node) -> float:
+        if "leaf_value" in node:
+            return float(node["leaf_value"])
+        left, right = expected(node["left_child"]), expected(node["right_child"])
+        count_left = node["left_child"].get("internal_count", node["left_child"].get("leaf_count", 0))
+        count_right = node["right_child"].get("internal_count", node["right_child"].get("leaf_count", 0))
+        total = count_left + count_right
+        node["_expected"] = (left * count_left + right * count_right) / total if total else (left + right) / 2
+        return node["_expected"]
+
+    for tree in dump["tree_info"]:
+        root = tree["tree_structure"]
+        table = np.zeros((max(int(tree["num_leaves"]), 1), features))
+        base += expected(root)
+
+        def walk(node, path: np.ndarray, value: float) -> None:
+            if "leaf_value" in node:
+                table[node.get("leaf_index", 0)] = path
+                return
+            for child in (node["left_child"], node["right_child"]):
+                child_value = child.get("_expected", child.get("leaf_value"))
+                step = path.copy()
+                step[node["split_feature"]] += child_value - value
+                walk(child, step, child_value)
+
+        walk(root, np.zeros(features), root.get("_expected", root.get("leaf_value", 0.0)))
+        tables.append(table)
+    return tables, base
+
+
+def saabas_contributions(booster, features: pd.DataFrame) -> tuple[np.ndarray, float]:
+    """Saabas path attributions of a LightGBM booster (the analogue of XGBoost's
+    ``approx_contribs``): each split on a row's path gets the change in expected output it
+    causes. Additive like TreeSHAP, not Shapley values; one leaf lookup per tree instead of
+    TreeSHAP's work quadratic in depth, so a 10k-row month costs milliseconds, not seconds."""
+    import numpy as np
+
+    tables, base = leaf_paths(booster)
+    leaves = np.asarray(booster.predict(features, pred_leaf=True), dtype=np.int64).reshape(len(features), -1)
+    values = np.zeros((len(features), len(features.columns)))
+    for tree, table in enumerate(tables):
+        values += table[leaves[:, tree]]
+    return values, base
 
 
 CANDIDATE = LightGBMCandidate()
