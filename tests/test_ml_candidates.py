@@ -101,6 +101,42 @@ def test_every_registered_candidate_trains_saves_loads_and_explains(every_candid
             assert check_additivity(contributions, margin)[0], algorithm
 
 
+def test_approximate_explanations_add_up_for_every_exact_candidate(every_candidate):
+    """The approximation older months of a backfill get (Saabas path attributions for the
+    boosters) adds up to the same margin as the exact TreeSHAP, from the same base value."""
+    split, _, loaded = every_candidate
+    rows = split.test.head(40)
+    for algorithm, model in loaded.items():
+        if not model.candidate.explains_exactly(model):
+            continue
+        exact, margin = explain(model, rows, background=None)
+        approximate, approximate_margin = explain(model, rows, background=None, approximate=True)
+        assert np.allclose(margin, approximate_margin), algorithm
+        assert check_additivity(approximate, margin)[0], algorithm
+        assert np.allclose(approximate.base_values, exact.base_values), algorithm
+
+
+def test_lightgbm_saabas_attributions_follow_each_rows_path(every_candidate):
+    from churn_assets.training.candidates.lightgbm_model import leaf_paths
+
+    split, _, loaded = every_candidate
+    model = loaded["lightgbm"]
+    features = model.features(split.test.head(25))
+    contributions, margin = model.candidate.contributions(model, features, approximate=True)
+    assert contributions.method == "lightgbm-saabas"
+    assert model.candidate.explanation_method(model, approximate=True) == "saabas"
+    # Per tree, the leaf's path row sums to the leaf's value minus the root's expected value.
+    tables, base = leaf_paths(model.estimator)
+    leaves = model.estimator.predict(features, pred_leaf=True)
+    per_tree = np.column_stack([table[leaves[:, tree]].sum(axis=1) for tree, table in enumerate(tables)])
+    assert np.allclose(base + per_tree.sum(axis=1), margin)
+    # A feature no tree splits on gets nothing.
+    used = set(model.estimator.trees_to_dataframe()["split_feature"].dropna())
+    for column, name in enumerate(features.columns):
+        if name not in used:
+            assert np.all(contributions.values[:, column] == 0), name
+
+
 def test_the_ensemble_stacks_the_other_candidates(every_candidate):
     split, fitted, _ = every_candidate
     ensemble, record = fitted["ensemble"]

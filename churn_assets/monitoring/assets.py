@@ -137,6 +137,20 @@ def drift_for_months(
     if not train_months:
         raise DriftError("The champion records no training months: no reference to compare with")
     references: dict[tuple, tuple] = {}
+    # The champion's probability of each reference row, by (customer_id, snapshot_month): the
+    # months' references are sliding windows of the same training months, and their samples
+    # (the rows with the smallest seeded hash) share most rows, so each row is scored once.
+    # A row's probability does not depend on the rows scored with it.
+    scored: dict[tuple, float] = {}
+
+    def reference_probabilities(frame) -> Any:
+        import numpy as np
+
+        keys = list(zip(frame["customer_id"], frame["snapshot_month"], strict=True))
+        fresh = [i for i, key in enumerate(keys) if key not in scored]
+        if fresh:
+            scored.update(zip([keys[i] for i in fresh], model.predict_proba(frame.iloc[fresh]), strict=True))
+        return np.array([scored[key] for key in keys], dtype="float64")
 
     def reference_for(month: str) -> tuple:
         chosen = tuple(reference_months_for(month, train_months, settings.reference_months))
@@ -145,7 +159,7 @@ def drift_for_months(
                 frame = reference_sample(
                     con, chosen, [*numeric, *categorical], sample_rows=settings.sample_rows, seed=settings.seed
                 )
-            references[chosen] = (chosen, frame, model.predict_proba(frame))
+            references[chosen] = (chosen, frame, reference_probabilities(frame))
         return references[chosen]
 
     ordered = sorted(months)

@@ -118,8 +118,9 @@ class ExplanationsConfig(dg.Config):
     background_rows: int = Field(default=10, description="Background rows (non-tree models).")
     approximate: bool = Field(
         default=False,
-        description="XGBoost: Saabas attributions instead of exact TreeSHAP (about 100x faster "
-                    "at depth 6, also additive, not Shapley values) for every month.",
+        description="Tree boosters (XGBoost, LightGBM, and an ensemble of them): Saabas attributions "
+                    "instead of exact TreeSHAP (10-100x faster, also additive, not Shapley values) "
+                    "for every month.",
     )
     exact_latest_months: int = Field(
         default=1,

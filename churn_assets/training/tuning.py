@@ -67,7 +67,7 @@ class TuningSettings:
     early_stopping_rounds: int = 50
     # Trials train on at most this many (seeded, randomly chosen) training rows; the final
     # model is refitted on all of them.
-    tuning_rows: int | None = 100_000
+    tuning_rows: int | None = 50_000
     nthread: int = 2
     seed: int = 42
     pruner_startup_trials: int = 5

@@ -182,17 +182,22 @@ class LightGBMCandidate(Candidate):
         return np.asarray(model.estimator.predict(model.features(frame), raw_score=True, **_threads(model)), dtype=np.float64)
 
     def contributions(self, model: ChurnModel, features: pd.DataFrame, approximate: bool = False):
-        return self._contributions(model, features, list(features.columns))
+        return self._contributions(model, features, list(features.columns), approximate)
 
     @staticmethod
-    def _contributions(model: ChurnModel, rows: Any, names: list[str]):
-        """TreeSHAP and margin of ``rows``: model input as a frame or a matrix of codes."""
+    def _contributions(model: ChurnModel, rows: Any, names: list[str], approximate: bool = False):
+        """TreeSHAP (``approximate``: Saabas path attributions) and margin of ``rows``: model
+        input as a frame or a matrix of codes."""
         import numpy as np
 
         from churn_assets.training.explain import Contributions
 
-        raw = np.asarray(model.estimator.predict(rows, pred_contrib=True, **_threads(model)), dtype=np.float64)
         margin = np.asarray(model.estimator.predict(rows, raw_score=True, **_threads(model)), dtype=np.float64)
+        if approximate:
+            values, base = saabas_contributions(model.estimator, rows)
+            return Contributions(values=values, base_values=np.full(len(rows), base), feature_names=names,
+                                 method="lightgbm-saabas"), margin
+        raw = np.asarray(model.estimator.predict(rows, pred_contrib=True, **_threads(model)), dtype=np.float64)
         return Contributions(values=raw[:, :-1], base_values=raw[:, -1], feature_names=names,
                              method="lightgbm-treeshap"), margin
 
@@ -200,7 +205,63 @@ class LightGBMCandidate(Candidate):
         return self._contributions(model, matrix, list(model.feature_spec.roles.features))
 
     def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
-        return "tree_shap"
+        return "saabas" if approximate else "tree_shap"
+
+
+def leaf_paths(booster) -> tuple[list[np.ndarray], float]:
+    """Per tree, a (leaves, features) table: what each split on the way from the root to the
+    leaf adds to the node's expected output (its row-weighted mean leaf value), by the split's
+    feature; and the sum of the roots' expected outputs (the base value). A leaf's row sums to
+    its value minus its root's expected output, so the attributions add up to the margin."""
+    import numpy as np
+
+    dump = booster.dump_model()
+    features = len(dump["feature_names"])
+    tables, base = [], 0.0
+
+    def expected(node) -> float:
+        if "leaf_value" in node:
+            return float(node["leaf_value"])
+        left, right = expected(node["left_child"]), expected(node["right_child"])
+        count_left = node["left_child"].get("internal_count", node["left_child"].get("leaf_count", 0))
+        count_right = node["right_child"].get("internal_count", node["right_child"].get("leaf_count", 0))
+        total = count_left + count_right
+        node["_expected"] = (left * count_left + right * count_right) / total if total else (left + right) / 2
+        return node["_expected"]
+
+    for tree in dump["tree_info"]:
+        root = tree["tree_structure"]
+        table = np.zeros((max(int(tree["num_leaves"]), 1), features))
+        base += expected(root)
+
+        def walk(node, path: np.ndarray, value: float) -> None:
+            if "leaf_value" in node:
+                table[node.get("leaf_index", 0)] = path
+                return
+            for child in (node["left_child"], node["right_child"]):
+                child_value = child.get("_expected", child.get("leaf_value"))
+                step = path.copy()
+                step[node["split_feature"]] += child_value - value
+                walk(child, step, child_value)
+
+        walk(root, np.zeros(features), root.get("_expected", root.get("leaf_value", 0.0)))
+        tables.append(table)
+    return tables, base
+
+
+def saabas_contributions(booster, features: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, float]:
+    """Saabas path attributions of a LightGBM booster (the analogue of XGBoost's
+    ``approx_contribs``): each split on a row's path gets the change in expected output it
+    causes. Additive like TreeSHAP, not Shapley values; one leaf lookup per tree instead of
+    TreeSHAP's work quadratic in depth, so a 10k-row month costs milliseconds, not seconds."""
+    import numpy as np
+
+    tables, base = leaf_paths(booster)
+    leaves = np.asarray(booster.predict(features, pred_leaf=True), dtype=np.int64).reshape(len(features), -1)
+    values = np.zeros((len(features), features.shape[1]))
+    for tree, table in enumerate(tables):
+        values += table[leaves[:, tree]]
+    return values, base
 
 
 CANDIDATE = LightGBMCandidate()
