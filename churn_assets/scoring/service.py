@@ -325,57 +325,51 @@ class Service:
               reasons: bool, rows: list[int] | None = None, posted: list[dict] | None = None) -> tuple[list[dict], str, BackgroundTask | None]:
         """Answers for rows (snapshot positions or posted feature dicts) of customers ``keys``
         ((customer id, feature month) per row), the request id, and the shadow scoring task."""
-        request_id = uuid.uuid4().hex
+        request = (endpoint, uuid.uuid4().hex, state, keys, rows, posted)
         routes = [self.arms(state, customer) for customer, _ in keys]
         answers: list[dict | None] = [None] * len(keys)
         log_rows: list[tuple] = []
-        shadow_groups: dict[str, list[int]] = {}
         for arm in dict.fromkeys(answering for answering, _ in routes):
             positions = [i for i, (answering, _) in enumerate(routes) if answering == arm]
-            started = time.perf_counter()
-            group = self._answer(state, arm, positions, rows, posted, reasons)
-            latency = elapsed_ms(started) / len(positions)
-            served_at = now_utc()
+            group, logged = self._scored(request, arm, positions, reasons, answered=True)
             for i, answer in zip(positions, group, strict=True):
                 customer, month = keys[i]
                 answers[i] = {"customer_id": customer, "feature_month": month, **answer, "arm": arm}
-                log_rows.append((served_at, request_id, endpoint, customer, month, answer["model_version"], arm, True,
-                                 answer["churn_probability"], answer["risk_band"], latency))
-            self.metrics.scores.labels(arm, state.models[arm].version, "true").inc(len(positions))
+            log_rows += logged
+        self.log.add(log_rows)
+        shadow_groups: dict[str, list[int]] = {}
         for i, (_, shadow) in enumerate(routes):
             if shadow is not None:
                 shadow_groups.setdefault(shadow, []).append(i)
-        self.log.add(log_rows)
-        task = None
-        if shadow_groups:
-            # After the response is sent: the shadow model never delays the answer.
-            task = BackgroundTask(self._shadow, endpoint, request_id, state, keys, shadow_groups, rows, posted)
-        return answers, request_id, task
+        # After the response is sent: the shadow model never delays the answer.
+        task = BackgroundTask(self._shadow, request, shadow_groups) if shadow_groups else None
+        return answers, request[1], task
 
-    def _answer(self, state: ServingState, arm: str, positions: list[int], rows: list[int] | None,
-                posted: list[dict] | None, reasons: bool) -> list[dict]:
+    def _scored(self, request: tuple, arm: str, positions: list[int], reasons: bool,
+                answered: bool) -> tuple[list[dict], list[tuple]]:
+        """``arm``'s answers for the request's rows at ``positions``, and their score-log rows."""
+        endpoint, request_id, state, keys, rows, posted = request
         served = state.models[arm]
+        started = time.perf_counter()
         if rows is not None:
-            return state.answer(served, rows=[rows[i] for i in positions], reasons=reasons)
-        return state.answer(served, posted=[posted[i] for i in positions], reasons=reasons)
+            group = state.answer(served, rows=[rows[i] for i in positions], reasons=reasons)
+        else:
+            group = state.answer(served, posted=[posted[i] for i in positions], reasons=reasons)
+        latency = elapsed_ms(started) / len(positions)
+        served_at = now_utc()
+        logged = [(served_at, request_id, endpoint, *keys[i], answer["model_version"], arm, answered,
+                   answer["churn_probability"], answer["risk_band"], latency)
+                  for i, answer in zip(positions, group, strict=True)]
+        self.metrics.scores.labels(arm, served.version, str(answered).lower()).inc(len(positions))
+        return group, logged
 
-    def _shadow(self, endpoint: str, request_id: str, state: ServingState, keys, groups: dict[str, list[int]],
-                rows, posted) -> None:
+    def _shadow(self, request: tuple, groups: dict[str, list[int]]) -> None:
         log_rows = []
         for arm, positions in groups.items():
-            started = time.perf_counter()
             try:
-                group = self._answer(state, arm, positions, rows, posted, reasons=False)
+                log_rows += self._scored(request, arm, positions, reasons=False, answered=False)[1]
             except Exception as error:  # a failing shadow model must not take the worker down
-                _log(f"shadow {arm} {state.models[arm].version} failed: {' '.join(str(error).split())[:300]}")
-                continue
-            latency = elapsed_ms(started) / len(positions)
-            served_at = now_utc()
-            for i, answer in zip(positions, group, strict=True):
-                customer, month = keys[i]
-                log_rows.append((served_at, request_id, endpoint, customer, month, answer["model_version"], arm, False,
-                                 answer["churn_probability"], answer["risk_band"], latency))
-            self.metrics.scores.labels(arm, state.models[arm].version, "false").inc(len(positions))
+                _log(f"shadow {arm} {request[2].models[arm].version} failed: {' '.join(str(error).split())[:300]}")
         self.log.add(log_rows)
 
     def describe(self) -> dict:
