@@ -88,6 +88,13 @@ def markdown_table(columns: Sequence[str], rows: Iterable[Mapping[str, Any] | Se
     return "\n".join(lines)
 
 
+def described_schema(columns: Mapping[str, tuple[str, str]]) -> dg.TableSchema:
+    """``table_schema`` of ``{column: (DuckDB type, description)}``, the shape the Python-written
+    tables declare their columns in."""
+    return table_schema({name: kind for name, (kind, _) in columns.items()},
+                        {name: text for name, (_, text) in columns.items()})
+
+
 def table_schema(columns: Mapping[str, str], descriptions: Mapping[str, str] | None = None) -> dg.TableSchema:
     """A Dagster table schema from ``{column: DuckDB type [NOT NULL]}`` and descriptions."""
     return dg.TableSchema(columns=[

@@ -251,6 +251,11 @@ SANDBOX_SETTINGS = {
 }
 
 
+def column_definitions(columns: dict[str, tuple[str, str]]) -> str:
+    """The column list of a CREATE TABLE for ``{column: (DuckDB type, description)}``."""
+    return ", ".join(f"{name} {kind}" for name, (kind, _) in columns.items())
+
+
 def table_exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
     """Whether ``schema.table`` exists (names compared case-insensitively, as DuckDB does)."""
     schema, name = relation.split(".")

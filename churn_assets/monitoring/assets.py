@@ -34,6 +34,7 @@ from churn_assets.core.keys import (
 )
 from churn_assets.core.metadata import (
     CheckVerdict,
+    described_schema,
     add_partition_metadata,
     markdown_table,
     silenced_backfill_warning,
@@ -318,9 +319,7 @@ def realised_performance(context: dg.AssetExecutionContext, warehouse: Warehouse
         "and per arm on the customers each answered (A/B), and a decision by the promotion policy's margin and "
         "confidence."
     ),
-    metadata=table_metadata(column_schema=table_schema(
-        {name: kind for name, (kind, _) in ARMS_COLUMNS.items()},
-        {name: text for name, (_, text) in ARMS_COLUMNS.items()}), table_name=ARMS_TABLE),
+    metadata=table_metadata(column_schema=described_schema(ARMS_COLUMNS), table_name=ARMS_TABLE),
 )
 def serving_arms(context: dg.AssetExecutionContext, warehouse: Warehouse, serving_policy: ServingPolicy,
                  promotion_policy: PromotionPolicy) -> dg.MaterializeResult:

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.core.warehouse import table_exists
+from churn_assets.core.warehouse import column_definitions, table_exists
 from churn_assets.scoring.score_log import SCORE_LOG_TABLE
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ def compare_arms(scores: pd.DataFrame, versions: dict[str, str], policy: Promoti
 def write_arms(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
     import pandas as pd
 
-    body = ", ".join(f"{name} {kind}" for name, (kind, _) in ARMS_COLUMNS.items())
+    body = column_definitions(ARMS_COLUMNS)
     con.execute("CREATE SCHEMA IF NOT EXISTS monitoring")
     con.execute(f"CREATE OR REPLACE TABLE {ARMS_TABLE} ({body})")
     if rows:

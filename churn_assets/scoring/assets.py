@@ -23,13 +23,14 @@ from churn_assets.core.keys import (
 )
 from churn_assets.core.metadata import (
     add_partition_metadata,
+    described_schema,
     partition_row_counts,
     silenced_backfill_warning,
     table_metadata,
     table_schema,
 )
 from churn_assets.core.partitions import monthly_partitions
-from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
+from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse, column_definitions
 from churn_assets.scoring.batch import PREDICTION_COLUMNS, PREDICTION_DESCRIPTIONS, PREDICTIONS_TABLE, ScoringPolicy
 from churn_assets.scoring.explanations import DEFAULT_TOP_REASONS, EXPLANATION_COLUMNS, EXPLANATIONS_TABLE
 from churn_assets.scoring.score_log import SCORE_LOG_COLUMNS, SCORE_LOG_TABLE
@@ -39,8 +40,7 @@ FEATURES_TABLE = "features.customer_features"
 
 
 def explanations_schema() -> dg.TableSchema:
-    return table_schema({name: kind for name, (kind, _) in EXPLANATION_COLUMNS.items()},
-                        {name: text for name, (_, text) in EXPLANATION_COLUMNS.items()})
+    return described_schema(EXPLANATION_COLUMNS)
 
 
 def _predictions_asset():
@@ -174,7 +174,7 @@ def explanations(context: dg.AssetExecutionContext, config: ExplanationsConfig,
             parts.append(rows.assign(method=method))
     reasons = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
         columns=list(EXPLANATION_COLUMNS))
-    body = ", ".join(f"{name} {kind}" for name, (kind, _) in EXPLANATION_COLUMNS.items())
+    body = column_definitions(EXPLANATION_COLUMNS)
     with warehouse.write() as con:
         con.execute("CREATE SCHEMA IF NOT EXISTS ml")
         con.execute(f"CREATE TABLE IF NOT EXISTS {EXPLANATIONS_TABLE} ({body})")
@@ -242,9 +242,7 @@ score_log = dg.AssetSpec(
     description="serving.score_log: one row per score `churn serve` computed (customer, feature month, model "
                 "version, arm, answered or shadow, probability, band, latency), written by the service's "
                 "background writer. Not materialized by a run.",
-    metadata=table_metadata(column_schema=table_schema(
-        {name: kind for name, (kind, _) in SCORE_LOG_COLUMNS.items()},
-        {name: text for name, (_, text) in SCORE_LOG_COLUMNS.items()}), table_name=SCORE_LOG_TABLE),
+    metadata=table_metadata(column_schema=described_schema(SCORE_LOG_COLUMNS), table_name=SCORE_LOG_TABLE),
 )
 
 scoring_assets = [predictions, explanations, serving_snapshot, score_log]

@@ -145,7 +145,8 @@ def model_input_columns(model: Any) -> list[str] | None:
     return list(features) if features else None
 
 
-def _quote(name: str) -> str:
+def quote_name(name: str) -> str:
+    """A column name as a DuckDB identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -185,7 +186,7 @@ def matrix_select(model: Any, column_types: Mapping[str, str]) -> tuple[list[str
     sql_float = {"float32": "FLOAT", "float64": "DOUBLE"}[dtype]
     expressions = []
     for name in spec.roles.categorical:
-        text = _category_text(_quote(name), column_types.get(name, ""))
+        text = _category_text(quote_name(name), column_types.get(name, ""))
         if text is None:
             return None
         levels = spec.categories[name]
@@ -197,7 +198,7 @@ def matrix_select(model: Any, column_types: Mapping[str, str]) -> tuple[list[str
     for name in spec.roles.numeric:
         if name not in column_types:
             return None
-        expressions.append(f"CAST(CAST({_quote(name)} AS DOUBLE) AS {sql_float})")
+        expressions.append(f"CAST(CAST({quote_name(name)} AS DOUBLE) AS {sql_float})")
     return expressions, dtype
 
 
@@ -284,7 +285,7 @@ def score_months(
     if not partitions:
         raise ScoringError("No months to score")
     stats = stats if stats is not None else ScoringStats()
-    keys = [_quote(ID_COLUMN), _quote(MONTH_COLUMN)]
+    keys = [quote_name(ID_COLUMN), quote_name(MONTH_COLUMN)]
     plan = matrix_select(model, _columns_of(con, source))
     if plan is not None:
         expressions, dtype = plan
@@ -293,7 +294,7 @@ def score_months(
     else:
         columns = model_input_columns(model)
         selected = ["*"] if columns is None else keys + [
-            _quote(c) for c in columns if c not in (ID_COLUMN, MONTH_COLUMN)]
+            quote_name(c) for c in columns if c not in (ID_COLUMN, MONTH_COLUMN)]
     query = f"SELECT {', '.join(selected)} FROM {source} WHERE {_month_filter(partitions)}"
     where = ", ".join(p[:7] for p in partitions)
     for chunk in _chunks(con.sql(query).to_arrow_reader(batch_rows), batch_rows):

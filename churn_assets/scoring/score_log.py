@@ -40,7 +40,9 @@ FLUSH_LOCK_WAIT_S = 0.25
 
 
 def create_score_log(con) -> None:
-    body = ", ".join(f"{name} {kind}" for name, (kind, _) in SCORE_LOG_COLUMNS.items())
+    from churn_assets.core.warehouse import column_definitions
+
+    body = column_definitions(SCORE_LOG_COLUMNS)
     con.execute("CREATE SCHEMA IF NOT EXISTS serving")
     con.execute(f"CREATE TABLE IF NOT EXISTS {SCORE_LOG_TABLE} ({body})")
 
@@ -85,7 +87,7 @@ class ScoreLog:
         self.warehouse = self.warehouse.model_copy(update={"write_wait_s": 30.0, "read_wait_s": 30.0})
         self.flush()
         if self.buffer:
-            _log(f"{len(self.buffer):,} served scores not written to {SCORE_LOG_TABLE} at shutdown: {self.last_error}")
+            say(f"{len(self.buffer):,} served scores not written to {SCORE_LOG_TABLE} at shutdown: {self.last_error}")
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_s):
@@ -120,7 +122,7 @@ class ScoreLog:
                 self.dropped += len(rows)
                 message = " ".join(str(error).split())[:300]
                 if message != self.last_error:
-                    _log(f"dropped {len(rows)} served scores that {SCORE_LOG_TABLE} refused: {message}")
+                    say(f"dropped {len(rows)} served scores that {SCORE_LOG_TABLE} refused: {message}")
                 self.last_error = message
                 written = 0
             else:
@@ -154,7 +156,8 @@ class ScoreLog:
             raise RuntimeError(f"score log write failed: {error}") from None
 
 
-def _log(message: str) -> None:
+def say(message: str) -> None:
+    """One line on the service's stderr, naming the worker."""
     import os
     import sys
 

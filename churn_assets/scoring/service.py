@@ -18,7 +18,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import sys
 import threading
 import time
 import uuid
@@ -34,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from churn_assets.scoring.batch import RiskBands
-from churn_assets.scoring.score_log import ScoreLog, elapsed_ms, now_utc
+from churn_assets.scoring.score_log import ScoreLog, elapsed_ms, now_utc, say
 from churn_assets.scoring.serving import (
     CHALLENGER,
     CHAMPION,
@@ -269,7 +268,7 @@ class Service:
                 message = describe_load_error(error)
                 if message != self.load_error:
                     self.metrics.reloads.labels("failed").inc()
-                    _log(f"snapshot not loaded ({message}); "
+                    say(f"snapshot not loaded ({message}); "
                          + (f"still serving {self.state.champion.version}" if self.state else "not ready"))
                 self.load_error = message
                 return False
@@ -281,7 +280,7 @@ class Service:
             self.metrics.reloads.labels("ok").inc()
             self.metrics.served_models(state, previous)
             arms = ", ".join(f"{arm} {state.models[arm].version}" for arm in (CHAMPION, CHALLENGER) if arm in state.models)
-            _log(f"serving snapshot {state.snapshot_id} ({len(state.row_of):,} customers; {arms})")
+            say(f"serving snapshot {state.snapshot_id} ({len(state.row_of):,} customers; {arms})")
             return True
 
     def start(self) -> None:
@@ -369,7 +368,7 @@ class Service:
             try:
                 log_rows += self._scored(request, arm, positions, reasons=False, answered=False)[1]
             except Exception as error:  # a failing shadow model must not take the worker down
-                _log(f"shadow {arm} {request[2].models[arm].version} failed: {' '.join(str(error).split())[:300]}")
+                say(f"shadow {arm} {request[2].models[arm].version} failed: {' '.join(str(error).split())[:300]}")
         self.log.add(log_rows)
 
     def describe(self) -> dict:
@@ -418,10 +417,6 @@ def describe_load_error(error: Exception) -> str:
         return (f"{POINTER_NAME} is not a serving snapshot description ({type(error).__name__}: {error}): "
                 "rematerialize ml/serving_snapshot")
     return " ".join(str(error).split())[:500] or type(error).__name__
-
-
-def _log(message: str) -> None:
-    print(f"churn serve [{os.getpid()}]: {message}", file=sys.stderr, flush=True)
 
 
 # -- the ASGI guard: API key, loopback host, body size, metrics ------------------------------
@@ -574,7 +569,7 @@ def create_app(policy: ServingPolicy, bands: RiskBands, artifacts_root: Path, wa
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, error: Exception) -> Response:
-        _log(f"{request.method} {request.url.path} failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}")
+        say(f"{request.method} {request.url.path} failed: {type(error).__name__}: {' '.join(str(error).split())[:300]}")
         return _json({"error": "internal error while scoring; the service log has the details", "errors": []}, 500)
 
     @app.get("/health", tags=["service"], summary="Liveness: the process answers.")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
-from churn_assets.scoring.batch import FEATURES_TABLE, ID_COLUMN, MONTH_COLUMN, RiskBands
+from churn_assets.scoring.batch import FEATURES_TABLE, ID_COLUMN, MONTH_COLUMN, RiskBands, quote_name
 from churn_assets.scoring.explanations import DEFAULT_TOP_REASONS
 
 if TYPE_CHECKING:
@@ -136,10 +136,6 @@ def pointer_path(artifacts_root: str | Path) -> Path:
     return serving_dir(artifacts_root) / POINTER_FILE
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def choose_challenger(con: duckdb.DuckDBPyConnection, champion: str, configured: str | None) -> str | None:
     """The configured challenger, else the latest run's best candidate that is not the champion."""
     from churn_assets.training.registry import latest_run_records, select_best
@@ -166,7 +162,7 @@ def numeric_ranges(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> dict
     """[min, max] of each numeric feature over the training rows (None where all missing)."""
     if not names:
         return {}
-    parts = ", ".join(f"min(CAST({_quote(n)} AS DOUBLE)), max(CAST({_quote(n)} AS DOUBLE))" for n in names)
+    parts = ", ".join(f"min(CAST({quote_name(n)} AS DOUBLE)), max(CAST({quote_name(n)} AS DOUBLE))" for n in names)
     row = con.execute(f"SELECT {parts} FROM {TRAINING_TABLE}").fetchone()
     return {name: [row[2 * i], row[2 * i + 1]] for i, name in enumerate(names)}
 
