@@ -131,3 +131,30 @@ def test_types_the_sql_cannot_turn_into_training_text_use_the_frame_path(trainin
     # An integer forced categorical: pandas writes 1.0 for an integer column with NULLs, so
     # only pandas can reproduce the training text.
     assert matrix_select(model, types | {spec.roles.categorical[0]: "INTEGER"}) is None
+
+
+def test_xgboosts_native_calls_give_the_wrappers_numbers(training, models):
+    """The C prediction calls without xgboost's Python wrapper: the same values, margins and
+    contributions as inplace_predict and Booster.predict, to the bit, on one row and on many."""
+    from functools import partial
+
+    import xgboost as xgb
+
+    from churn_assets.training.candidates.xgboost_native import native_predictor
+
+    frame, _, _ = training
+    model = models["xgboost"]
+    booster = model.estimator
+    types = model.candidate._feature_types(model)
+    native = native_predictor(booster, types)
+    assert native is not None and native_predictor(booster, types) is native  # one per booster
+    matrix = np.ascontiguousarray(codes_matrix(model, scoring_rows(frame)), dtype=np.float32)
+    for rows in (matrix[:1], matrix):
+        data = xgb.DMatrix(rows, feature_types=types, enable_categorical=True, nthread=1)
+        np.testing.assert_array_equal(native.value(rows), booster.inplace_predict(rows))
+        predict = partial(booster.predict, data, validate_features=False)
+        np.testing.assert_array_equal(native.margin(rows, 1), predict(output_margin=True))
+        contributions, value = native.contributions_and_value(rows, 1)
+        np.testing.assert_array_equal(contributions, predict(pred_contribs=True))
+        np.testing.assert_array_equal(value, predict())
+        np.testing.assert_array_equal(value, booster.inplace_predict(rows))

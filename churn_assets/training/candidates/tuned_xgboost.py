@@ -391,7 +391,10 @@ class TunedXGBoostCandidate(Candidate):
 
     def predict_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
         # No DMatrix: the booster reads the float32 array in place (categoricals as codes).
-        return model.estimator.inplace_predict(matrix)
+        native = self._native(model)
+        if native is None:
+            return model.estimator.inplace_predict(matrix)
+        return native.value(self._float32(matrix))
 
     def use_threads(self, model: ChurnModel, threads: int) -> None:
         model.estimator.set_param({"nthread": threads})
@@ -399,7 +402,13 @@ class TunedXGBoostCandidate(Candidate):
     def margin_matrix(self, model: ChurnModel, matrix: np.ndarray) -> np.ndarray:
         # Through a DMatrix, as the frame path's margin (booster_margin) and matrix_contributions
         # compute it: inplace_predict can differ from it in the last float32 bit.
-        return self._predict(model, self._dmatrix(model, matrix), output_margin=True)
+        import numpy as np
+
+        matrix, threads, native = self._float32(matrix), self._threads(model), self._native(model)
+        if native is not None:
+            return np.asarray(native.margin(matrix, threads), dtype=np.float64)
+        return np.asarray(model.estimator.predict(self._dmatrix(model, matrix, threads), validate_features=False,
+                                                  output_margin=True), dtype=np.float64)
 
     def save(self, model: ChurnModel, folder: Path) -> str:
         model.estimator.save_model(str(folder / self.model_file))
@@ -426,33 +435,63 @@ class TunedXGBoostCandidate(Candidate):
     def matrix_contributions(self, model: ChurnModel, matrix: np.ndarray):
         # One DMatrix for both, the margin computed as margin_matrix does: a row's score must not
         # depend on whether its reasons were asked for.
-        data = self._dmatrix(model, matrix)
-        return self._contributions(model, data), self._predict(model, data, output_margin=True)
-
-    @staticmethod
-    def _dmatrix(model: ChurnModel, matrix: np.ndarray):
-        import numpy as np
-        import xgboost as xgb
-
-        spec = model.feature_spec
-        # The types the booster was trained with (pandas categoricals, then numbers), in its
-        # column order; no names: the booster's would be read back from C on every call.
-        types = ["c"] * len(spec.roles.categorical) + ["q"] * len(spec.roles.numeric)
-        return xgb.DMatrix(np.asarray(matrix, dtype=np.float32), feature_types=types, enable_categorical=True,
-                           nthread=model.predict_threads or model.params.get("nthread", 0))
-
-    @staticmethod
-    def _predict(model: ChurnModel, data, **how) -> np.ndarray:
         import numpy as np
 
-        return np.asarray(model.estimator.predict(data, validate_features=False, **how), dtype=np.float64)
+        matrix, threads, native = self._float32(matrix), self._threads(model), self._native(model)
+        if native is not None:
+            raw, margin = native.contributions_and_margin(matrix, threads)
+        else:
+            data = self._dmatrix(model, matrix, threads)
+            raw = model.estimator.predict(data, validate_features=False, pred_contribs=True)
+            margin = model.estimator.predict(data, validate_features=False, output_margin=True)
+        return self._contributions_of(model, raw), np.asarray(margin, dtype=np.float64)
 
-    def _contributions(self, model: ChurnModel, data):
+    def explain_matrix(self, model: ChurnModel, matrix: np.ndarray):
+        # Contributions and probabilities from one DMatrix (a served row's cost is mostly
+        # building inputs: a DMatrix, or inplace_predict's own). The DMatrix probabilities are
+        # inplace_predict's to the bit, as the frame path's are (test_scoring_matrix).
+        native = self._native(model)
+        if native is None:
+            return super().explain_matrix(model, matrix)
+        raw, value = native.contributions_and_value(self._float32(matrix), self._threads(model))
+        return self._contributions_of(model, raw), value
+
+    @staticmethod
+    def _contributions_of(model: ChurnModel, raw: np.ndarray):
+        import numpy as np
+
         from churn_assets.training.explain import NATIVE_METHOD, Contributions
 
-        raw = self._predict(model, data, pred_contribs=True)
+        raw = np.asarray(raw, dtype=np.float64)
         return Contributions(values=raw[:, :-1], base_values=raw[:, -1],
                              feature_names=list(model.feature_spec.roles.features), method=NATIVE_METHOD)
+
+    @staticmethod
+    def _feature_types(model: ChurnModel) -> list[str]:
+        # The types the booster was trained with (pandas categoricals, then numbers), in its
+        # column order; no names: the booster's would be read back from C on every call.
+        spec = model.feature_spec
+        return ["c"] * len(spec.roles.categorical) + ["q"] * len(spec.roles.numeric)
+
+    def _dmatrix(self, model: ChurnModel, matrix: np.ndarray, threads: int):
+        import xgboost as xgb
+
+        return xgb.DMatrix(matrix, feature_types=self._feature_types(model), enable_categorical=True, nthread=threads)
+
+    @staticmethod
+    def _threads(model: ChurnModel) -> int:
+        return model.predict_threads or model.params.get("nthread", 0)
+
+    @staticmethod
+    def _float32(matrix: np.ndarray) -> np.ndarray:
+        import numpy as np
+
+        return np.ascontiguousarray(matrix, dtype=np.float32)
+
+    def _native(self, model: ChurnModel):
+        from churn_assets.training.candidates.xgboost_native import native_predictor
+
+        return native_predictor(model.estimator, self._feature_types(model))
 
     def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
         return "saabas" if approximate else "tree_shap"
