@@ -149,6 +149,10 @@ def test_xgboosts_native_calls_give_the_wrappers_numbers(training, models):
     native = native_predictor(booster, types)
     assert native is not None and native_predictor(booster, types) is native  # one per booster
     matrix = np.ascontiguousarray(codes_matrix(model, scoring_rows(frame)), dtype=np.float32)
+    empty = matrix[:0]
+    assert native.value(empty).shape == native.margin(empty, 1).shape == (0,)
+    # The wrapper flattens an empty contributions matrix; the row-per-customer shape is kept.
+    assert [a.shape for a in native.contributions_and_value(empty, 1)] == [(0, matrix.shape[1] + 1), (0,)]
     for rows in (matrix[:1], matrix):
         data = xgb.DMatrix(rows, feature_types=types, enable_categorical=True, nthread=1)
         np.testing.assert_array_equal(native.value(rows), booster.inplace_predict(rows))

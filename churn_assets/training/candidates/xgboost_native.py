@@ -64,6 +64,8 @@ class NativePredictor:
 
     def value(self, matrix: np.ndarray) -> np.ndarray:
         """``inplace_predict(matrix)``: probabilities, float32."""
+        if not len(matrix):
+            return self._empty(matrix, _INPLACE_VALUE)
         return self._output(self._lib.XGBoosterPredictFromDense, self._handle, self._interface(matrix),
                             _INPLACE_VALUE, ctypes.c_void_p())
 
@@ -83,7 +85,17 @@ class NativePredictor:
         contributions, value = self._from_dmatrix(matrix, nthread, _CONTRIBUTIONS, _VALUE)
         return contributions, value
 
+    @staticmethod
+    def _empty(matrix: np.ndarray, prediction: bytes) -> np.ndarray:
+        # No rows: the wrapper's shapes ((0,), or (0, features + 1) for contributions); the C
+        # library answers (0, 0) and warns about an empty dataset.
+        import numpy as np
+
+        return np.zeros((0, matrix.shape[1] + 1) if prediction is _CONTRIBUTIONS else (0,), dtype=np.float32)
+
     def _from_dmatrix(self, matrix: np.ndarray, nthread: int, *predictions: bytes) -> list[np.ndarray]:
+        if not len(matrix):
+            return [self._empty(matrix, prediction) for prediction in predictions]
         handle = ctypes.c_void_p()
         config = json.dumps({"missing": float("nan"), "nthread": int(nthread), "data_split_mode": 0}).encode()
         self._check(self._lib.XGDMatrixCreateFromDense(self._interface(matrix), config, ctypes.byref(handle)))
