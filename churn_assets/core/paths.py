@@ -45,6 +45,12 @@ def duckdb_temp_dir(home: Path | None = None) -> Path:
     return (home or churn_home()) / "duckdb_tmp"
 
 
+def spark_warehouse_dir(home: Path | None = None) -> Path:
+    """The Spark engine's tables when no warehouse location is configured:
+    ``spark-warehouse/<schema>/<table>/`` Parquet (docs/scale-out.md)."""
+    return (home or churn_home()) / "spark-warehouse"
+
+
 def source_dir(home: Path | None = None) -> Path:
     """Monthly deliveries the raw layer loads: ``source/YYYY-MM/<table>.parquet``."""
     return (home or churn_home()) / "source"

@@ -1,0 +1,416 @@
+"""The Spark engine's foundation: the warehouse, the SQL models and their checks on Spark,
+against the project's own DuckDB path on the same raw data.
+
+One SparkSession (local[2], 2 shuffle partitions, 1g driver, no UI) serves the test session
+and is stopped at its end (session-scoped: a module-scoped one would be rebuilt whenever
+xdist runs another module's test in between). The data both engines build is used by one
+test only, so under ``-n 2`` one worker builds it; the other tests bring their own few rows.
+(xdist's ``--dist loadgroup`` would keep them on one worker, but xdist 3.8 cannot rename
+pytest 9.2's node ids, so its groups are ignored.) Without pyspark or Java these tests skip and say why; CI sets
+CHURN_REQUIRE_SPARK=1 (.ci/run installs both), where a missing Spark fails them instead.
+Run them alone with ``uv run pytest -m spark``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+
+
+def _spark_missing() -> str | None:
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed: `uv sync --extra spark`"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "Java is not installed: `apt-get install openjdk-17-jre-headless`"
+    return None
+
+
+MISSING = _spark_missing()
+REQUIRED = bool(os.environ.get("CHURN_REQUIRE_SPARK"))
+
+pytestmark = [
+    pytest.mark.spark,
+    pytest.mark.skipif(MISSING is not None and not REQUIRED, reason=MISSING or ""),
+]
+
+CUSTOMERS, MONTHS, SEED = 300, 6, 11
+FLOAT_TOLERANCE = 1e-9
+
+
+@pytest.fixture(scope="session")
+def spark_warehouse(tmp_path_factory):
+    if MISSING is not None:
+        pytest.fail(f"{MISSING} (CHURN_REQUIRE_SPARK is set: the Spark tests must run here)")
+    from churn_assets.core.spark_warehouse import SparkWarehouse
+
+    warehouse = SparkWarehouse(
+        location=str(tmp_path_factory.mktemp("spark") / "warehouse"),
+        master="local[2]",
+        shuffle_partitions=2,
+        driver_memory="1g",
+    )
+    started = time.perf_counter()
+    warehouse.session()
+    print(f"\nSparkSession started in {time.perf_counter() - started:.1f}s "
+          f"(load average {Path('/proc/loadavg').read_text().split()[:3]})")
+    yield warehouse
+    warehouse.stop()
+
+
+@pytest.fixture(scope="session")
+def sql_project():
+    from churn_assets.source.raw_assets import RAW_ASSET_KEYS
+    from churn_assets.sql_models import load_sql_project
+
+    return load_sql_project(SQL_DIR, RAW_ASSET_KEYS, use_cache=False)
+
+
+@pytest.fixture(scope="session")
+def duckdb_build(tmp_path_factory, sql_project):
+    """The synthetic generator's deliveries, loaded by the raw layer's own function and built
+    by the SQL assets themselves (one Dagster run backfilling every month)."""
+    from churn_assets.core.warehouse import Warehouse
+    from churn_assets.source.raw_assets import load_months_into_warehouse
+    from churn_assets.source.synthetic import GeneratorConfig, write_source
+    from conftest import materialize
+
+    home = tmp_path_factory.mktemp("duckdb-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CHURN_HOME", str(home))
+        months = write_source(home / "source", GeneratorConfig(customers=CUSTOMERS, months=MONTHS, seed=SEED))
+        warehouse = Warehouse(path=str(home / "warehouse.duckdb"))
+        with warehouse.write() as con:
+            load_months_into_warehouse(con, home / "source", months)
+        run = materialize(
+            [*sql_project.assets],
+            resources={"warehouse": warehouse},
+            tags={"dagster/asset_partition_range_start": months[0],
+                  "dagster/asset_partition_range_end": months[-1]},
+        )
+        assert run.success
+    return warehouse, [dt.date.fromisoformat(m) for m in months]
+
+
+def _next_month(month: dt.date) -> dt.date:
+    return dt.date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+@pytest.fixture(scope="session")
+def spark_build(spark_warehouse, duckdb_build, sql_project):
+    """The same raw rows on Spark (copied from DuckDB's raw tables through Arrow, a month
+    folder per delivery), then every model on Spark in the loader's order; the incremental
+    features one month per write, as monthly partitions would run."""
+    from churn_assets.sql_models.spark_models import run_model
+
+    warehouse, months = duckdb_build
+    timings = {}
+    with warehouse.read() as con:
+        for table in ("customers", "subscriptions", "events", "cancellations"):
+            rows = con.sql(f"SELECT * FROM raw.{table}").to_arrow_table()
+            spark_warehouse.write_months(f"raw.{table}", rows, "delivery_month", months[0], _next_month(months[-1]))
+    for model in sql_project.models:
+        started = time.perf_counter()
+        if model.config.is_incremental:
+            for month in months:
+                run_model(spark_warehouse, model, month, _next_month(month))
+        else:
+            run_model(spark_warehouse, model)
+        timings[model.relation] = round(time.perf_counter() - started, 1)
+    print(f"\nSpark build seconds per model: {timings}")
+    return spark_warehouse
+
+
+# --- comparing tables ---------------------------------------------------------------------
+
+SPARK_TYPE_OF_DUCKDB = {"VARCHAR": "string", "INTEGER": "int", "BIGINT": "bigint", "DOUBLE": "double",
+                        "BOOLEAN": "boolean", "DATE": "date", "TIMESTAMP": "timestamp_ntz"}
+
+
+def _normalised(value):
+    """A cell as a comparable Python value: NaN and None are both NULL, dates are dates."""
+    import numpy as np
+    import pandas as pd
+
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _same(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(float(a) - float(b)) <= FLOAT_TOLERANCE
+    if isinstance(a, dt.datetime) and not isinstance(b, dt.datetime):
+        a = a.date() if a.time() == dt.time() else a
+    if isinstance(b, dt.datetime) and not isinstance(a, dt.datetime):
+        b = b.date() if b.time() == dt.time() else b
+    return a == b
+
+
+def assert_same_table(duckdb_warehouse, spark_warehouse, relation: str, key: list[str]) -> int:
+    with duckdb_warehouse.read() as con:
+        duck_types = {name: kind for name, kind, *_ in con.execute(f"DESCRIBE {relation}").fetchall()}
+        duck = con.execute(f"SELECT * FROM {relation}").df()
+    spark_types = dict(spark_warehouse.columns(relation))
+    assert set(spark_types) == set(duck_types), (relation, set(spark_types) ^ set(duck_types))
+    wrong_types = {c: (t, spark_types[c]) for c, t in duck_types.items() if SPARK_TYPE_OF_DUCKDB.get(t) != spark_types[c]}
+    assert not wrong_types, (relation, wrong_types)
+
+    spark = spark_warehouse.read(f"SELECT * FROM {relation}")
+    assert len(spark) == len(duck), (relation, len(spark), len(duck))
+    duck = duck.sort_values(key, kind="stable").reset_index(drop=True)
+    # The keys are never NULL and sort alike on both sides (Spark's dates arrive as
+    # datetime.date, DuckDB's as datetime64).
+    spark = spark[list(duck.columns)].sort_values(key, kind="stable").reset_index(drop=True)
+    for column in duck.columns:
+        left = [_normalised(v) for v in duck[column].tolist()]
+        right = [_normalised(v) for v in spark[column].tolist()]
+        differing = [i for i, (a, b) in enumerate(zip(left, right)) if not _same(a, b)]
+        assert not differing, (
+            f"{relation}.{column}: {len(differing)} rows differ, e.g. row {differing[0]}: "
+            f"DuckDB {left[differing[0]]!r}, Spark {right[differing[0]]!r}"
+        )
+    return len(duck)
+
+
+TABLE_KEYS = {
+    "staging.customers": ["customer_id"],
+    "staging.subscriptions": ["customer_id", "snapshot_month"],
+    "staging.events": ["event_id"],
+    "staging.cancellations": ["customer_id", "cancel_date"],
+    "features.customer_features": ["customer_id", "snapshot_month"],
+    "features.labels": ["customer_id", "snapshot_month"],
+    "features.training_set": ["customer_id", "snapshot_month"],
+}
+
+
+# --- parity -------------------------------------------------------------------------------
+
+
+def _tables_are_the_same(duckdb_build, spark_build, sql_project):
+    warehouse, months = duckdb_build
+    assert set(TABLE_KEYS) == {m.relation for m in sql_project.models}
+    rows = {relation: assert_same_table(warehouse, spark_build, relation, key) for relation, key in TABLE_KEYS.items()}
+    # Not a comparison of two empty tables: every month has features, some rows are labelled,
+    # the warm-up months are left out of training.
+    assert rows["features.customer_features"] >= CUSTOMERS * MONTHS * 0.8
+    assert 0 < rows["features.training_set"] < rows["features.labels"]
+    feature_months = spark_build.read("SELECT DISTINCT snapshot_month FROM features.customer_features")
+    assert sorted(feature_months["snapshot_month"]) == months
+
+
+def _checks_are_the_same(duckdb_build, spark_build, sql_project):
+    import dataclasses
+
+    from churn_assets.sql_models.checks import evaluate_check as duckdb_check
+    from churn_assets.sql_models.checks import model_check_plans, singular_check_plans
+    from churn_assets.sql_models.spark_models import evaluate_check as spark_check
+
+    warehouse, _ = duckdb_build
+    plans = [p for m in sql_project.models for p in model_check_plans(m)]
+    plans += [p for t in sql_project.singular_tests for p in singular_check_plans(t)]
+    # Checks that fail on this data, so equal counts are not just two zeros: contract narrowed
+    # to one of its three values, and a range no monthly charge meets.
+    subscriptions = sql_project.model("staging.subscriptions")
+    narrowed = [dataclasses.replace(t, args={**t.args, "values": ["Month-to-month"]}, check_name="narrowed")
+                for t in subscriptions.tests if t.kind == "accepted_values" and t.column == "contract"]
+    below = [dataclasses.replace(t, args={"min": 1000}, check_name="impossible_range")
+             for t in subscriptions.tests if t.kind == "range" and t.column == "monthly_charges"]
+    failing_plans = model_check_plans(dataclasses.replace(subscriptions, tests=tuple(narrowed + below)))
+    assert len(failing_plans) == 2
+    results = {}
+    with warehouse.read() as con:
+        for plan in plans + failing_plans:
+            on_duckdb, on_spark = duckdb_check(con, plan), spark_check(spark_build, plan)
+            results[(plan.asset_key.to_user_string(), plan.name)] = (
+                on_duckdb.passed, on_duckdb.metadata["failing_rows"].value,
+                on_spark.passed, on_spark.metadata["failing_rows"].value if "failing_rows" in on_spark.metadata
+                else on_spark.description,
+            )
+    different = {k: v for k, v in results.items() if v[:2] != v[2:]}
+    assert not different, different
+    assert all(results[(p.asset_key.to_user_string(), p.name)][1] > 0 for p in failing_plans)
+    assert len(results) == len(plans) + 2 and len(plans) > 100
+
+
+# --- writes -------------------------------------------------------------------------------
+
+
+def _month_files(spark_warehouse, relation: str) -> dict[str, set[tuple[str, int]]]:
+    root = Path(spark_warehouse.table_path(relation).removeprefix("file://"))
+    return {folder.name: {(f.name, f.stat().st_size) for f in folder.iterdir() if f.suffix == ".parquet"}
+            for folder in root.iterdir() if folder.is_dir()}
+
+
+def _rewriting_a_month_replaces_that_month_only(spark_build, sql_project, duckdb_build):
+    from churn_assets.sql_models.spark_models import run_model
+
+    _, months = duckdb_build
+    model = sql_project.model("features.customer_features")
+    relation, month = model.relation, months[3]
+    ordered = f"SELECT * FROM {relation} ORDER BY customer_id, snapshot_month"
+    before_rows, before_files = spark_build.read(ordered), _month_files(spark_build, relation)
+    written = run_model(spark_build, model, month, _next_month(month))
+    after_rows, after_files = spark_build.read(ordered), _month_files(spark_build, relation)
+
+    folder = f"snapshot_month={month}"
+    assert set(after_files) == set(before_files)
+    # The other months' folders hold the very same files; the month's files are new ones.
+    assert {k: v for k, v in after_files.items() if k != folder} == {k: v for k, v in before_files.items() if k != folder}
+    assert after_files[folder].isdisjoint(before_files[folder])
+    # ... with the same rows: a rerun changes nothing.
+    assert after_rows.equals(before_rows)
+    assert written["rows_by_month"] == {month.strftime("%Y-%m"): int((before_rows["snapshot_month"] == month).sum())}
+
+
+def test_both_engines_build_the_same_tables_and_checks(duckdb_build, spark_build, sql_project):
+    """The one test that uses the data both engines built (see the module's docstring): every
+    table equal, every check's verdict and count equal, then a month rebuilt on Spark touches
+    that month only and changes none of its rows."""
+    _tables_are_the_same(duckdb_build, spark_build, sql_project)
+    _checks_are_the_same(duckdb_build, spark_build, sql_project)
+    _rewriting_a_month_replaces_that_month_only(spark_build, sql_project, duckdb_build)
+
+
+def test_a_failed_month_write_leaves_the_old_month(spark_warehouse):
+    import pandas as pd
+
+    from churn_assets.core.spark_warehouse import SparkWriteError
+
+    jan, feb, mar = dt.date(2024, 1, 1), dt.date(2024, 2, 1), dt.date(2024, 3, 1)
+    rows = pd.DataFrame({"id": ["a", "b", "c"], "month": [jan, feb, feb], "value": [1.0, 2.0, 3.0]})
+    spark_warehouse.write_months("scratch.months", rows, "month", jan, mar)
+    old = spark_warehouse.read("SELECT * FROM scratch.months ORDER BY id")
+    # A February rewrite that also carries a January row: refused inside the job, nothing changes.
+    with pytest.raises(SparkWriteError, match="outside the window"):
+        spark_warehouse.write_months("scratch.months", rows.assign(value=9.0), "month", feb, mar)
+    assert spark_warehouse.read("SELECT * FROM scratch.months ORDER BY id").equals(old)
+    # February rewritten with one row: January as it was, February exactly the new row.
+    spark_warehouse.write_months("scratch.months", rows.iloc[[1]].assign(value=7.0), "month", feb, mar)
+    now = spark_warehouse.read("SELECT id, value FROM scratch.months ORDER BY id")
+    assert now.values.tolist() == [["a", 1.0], ["b", 7.0]]
+    # A window with no rows empties its month, as DuckDB's delete of the window does.
+    empty = spark_warehouse.sql("SELECT * FROM scratch.months WHERE false")
+    result = spark_warehouse.write_months("scratch.months", empty, "month", feb, mar)
+    assert result["months_emptied"] == ["2024-02-01"]
+    assert spark_warehouse.read("SELECT id FROM scratch.months")["id"].tolist() == ["a"]
+
+
+def test_a_failed_table_write_leaves_the_old_table(spark_warehouse):
+    import pandas as pd
+
+    from churn_assets.core.spark_warehouse import SparkWriteError
+
+    spark_warehouse.write_table("scratch.whole", pd.DataFrame({"id": ["a", "b"], "n": [1, 2]}))
+    # The failure comes from the rows, half-way through the job (a BIGINT column, as before).
+    failing = spark_warehouse.sql("SELECT id, CASE WHEN n > 1 THEN raise_error('boom') ELSE n END AS n FROM scratch.whole")
+    with pytest.raises(SparkWriteError, match="boom"):
+        spark_warehouse.write_table("scratch.whole", failing)
+    assert spark_warehouse.read("SELECT * FROM scratch.whole ORDER BY id").values.tolist() == [["a", 1], ["b", 2]]
+    root = Path(spark_warehouse.table_path("scratch.whole").removeprefix("file://")).parent
+    # No staged (.tmp-) or retired (.old-) copy is left beside it.
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("whole")) == ["whole"]
+
+
+# --- translation and parameters -----------------------------------------------------------
+
+
+def _project_with(tmp_path, sql: str, yaml_text: str, name: str = "probe"):
+    from churn_assets.source.raw_assets import RAW_ASSET_KEYS
+    from churn_assets.sql_models import load_sql_project
+
+    folder = tmp_path / "sql" / "features"
+    folder.mkdir(parents=True)
+    (folder / f"{name}.sql").write_text(sql)
+    (folder / "_models.yml").write_text(yaml_text)
+    return load_sql_project(tmp_path / "sql", RAW_ASSET_KEYS, use_cache=False).model(f"features.{name}")
+
+
+@pytest.mark.parametrize(
+    ("sql", "construct"),
+    [
+        # DuckDB's bar(): sqlglot does not know it and Spark has no function of that name.
+        ("SELECT customer_id, bar(monthly_charges, 0, 100) AS chart FROM raw.subscriptions", "bar()"),
+        ("SELECT s.customer_id FROM raw.subscriptions AS s "
+         "ASOF JOIN raw.events AS e ON s.customer_id = e.customer_id AND s.snapshot_month >= e.event_time",
+         "ASOF JOIN"),
+        ("SELECT customer_id, date_diff('hour', signup_date, delivery_month) AS hours FROM raw.customers",
+         "date_diff('hour', ...)"),
+    ],
+)
+def test_a_model_spark_cannot_run_is_refused_naming_the_construct(spark_warehouse, tmp_path, sql, construct):
+    from churn_assets.sql_models.spark_models import run_model
+    from churn_assets.sql_models.transpile import UntranslatableError
+
+    model = _project_with(tmp_path, sql, "models:\n  - name: probe\n    config: {materialized: table}\n")
+    with pytest.raises(UntranslatableError) as refused:
+        run_model(spark_warehouse, model)
+    message = str(refused.value)
+    assert "\n" not in message and "features.probe" in message and construct in message
+    assert refused.value.construct == construct
+    assert not spark_warehouse.table_exists("features.probe")
+
+
+def test_window_parameters_are_bound_not_pasted(spark_warehouse, tmp_path):
+    import pandas as pd
+
+    from churn_assets.sql_models.spark_models import model_spark_sql, run_model
+
+    months = [dt.date(2024, m, 1) for m in (1, 2, 3)]
+    spark_warehouse.write_table("raw.probe_rows", pd.DataFrame(
+        {"customer_id": ["A", "B", "C"], "snapshot_month": months}))
+    model = _project_with(
+        tmp_path,
+        "SELECT customer_id, snapshot_month, $partition_start AS window_start FROM raw.probe_rows "
+        "WHERE snapshot_month >= $partition_start AND snapshot_month < $partition_end",
+        "models:\n  - name: probe_window\n    config: {materialized: incremental, partition_by: snapshot_month}\n",
+        name="probe_window",
+    )
+    text = model_spark_sql(spark_warehouse, model)
+    assert ":partition_start" in text and ":partition_end" in text and "$" not in text
+    written = run_model(spark_warehouse, model, months[1], months[2])
+    assert written["rows_by_month"] == {"2024-02": 1}
+    rows = spark_warehouse.read("SELECT customer_id, window_start FROM features.probe_window")
+    assert rows.values.tolist() == [["B", months[1]]]
+    # A value with a quote stays a value: pasted, it would end the literal and match every row.
+    evil = "A' OR '1' = '1"
+    assert spark_warehouse.read("SELECT :v AS v", {"v": evil})["v"].tolist() == [evil]
+    matched = spark_warehouse.read("SELECT count(*) AS n FROM raw.probe_rows WHERE customer_id = :id", {"id": evil})
+    assert matched["n"].tolist() == [0]
+
+
+@pytest.mark.parametrize(
+    "expression",
+    [
+        # DuckDB counts month boundaries: one here, where Spark's timestampdiff counts none.
+        "date_diff('month', DATE '2024-01-31', DATE '2024-02-01')",
+        "date_diff('quarter', DATE '2024-03-31', DATE '2025-04-01')",
+        "date_diff('year', DATE '2024-12-31', DATE '2025-01-01')",
+        "date_diff('day', TIMESTAMP '2024-01-01 23:00', TIMESTAMP '2024-01-02 01:00')",
+        "CAST(DATE '2024-01-31' + to_months(1) AS DATE)",
+        "(SELECT sum(months_after) FROM range(1, 4) AS o(months_after))",
+        "(SELECT count(*) FROM generate_series(1, 4))",
+    ],
+)
+def test_rewritten_duckdb_expressions_mean_the_same_on_spark(spark_warehouse, expression):
+    import duckdb
+
+    from churn_assets.sql_models.spark_models import spark_sql
+
+    expected = duckdb.sql(f"SELECT {expression} AS v").fetchall()[0][0]
+    translated = spark_sql(spark_warehouse, f"SELECT {expression} AS v", "probe")
+    assert spark_warehouse.read(translated)["v"].tolist() == [expected], translated
