@@ -182,6 +182,35 @@ def _null_cell(value: Any) -> str:
     return "NULL" if value is None else markdown_cell(value)
 
 
+def check_result(plan: CheckPlan, failing: int, columns: Sequence[str], sample: Sequence[tuple],
+                 metadata: dict[str, Any] | None = None) -> dg.AssetCheckResult:
+    """A check's result from its failing-row count and a sample of those rows (any engine)."""
+    metadata = {"failing_rows": dg.MetadataValue.int(int(failing)), "severity": plan.severity, **(metadata or {})}
+    if failing:
+        metadata["failing_sample"] = dg.MetadataValue.md(markdown_table(columns, sample, cell=_null_cell))
+    return dg.AssetCheckResult(
+        asset_key=plan.asset_key,
+        check_name=plan.name,
+        passed=failing == 0,
+        severity=plan.dagster_severity,
+        description=plan.description if failing == 0 else f"{failing} failing row(s): not {plan.description}",
+        metadata=metadata,
+    )
+
+
+def query_failed_result(plan: CheckPlan, description: str, reason: str,
+                        metadata: dict[str, Any] | None = None) -> dg.AssetCheckResult:
+    """A failed check whose query could not run: ``description`` says where, ``reason`` why."""
+    return dg.AssetCheckResult(
+        asset_key=plan.asset_key,
+        check_name=plan.name,
+        passed=False,
+        severity=plan.dagster_severity,
+        description=description,
+        metadata={"error": dg.MetadataValue.text(reason), **(metadata or {})},
+    )
+
+
 def evaluate_check(con: duckdb.DuckDBPyConnection, plan: CheckPlan) -> dg.AssetCheckResult:
     """Run one check's query: the failing-row count plus a sample of failing rows."""
     import duckdb
@@ -194,28 +223,8 @@ def evaluate_check(con: duckdb.DuckDBPyConnection, plan: CheckPlan) -> dg.AssetC
         columns = [d[0] for d in sample.description]
         rows = sample.fetchall()
     except duckdb.Error as error:
-        return dg.AssetCheckResult(
-            asset_key=plan.asset_key,
-            check_name=plan.name,
-            passed=False,
-            severity=plan.dagster_severity,
-            description=f"The check query failed ({plan.source}): {error}",
-            metadata={"error": dg.MetadataValue.text(str(error))},
-        )
-    metadata: dict[str, Any] = {
-        "failing_rows": dg.MetadataValue.int(int(failing)),
-        "severity": plan.severity,
-    }
-    if failing:
-        metadata["failing_sample"] = dg.MetadataValue.md(markdown_table(columns, rows, cell=_null_cell))
-    return dg.AssetCheckResult(
-        asset_key=plan.asset_key,
-        check_name=plan.name,
-        passed=failing == 0,
-        severity=plan.dagster_severity,
-        description=plan.description if failing == 0 else f"{failing} failing row(s): not {plan.description}",
-        metadata=metadata,
-    )
+        return query_failed_result(plan, f"The check query failed ({plan.source}): {error}", str(error))
+    return check_result(plan, failing, columns, rows)
 
 
 def evaluate_checks(warehouse, plans: Sequence[CheckPlan]) -> list[dg.AssetCheckResult]:

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
-from churn_assets.core.metadata import markdown_table
-from churn_assets.sql_models.checks import SAMPLE_ROWS, CheckPlan, _null_cell
+from churn_assets.sql_models.checks import SAMPLE_ROWS, CheckPlan, check_result, query_failed_result
 from churn_assets.sql_models.loader import WINDOW_PARAMETERS, SqlModel
 from churn_assets.sql_models.transpile import transpile_sql
 
@@ -98,27 +97,6 @@ def evaluate_check(warehouse: SparkWarehouse, plan: CheckPlan) -> dg.AssetCheckR
         columns = failing_rows.columns
     except Exception as error:  # refused translation, Spark analysis or a failed job
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return dg.AssetCheckResult(
-            asset_key=plan.asset_key,
-            check_name=plan.name,
-            passed=False,
-            severity=plan.dagster_severity,
-            description=f"The check query failed on Spark ({plan.source}): {reason}",
-            metadata={"error": dg.MetadataValue.text(reason), "engine": "spark"},
-        )
-    metadata: dict[str, Any] = {
-        "failing_rows": dg.MetadataValue.int(int(failing)),
-        "severity": plan.severity,
-        "engine": "spark",
-    }
-    if failing:
-        rows = [tuple(row) for row in sample]
-        metadata["failing_sample"] = dg.MetadataValue.md(markdown_table(columns, rows, cell=_null_cell))
-    return dg.AssetCheckResult(
-        asset_key=plan.asset_key,
-        check_name=plan.name,
-        passed=failing == 0,
-        severity=plan.dagster_severity,
-        description=plan.description if failing == 0 else f"{failing} failing row(s): not {plan.description}",
-        metadata=metadata,
-    )
+        return query_failed_result(plan, f"The check query failed on Spark ({plan.source}): {reason}", reason,
+                                   {"engine": "spark"})
+    return check_result(plan, failing, columns, [tuple(row) for row in sample], {"engine": "spark"})
