@@ -146,8 +146,8 @@ def test_xgboosts_native_calls_give_the_wrappers_numbers(training, models):
     model = models["xgboost"]
     booster = model.estimator
     types = model.candidate._feature_types(model)
-    native = native_predictor(booster, types)
-    assert native is not None and native_predictor(booster, types) is native  # one per booster
+    native = native_predictor(booster, lambda: types)
+    assert native is not None and native_predictor(booster, lambda: types) is native  # one per booster
     matrix = np.ascontiguousarray(codes_matrix(model, scoring_rows(frame)), dtype=np.float32)
     empty = matrix[:0]
     assert native.value(empty).shape == native.margin(empty, 1).shape == (0,)

@@ -273,7 +273,7 @@ class SparkWarehouse(dg.ConfigurableResource):
             frame.write.mode("errorifexists").parquet(staged)
         except Exception as error:
             files.delete(staged)
-            raise SparkWriteError(f"{relation}: the write failed, the table is unchanged: {_first_line(error)}") from error
+            raise SparkWriteError(f"{relation}: the write failed, the table is unchanged: {first_line(error)}") from error
         with self._swapping(files, final, retired):
             files.rename(staged, final)
         self._register(spark, relation, schema=frame.schema)
@@ -336,7 +336,7 @@ class SparkWarehouse(dg.ConfigurableResource):
             guarded.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(column).parquet(final)
         except Exception as error:
             raise SparkWriteError(
-                f"{relation}: the write failed, months [{start}, {end}) are unchanged: {_first_line(error)}"
+                f"{relation}: the write failed, months [{start}, {end}) are unchanged: {first_line(error)}"
             ) from error
 
         # Dynamic overwrite replaces only the months that received rows; a month of the window
@@ -409,7 +409,8 @@ def _spark_schema(arrow_schema):
     return T.StructType(fields)
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (Spark's run to pages), or its type when it has none."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -419,6 +420,7 @@ __all__ = [
     "SparkUnavailableError",
     "SparkWarehouse",
     "SparkWriteError",
+    "first_line",
     "require_pyspark",
     "split_relation",
 ]

@@ -21,16 +21,14 @@ assets use, and laptop runs import none of this.
 from __future__ import annotations
 
 from datetime import date
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import dagster as dg
 
+from churn_assets.core.spark_warehouse import SparkWarehouse, first_line  # no pyspark at import
 from churn_assets.sql_models.checks import SAMPLE_ROWS, CheckPlan, check_result, query_failed_result
 from churn_assets.sql_models.loader import WINDOW_PARAMETERS, SqlModel
 from churn_assets.sql_models.transpile import transpile_sql
-
-if TYPE_CHECKING:
-    from churn_assets.core.spark_warehouse import SparkWarehouse
 
 
 class SparkModelError(RuntimeError):
@@ -56,8 +54,7 @@ def _query(warehouse: SparkWarehouse, sql: str, params: dict[str, Any], what: st
     try:
         return warehouse.sql(sql, params)
     except (AnalysisException, ParseException) as error:
-        reason = str(error).strip().splitlines()[0]
-        raise SparkModelError(f"{what}: Spark refused the translated SQL: {reason}") from error
+        raise SparkModelError(f"{what}: Spark refused the translated SQL: {first_line(error)}") from error
 
 
 def run_model(
@@ -96,7 +93,7 @@ def evaluate_check(warehouse: SparkWarehouse, plan: CheckPlan) -> dg.AssetCheckR
         sample = failing_rows.limit(SAMPLE_ROWS).collect() if failing else []
         columns = failing_rows.columns
     except Exception as error:  # refused translation, Spark analysis or a failed job
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         return query_failed_result(plan, f"The check query failed on Spark ({plan.source}): {reason}", reason,
                                    {"engine": "spark"})
     return check_result(plan, failing, columns, [tuple(row) for row in sample], {"engine": "spark"})

@@ -491,7 +491,8 @@ class TunedXGBoostCandidate(Candidate):
     def _native(self, model: ChurnModel):
         from churn_assets.training.candidates.xgboost_native import native_predictor
 
-        return native_predictor(model.estimator, self._feature_types(model))
+        # Called on every prediction: the types are built only for the first.
+        return native_predictor(model.estimator, lambda: self._feature_types(model))
 
     def explanation_method(self, model: ChurnModel, approximate: bool = False) -> str:
         return "saabas" if approximate else "tree_shap"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import json
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -110,13 +111,13 @@ class NativePredictor:
 _PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def native_predictor(booster: xgb.Booster, feature_types: list[str]) -> NativePredictor | None:
-    """The booster's ``NativePredictor`` (built on first use), or None where xgboost's C
-    library handle is not where this module expects it."""
+def native_predictor(booster: xgb.Booster, feature_types: Callable[[], list[str]]) -> NativePredictor | None:
+    """The booster's ``NativePredictor`` (built on first use, with ``feature_types()``), or None
+    where xgboost's C library handle is not where this module expects it."""
     predictor = _PREDICTORS.get(booster)
     if predictor is None:
         try:
-            predictor = NativePredictor(booster, feature_types)
+            predictor = NativePredictor(booster, feature_types())
         except ImportError:
             return None
         _PREDICTORS[booster] = predictor
