@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -277,13 +278,88 @@ def _rewriting_a_month_replaces_that_month_only(spark_build, sql_project, duckdb
     assert written["rows_by_month"] == {month.strftime("%Y-%m"): int((before_rows["snapshot_month"] == month).sum())}
 
 
-def test_both_engines_build_the_same_tables_and_checks(duckdb_build, spark_build, sql_project):
+# --- scoring ------------------------------------------------------------------------------
+
+
+def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
+    """A registered model scores every month on both engines: DuckDB's write_predictions and
+    the Spark job (model files broadcast, verified and loaded on the executors) write the same
+    rows, probabilities and bands; a second Spark run of one month rewrites that month only."""
+    from churn_assets.scoring.batch import RiskBands, write_predictions
+    from churn_assets.scoring.spark_scoring import write_predictions_on_spark
+    from churn_assets.training.candidates.logistic_regression import train_logistic_regression
+    from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
+    from churn_assets.training.model import evaluate
+    from churn_assets.training.registry import load_model, save_model
+    from churn_assets.training.split import split_training_set
+
+    warehouse, months = duckdb_build
+    with warehouse.read() as con:
+        frame = con.execute("SELECT * FROM features.training_set ORDER BY customer_id, snapshot_month").df()
+    # 300 customers have too few churners for a temporal split to see both classes in each
+    # part; the test is about scoring, so every third row is labelled churned.
+    frame["churned"] = (frame.index % 3 == 0).astype(frame["churned"].dtype)
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    split = split_training_set(frame, roles)
+    model = train_logistic_regression(split, build_feature_spec(split.train, roles))
+    saved = save_model(model, artifacts_root, split=split, metrics=evaluate(model, split),
+                       training_data_version="parity-data", code_version="parity-code")
+    loaded = load_model(saved.version, artifacts_root)
+    bands = RiskBands(medium=0.2, high=0.5)
+    keys = [str(m) for m in months]
+    with warehouse.write() as con:
+        write_predictions(con, loaded, keys, bands=bands, batch_rows=97)
+        duck = con.execute("SELECT customer_id, snapshot_month, churn_probability, risk_band, model_version "
+                           "FROM ml.predictions ORDER BY customer_id, snapshot_month").df()
+    written = write_predictions_on_spark(spark_build, saved.path, saved.version, keys,
+                                         manifest_sha256=saved.manifest_sha256, bands=bands, batch_rows=97)
+    spark = spark_build.read("SELECT customer_id, snapshot_month, churn_probability, risk_band, model_version "
+                             "FROM ml.predictions ORDER BY customer_id, snapshot_month")
+    assert len(spark) == len(duck) > 0 and sum(written["rows_by_month"].values()) == len(duck)
+    assert spark["customer_id"].tolist() == duck["customer_id"].tolist()
+    assert [m.isoformat() for m in spark["snapshot_month"]] == [str(m.date()) for m in duck["snapshot_month"]]
+    assert spark["risk_band"].tolist() == duck["risk_band"].tolist()
+    assert set(duck["risk_band"]) == {"low", "medium", "high"}
+    assert (spark["model_version"] == saved.version).all()
+    assert float((spark["churn_probability"] - duck["churn_probability"]).abs().max()) <= 1e-12
+
+    later = write_predictions_on_spark(spark_build, saved.path, saved.version, keys[-1:],
+                                       manifest_sha256=saved.manifest_sha256, bands=bands)
+    assert list(later["rows_by_month"]) == [keys[-1][:7]]
+    again = spark_build.read("SELECT customer_id, snapshot_month, churn_probability, risk_band, model_version "
+                             "FROM ml.predictions ORDER BY customer_id, snapshot_month")
+    # The same rows; the rescored month's probabilities agree to rounding (another batch size).
+    exact = ["customer_id", "snapshot_month", "risk_band", "model_version"]
+    assert again[exact].equals(spark[exact])
+    assert float((again["churn_probability"] - spark["churn_probability"]).abs().max()) <= 1e-12
+
+
+def _a_tampered_model_is_refused_before_scoring(duckdb_build, spark_build, artifacts_root: Path):
+    import pytest as _pytest
+
+    from churn_assets.scoring.batch import ScoringError
+    from churn_assets.scoring.spark_scoring import write_predictions_on_spark
+    from churn_assets.training.registry import ArtifactIntegrityError
+
+    _, months = duckdb_build
+    folder = next(p for p in (artifacts_root / "models").iterdir() if p.is_dir())
+    before = spark_build.read("SELECT count(*) AS n FROM ml.predictions")["n"][0]
+    model_file = folder / json.loads((folder / "manifest.json").read_text())["model_file"]
+    model_file.write_bytes(model_file.read_bytes() + b"x")
+    with _pytest.raises((ArtifactIntegrityError, ScoringError)):
+        write_predictions_on_spark(spark_build, folder, folder.name, [str(months[0])])
+    assert spark_build.read("SELECT count(*) AS n FROM ml.predictions")["n"][0] == before
+
+
+def test_both_engines_build_the_same_tables_and_checks(duckdb_build, spark_build, sql_project, tmp_path):
     """The one test that uses the data both engines built (see the module's docstring): every
     table equal, every check's verdict and count equal, then a month rebuilt on Spark touches
-    that month only and changes none of its rows."""
+    that month only and changes none of its rows; a model scores the same on both engines."""
     _tables_are_the_same(duckdb_build, spark_build, sql_project)
     _checks_are_the_same(duckdb_build, spark_build, sql_project)
     _rewriting_a_month_replaces_that_month_only(spark_build, sql_project, duckdb_build)
+    _predictions_are_the_same(duckdb_build, spark_build, tmp_path / "artifacts")
+    _a_tampered_model_is_refused_before_scoring(duckdb_build, spark_build, tmp_path / "artifacts")
 
 
 def test_a_failed_month_write_leaves_the_old_month(spark_warehouse):

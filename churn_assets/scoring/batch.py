@@ -206,7 +206,7 @@ def _month_filter(months: Sequence[str]) -> str:
     return f"{MONTH_COLUMN} IN (" + ", ".join(f"DATE {_literal(m)}" for m in months) + ")"
 
 
-def _validated_probabilities(raw: Any, expected_rows: int, where: str) -> np.ndarray:
+def validated_probabilities(raw: Any, expected_rows: int, where: str) -> np.ndarray:
     import numpy as np
 
     probabilities = np.asarray(raw, dtype="float64")
@@ -302,7 +302,7 @@ def score_months(
             raw = model.predict_proba_matrix(_matrix(chunk, 2, dtype))
         else:
             raw = model.predict_proba(chunk.to_pandas())
-        probabilities = _validated_probabilities(raw, chunk.num_rows, where)
+        probabilities = validated_probabilities(raw, chunk.num_rows, where)
         stats.batches += 1
         stats.largest_batch = max(stats.largest_batch, chunk.num_rows)
         yield pa.table({
