@@ -335,8 +335,6 @@ def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
 
 
 def _a_tampered_model_is_refused_before_scoring(duckdb_build, spark_build, artifacts_root: Path):
-    import pytest as _pytest
-
     from churn_assets.scoring.batch import ScoringError
     from churn_assets.scoring.spark_scoring import write_predictions_on_spark
     from churn_assets.training.registry import ArtifactIntegrityError
@@ -346,7 +344,7 @@ def _a_tampered_model_is_refused_before_scoring(duckdb_build, spark_build, artif
     before = spark_build.read("SELECT count(*) AS n FROM ml.predictions")["n"][0]
     model_file = folder / json.loads((folder / "manifest.json").read_text())["model_file"]
     model_file.write_bytes(model_file.read_bytes() + b"x")
-    with _pytest.raises((ArtifactIntegrityError, ScoringError)):
+    with pytest.raises((ArtifactIntegrityError, ScoringError)):
         write_predictions_on_spark(spark_build, folder, folder.name, [str(months[0])])
     assert spark_build.read("SELECT count(*) AS n FROM ml.predictions")["n"][0] == before
 

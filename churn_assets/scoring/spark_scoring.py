@@ -52,17 +52,15 @@ def _versions_read_by(model: Any) -> list[str]:
     return [str(model.version), *(v for member in members for v in _versions_read_by(member))]
 
 
-def model_payload(folder: Path, version: str, manifest_sha256: str | None) -> dict[str, Any]:
-    """What is broadcast: the version, the registry's manifest hash, and the bytes of every
-    file of the model folder and of the sibling folders it loads (an ensemble's members).
-    Loading it here first fails a tampered or unreadable model once, on the driver."""
+def model_payload(folder: Path, version: str, manifest_sha256: str | None) -> tuple[Any, dict[str, Any]]:
+    """The model, loaded on the driver (a tampered or unreadable one fails here, once, before
+    any task), and what is broadcast: the version, the registry's manifest hash, and the bytes
+    of every file of the model folder and of the sibling folders it loads (an ensemble's members)."""
     from churn_assets.training.registry import load_model_folder
 
     model = load_model_folder(folder, version, manifest_sha256)
     folders = {name: _folder_files(folder.parent / name) for name in dict.fromkeys(_versions_read_by(model))}
-    payload = {"version": version, "manifest_sha256": manifest_sha256, "folders": folders}
-    _LOADED[version] = model
-    return payload
+    return model, {"version": version, "manifest_sha256": manifest_sha256, "folders": folders}
 
 
 def model_from_payload(payload: dict[str, Any]) -> Any:
@@ -82,7 +80,7 @@ def model_from_payload(payload: dict[str, Any]) -> Any:
     return _LOADED[version]
 
 
-def _score_batches(payload_broadcast, columns: list[str] | None, where: str):
+def _score_batches(payload_broadcast, where: str):
     """The function ``mapInArrow`` runs on each executor: Arrow batches of features in,
     (customer_id, snapshot_month, churn_probability) batches out."""
 
@@ -93,8 +91,7 @@ def _score_batches(payload_broadcast, columns: list[str] | None, where: str):
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            frame = batch.to_pandas()
-            raw = model.predict_proba(frame if columns is None else frame[[ID_COLUMN, MONTH_COLUMN, *columns]])
+            raw = model.predict_proba(batch.to_pandas())
             probabilities = validated_probabilities(raw, batch.num_rows, where)
             yield pa.RecordBatch.from_arrays(
                 [batch.column(ID_COLUMN).cast(pa.string()), batch.column(MONTH_COLUMN).cast(pa.date32()),
@@ -124,8 +121,8 @@ def write_predictions_on_spark(
     bands = bands or RiskBands()
     if batch_rows < 1:
         raise ScoringError(f"batch_rows must be a positive number of rows, got {batch_rows}")
-    payload = model_payload(folder, version, manifest_sha256)
-    columns = model_input_columns(model_from_payload(payload))
+    model, payload = model_payload(folder, version, manifest_sha256)
+    columns = model_input_columns(model)
     spark = warehouse.session()
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_rows))
     if not warehouse.table_exists(source):
@@ -141,7 +138,7 @@ def write_predictions_on_spark(
         features = features.select(ID_COLUMN, MONTH_COLUMN, *columns)
     shared = spark.sparkContext.broadcast(payload)
     scored = features.mapInArrow(
-        _score_batches(shared, columns, f"{source} [{start}, {end})"),
+        _score_batches(shared, f"{source} [{start}, {end})"),
         f"{ID_COLUMN} string, {MONTH_COLUMN} date, churn_probability double",
     )
     scored_at = datetime.now(timezone.utc).replace(tzinfo=None)
