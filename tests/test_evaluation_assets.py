@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import dagster as dg
 import duckdb
 import pytest
 

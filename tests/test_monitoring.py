@@ -448,7 +448,6 @@ def test_retraining_reasons_quiet_when_healthy_and_without_tables():
 
 
 def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse):
-    import dagster as dg
 
     from churn_assets.monitoring.assets import drift, monitoring_assets, monitoring_checks, realised_performance
     from churn_assets.monitoring.drift import DriftPolicy
