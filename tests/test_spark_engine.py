@@ -107,17 +107,16 @@ def _next_month(month: dt.date) -> dt.date:
 
 @pytest.fixture(scope="session")
 def spark_build(spark_warehouse, duckdb_build, sql_project):
-    """The same raw rows on Spark (copied from DuckDB's raw tables through Arrow, a month
-    folder per delivery), then every model on Spark in the loader's order; the incremental
-    features one month per write, as monthly partitions would run."""
+    """The same deliveries landed on Spark by its own reader (a month folder per delivery),
+    then every model on Spark in the loader's order; the incremental features one month per
+    write, as monthly partitions would run."""
+    from churn_assets.source.spark_landing import land_deliveries_on_spark
     from churn_assets.sql_models.spark_models import run_model
 
     warehouse, months = duckdb_build
-    timings = {}
-    with warehouse.read() as con:
-        for table in ("customers", "subscriptions", "events", "cancellations"):
-            rows = con.sql(f"SELECT * FROM raw.{table}").to_arrow_table()
-            spark_warehouse.write_months(f"raw.{table}", rows, "delivery_month", months[0], _next_month(months[-1]))
+    started = time.perf_counter()
+    land_deliveries_on_spark(spark_warehouse, Path(warehouse.path).parent / "source", [str(m) for m in months])
+    timings = {"raw": round(time.perf_counter() - started, 1)}
     for model in sql_project.models:
         started = time.perf_counter()
         if model.config.is_incremental:
@@ -203,9 +202,13 @@ TABLE_KEYS = {
 
 
 def _tables_are_the_same(duckdb_build, spark_build, sql_project):
+    from churn_assets.source.contract import RAW_TABLES
+
     warehouse, months = duckdb_build
     assert set(TABLE_KEYS) == {m.relation for m in sql_project.models}
-    rows = {relation: assert_same_table(warehouse, spark_build, relation, key) for relation, key in TABLE_KEYS.items()}
+    raw_keys = {f"raw.{name}": [*table.key, "delivery_month"] for name, table in RAW_TABLES.items()}
+    rows = {relation: assert_same_table(warehouse, spark_build, relation, key)
+            for relation, key in {**raw_keys, **TABLE_KEYS}.items()}
     # Not a comparison of two empty tables: every month has features, some rows are labelled,
     # the warm-up months are left out of training.
     assert rows["features.customer_features"] >= CUSTOMERS * MONTHS * 0.8
@@ -398,6 +401,61 @@ def test_a_failed_table_write_leaves_the_old_table(spark_warehouse):
     root = Path(spark_warehouse.table_path("scratch.whole").removeprefix("file://")).parent
     # No staged (.tmp-) or retired (.old-) copy is left beside it.
     assert sorted(p.name for p in root.iterdir() if p.name.startswith("whole")) == ["whole"]
+
+
+def _tamper(folder: Path, table: str, change) -> None:
+    import pandas as pd
+
+    path = folder / f"{table}.parquet"
+    change(pd.read_parquet(path)).to_parquet(path, index=False, coerce_timestamps="us", allow_truncated_timestamps=True)
+
+
+@pytest.mark.parametrize("table, change, message", [
+    ("subscriptions", lambda f: f.drop(columns=["contract"]), "table 'subscriptions' is missing column(s) contract"),
+    ("subscriptions", lambda f: f.assign(contract="Lifetime"), "column 'contract' has a value outside"),
+    ("events", lambda f: pd_concat(f, f.iloc[:1]), "table 'events': duplicate key (event_id)"),
+    ("customers", lambda f: f.assign(signup_date=None), "column 'signup_date' is empty"),
+    ("subscriptions", lambda f: f.assign(snapshot_month=f["snapshot_month"] - dt.timedelta(days=40)),
+     "subscriptions.snapshot_month is not the delivery month"),
+])
+def test_a_delivery_breaking_the_contract_is_not_landed_on_spark(landed_probe, tmp_path, table, change, message):
+    from churn_assets.source.deliveries import ContractError
+    from churn_assets.source.spark_landing import land_deliveries_on_spark
+
+    spark_warehouse, source, months, before = landed_probe
+    tampered = tmp_path / "source"
+    shutil.copytree(source, tampered)
+    _tamper(tampered / months[1][:7], table, change)
+    with pytest.raises(ContractError) as raised:
+        land_deliveries_on_spark(spark_warehouse, tampered, months, schema="raw_probe")
+    assert message in str(raised.value) and months[1][:7] in str(raised.value), str(raised.value)
+    assert "\n" not in str(raised.value)
+    assert _probe_counts(spark_warehouse) == before
+
+
+def _probe_counts(spark_warehouse) -> dict[str, int]:
+    from churn_assets.source.contract import RAW_TABLES
+
+    return {name: int(spark_warehouse.read(f"SELECT count(*) AS n FROM raw_probe.{name}")["n"][0]) for name in RAW_TABLES}
+
+
+@pytest.fixture(scope="module")
+def landed_probe(spark_warehouse, tmp_path_factory):
+    """Two good months landed in raw_probe.* (apart from the parity build's raw.*)."""
+    from churn_assets.source.spark_landing import land_deliveries_on_spark
+    from churn_assets.source.synthetic import GeneratorConfig, write_source
+
+    source = tmp_path_factory.mktemp("probe") / "source"
+    months = write_source(source, GeneratorConfig(customers=40, months=2, seed=5))
+    counts = land_deliveries_on_spark(spark_warehouse, source, months, schema="raw_probe")
+    assert set(counts["subscriptions"]) == {m[:7] for m in months} and counts["events"]
+    return spark_warehouse, source, months, _probe_counts(spark_warehouse)
+
+
+def pd_concat(*frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
 
 
 # --- translation and parameters -----------------------------------------------------------

@@ -216,7 +216,10 @@ def write_delivery(
     staging.mkdir()
     try:
         for name, frame in validated.items():
-            frame.to_parquet(staging / f"{name}.parquet", index=False)
+            # Microseconds, DuckDB's TIMESTAMP precision: Spark (and other Parquet readers)
+            # refuse pandas' default nanosecond timestamps.
+            frame.to_parquet(staging / f"{name}.parquet", index=False, coerce_timestamps="us",
+                             allow_truncated_timestamps=True)
         if target.exists():
             old = source / f".{month[:7]}.{uuid.uuid4().hex}.old"
             os.rename(target, old)
