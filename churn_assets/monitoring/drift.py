@@ -189,6 +189,50 @@ def categorical_levels(values: Any) -> pd.Series:
     return pd.Series(values).astype("string").fillna(MISSING_LEVEL).astype(object)
 
 
+def finite_or_nan(values: Any) -> np.ndarray:
+    """Values as float64, anything not a finite number (text, NULL, +-inf) as NaN."""
+    import numpy as np
+    import pandas as pd
+
+    numbers = pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype="float64")
+    numbers[~np.isfinite(numbers)] = np.nan
+    return numbers
+
+
+def numeric_edges(reference: np.ndarray, bins: int) -> np.ndarray:
+    """The inner bin edges, cut at the reference's quantiles (see ``binned_shares``)."""
+    import numpy as np
+
+    present = reference[~np.isnan(reference)]
+    if not present.size:
+        return np.array([], dtype="float64")
+    edges = np.quantile(present, np.linspace(0, 1, bins + 1))[1:-1]
+    # A cap or default at either end (days_since_* = 365 when nothing happened, 0
+    # counts) is its own bin, so a change in how many rows sit on it is not mixed
+    # with a change among the real values next to it.
+    low, high = present.min(), present.max()
+    heavy = max(1 / (2 * bins), 0.01)
+    if (present == high).mean() >= heavy and (present == high).sum() > 1:
+        edges = np.append(edges, high)
+    if (present == low).mean() >= heavy and (present == low).sum() > 1:
+        edges = np.append(edges, np.nextafter(low, math.inf))
+    return np.unique(edges)
+
+
+def numeric_codes(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Each value's bin: how many edges are <= it; NaN in the last bin, after the edges'."""
+    import numpy as np
+
+    out = np.searchsorted(edges, values, side="right")
+    out[np.isnan(values)] = edges.size + 1
+    return out
+
+
+def numeric_labels(edges: np.ndarray) -> list[str]:
+    bounds = [-math.inf, *edges.tolist(), math.inf]
+    return [*(f"[{bounds[i]:.6g}, {bounds[i + 1]:.6g})" for i in range(edges.size + 1)), MISSING_LEVEL]
+
+
 def binned_shares(
     reference: Any, current: Any, kind: str, *, bins: int = 10
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -202,36 +246,10 @@ def binned_shares(
     import pandas as pd
 
     if kind == NUMERIC:
-        ref = pd.to_numeric(pd.Series(reference), errors="coerce").to_numpy(dtype="float64")
-        cur = pd.to_numeric(pd.Series(current), errors="coerce").to_numpy(dtype="float64")
-        ref[~np.isfinite(ref)] = np.nan
-        cur[~np.isfinite(cur)] = np.nan
-        present = ref[~np.isnan(ref)]
-        if present.size:
-            edges = np.quantile(present, np.linspace(0, 1, bins + 1))[1:-1]
-            # A cap or default at either end (days_since_* = 365 when nothing happened, 0
-            # counts) is its own bin, so a change in how many rows sit on it is not mixed
-            # with a change among the real values next to it.
-            low, high = present.min(), present.max()
-            heavy = max(1 / (2 * bins), 0.01)
-            if (present == high).mean() >= heavy and (present == high).sum() > 1:
-                edges = np.append(edges, high)
-            if (present == low).mean() >= heavy and (present == low).sum() > 1:
-                edges = np.append(edges, np.nextafter(low, math.inf))
-            edges = np.unique(edges)
-        else:
-            edges = np.array([], dtype="float64")
-        missing_bin = edges.size + 1
-
-        def codes(values: np.ndarray) -> np.ndarray:
-            out = np.searchsorted(edges, values, side="right")
-            out[np.isnan(values)] = missing_bin
-            return out
-
-        ref_codes, cur_codes = codes(ref), codes(cur)
-        bounds = [-math.inf, *edges.tolist(), math.inf]
-        labels = [f"[{bounds[i]:.6g}, {bounds[i + 1]:.6g})" for i in range(edges.size + 1)]
-        labels.append(MISSING_LEVEL)
+        ref, cur = finite_or_nan(reference), finite_or_nan(current)
+        edges = numeric_edges(ref, bins)
+        ref_codes, cur_codes = numeric_codes(ref, edges), numeric_codes(cur, edges)
+        labels = numeric_labels(edges)
     elif kind == CATEGORICAL:
         ref_text, cur_text = categorical_levels(reference), categorical_levels(current)
         labels = sorted(set(ref_text.unique()) | set(cur_text.unique()))
