@@ -291,6 +291,7 @@ def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
     from churn_assets.scoring.batch import RiskBands, write_predictions
     from churn_assets.scoring.spark_scoring import write_predictions_on_spark
     from churn_assets.training.candidates.logistic_regression import train_logistic_regression
+    from churn_assets.training.candidates.tuned_xgboost import train_xgboost
     from churn_assets.training.columns import build_feature_spec, duckdb_types_of_frame, infer_roles
     from churn_assets.training.model import evaluate
     from churn_assets.training.registry import load_model, save_model
@@ -304,12 +305,29 @@ def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
     frame["churned"] = (frame.index % 3 == 0).astype(frame["churned"].dtype)
     roles = infer_roles(duckdb_types_of_frame(frame))
     split = split_training_set(frame, roles)
-    model = train_logistic_regression(split, build_feature_spec(split.train, roles))
+    spec = build_feature_spec(split.train, roles)
+    # A booster too: DuckDB scores it on its float32 matrix path, Spark on the frame path.
+    booster = train_xgboost(split, spec, {"eta": 0.3, "max_depth": 3}, max_rounds=20,
+                            early_stopping_rounds=1000, nthread=1)
+    booster_saved = save_model(booster, artifacts_root, split=split, metrics=evaluate(booster, split),
+                               training_data_version="parity-data", code_version="parity-code")
+    model = train_logistic_regression(split, spec)
     saved = save_model(model, artifacts_root, split=split, metrics=evaluate(model, split),
                        training_data_version="parity-data", code_version="parity-code")
-    loaded = load_model(saved.version, artifacts_root)
     bands = RiskBands(medium=0.2, high=0.5)
     keys = [str(m) for m in months]
+    columns = "customer_id, snapshot_month, churn_probability, risk_band, model_version"
+    with warehouse.write() as con:
+        write_predictions(con, load_model(booster_saved.version, artifacts_root), keys, bands=bands)
+        duck = con.execute(f"SELECT {columns} FROM ml.predictions ORDER BY customer_id, snapshot_month").df()
+    write_predictions_on_spark(spark_build, booster_saved.path, booster_saved.version, keys,
+                               manifest_sha256=booster_saved.manifest_sha256, bands=bands)
+    spark = spark_build.read(f"SELECT {columns} FROM ml.predictions ORDER BY customer_id, snapshot_month")
+    assert len(spark) == len(duck) > 0 and (spark["model_version"] == booster_saved.version).all()
+    assert spark["risk_band"].tolist() == duck["risk_band"].tolist()
+    assert float((spark["churn_probability"] - duck["churn_probability"]).abs().max()) <= 1e-6
+
+    loaded = load_model(saved.version, artifacts_root)
     with warehouse.write() as con:
         write_predictions(con, loaded, keys, bands=bands, batch_rows=97)
         duck = con.execute("SELECT customer_id, snapshot_month, churn_probability, risk_band, model_version "
@@ -361,6 +379,73 @@ def test_both_engines_build_the_same_tables_and_checks(duckdb_build, spark_build
     _rewriting_a_month_replaces_that_month_only(spark_build, sql_project, duckdb_build)
     _predictions_are_the_same(duckdb_build, spark_build, tmp_path / "artifacts")
     _a_tampered_model_is_refused_before_scoring(duckdb_build, spark_build, tmp_path / "artifacts")
+    _psi_is_the_same(duckdb_build, spark_build)
+    _the_training_sample_follows_the_size_rule(duckdb_build, spark_build)
+
+
+def _the_training_sample_follows_the_size_rule(duckdb_build, spark_build):
+    """A training set that fits comes whole, as DuckDB's frame (same dtypes, same content
+    hash, so the same split and champion); a larger one is a seeded, stratified sample."""
+    from churn_assets.training.columns import infer_roles
+    from churn_assets.training.registry import training_data_version
+    from churn_assets.training.spark_sample import pull_training_sample
+    from churn_assets.training.train import read_training_set
+
+    warehouse, _ = duckdb_build
+    with warehouse.read() as con:
+        duck, duck_types = read_training_set(con)
+    keys = list(infer_roles(duck_types).key_columns)
+    whole = pull_training_sample(spark_build, keys, "churned")
+    assert whole.whole and whole.total_rows == len(duck) == len(whole.frame)
+    assert whole.column_types == duck_types
+    assert whole.frame.dtypes.to_dict() == duck.dtypes.to_dict()
+    assert training_data_version(whole.frame, keys) == training_data_version(duck, keys)
+
+    target = len(duck) // 2
+    half = pull_training_sample(spark_build, keys, "churned", max_rows=target, min_class_rows=1, seed=3)
+    assert not half.whole and abs(len(half.frame) - target) <= 0.2 * target
+    churn_rate = float(duck["churned"].mean())
+    assert abs(float(half.frame["churned"].mean()) - churn_rate) <= 0.1
+    again = pull_training_sample(spark_build, keys, "churned", max_rows=target, min_class_rows=1, seed=3)
+    assert again.frame.equals(half.frame)
+    other = pull_training_sample(spark_build, keys, "churned", max_rows=target, min_class_rows=1, seed=4)
+    assert not other.frame[keys].equals(half.frame[keys])
+    # The scarce class keeps min_class_rows (here all of it) whatever the overall fraction.
+    churners = int(duck["churned"].sum())
+    few = pull_training_sample(spark_build, keys, "churned", max_rows=max(10, target // 5), min_class_rows=churners)
+    assert int(few.frame["churned"].sum()) == churners
+
+
+def _psi_is_the_same(duckdb_build, spark_build):
+    """PSI per feature of the last month against the first three: drift.binned_shares on the
+    month collected from DuckDB, and Spark's counts of the month where it lies."""
+    from churn_assets.monitoring.drift import CATEGORICAL, NUMERIC, binned_shares, psi_from_shares
+    from churn_assets.monitoring.spark_drift import psi_on_spark
+
+    warehouse, months = duckdb_build
+    with warehouse.read() as con:
+        types = dict(con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE "
+                                 "table_schema = 'features' AND table_name = 'customer_features'").fetchall())
+        reference = con.execute("SELECT * FROM features.customer_features WHERE snapshot_month < ?",
+                                [months[3]]).df()
+        current = con.execute("SELECT * FROM features.customer_features WHERE snapshot_month = ?",
+                              [months[-1]]).df()
+    keys = {"customer_id", "snapshot_month"}
+    numeric = [c for c, t in types.items() if c not in keys and t in ("DOUBLE", "INTEGER", "BIGINT")]
+    categorical = [c for c, t in types.items() if c not in keys and t in ("VARCHAR", "BOOLEAN")]
+    assert len(numeric) > 10 and len(categorical) > 3
+    spark = psi_on_spark(spark_build, reference, "SELECT * FROM features.customer_features WHERE snapshot_month = :m",
+                         numeric, categorical, params={"m": months[-1]}, bins=10)
+    assert [f.name for f in spark] == [*numeric, *categorical]
+    for feature in spark:
+        ref_share, cur_share, labels = binned_shares(reference[feature.name], current[feature.name],
+                                                     NUMERIC if feature.name in numeric else CATEGORICAL, bins=10)
+        assert feature.labels == labels, feature.name
+        assert feature.current_rows == len(current)
+        assert max(abs(a - b) for a, b in zip(feature.current_share, cur_share)) <= 1e-12, feature.name
+        assert abs(feature.psi - psi_from_shares(ref_share, cur_share)) <= 1e-9, feature.name
+    # Not a comparison of zeros: some features moved between the first months and the last.
+    assert max(f.psi for f in spark) > 0.01
 
 
 def test_a_failed_month_write_leaves_the_old_month(spark_warehouse):
