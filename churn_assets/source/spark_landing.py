@@ -34,7 +34,7 @@ def _month_after(month: date, months: int = 1) -> date:
     return date(index // 12, index % 12 + 1, 1)
 
 
-def _read_table(warehouse: SparkWarehouse, source: Path, table: Table, months: list[str]):
+def _read_table(warehouse: SparkWarehouse, source: Path | str, table: Table, months: list[str]):
     """Every month's file of ``table`` as one DataFrame, each typed by the contract on its own
     (so one month's file with a missing column or another type is named, not silently read
     as NULLs or failed half-way), with the month's delivery_month and the untyped columns
@@ -46,14 +46,17 @@ def _read_table(warehouse: SparkWarehouse, source: Path, table: Table, months: l
     from churn_assets.core.spark_warehouse import first_line
 
     spark = warehouse.session()
+    # A URL stays text: Path would fold its "//".
+    remote = "://" in str(source)
     parts = []
     for month in months:
-        path = delivery_dir(source, month) / f"{table.name}.parquet"
+        path = f"{str(source).rstrip('/')}/{month[:7]}/{table.name}.parquet" if remote else \
+            delivery_dir(Path(source), month) / f"{table.name}.parquet"
         origin = f"delivery {month[:7]} table '{table.name}' ({path})"
-        if "://" not in str(source) and not path.exists():
+        if not remote and not path.exists():
             raise ContractError(f"{origin}: missing file")
         try:
-            known = _footer_schema(path) if "://" not in str(source) else None
+            known = None if remote else _footer_schema(path)
             raw = (spark.read.schema(known) if known is not None else spark.read).parquet(str(path))
         except Exception as error:
             raise ContractError(f"{origin}: not a readable Parquet file ({first_line(error)})") from error
@@ -153,7 +156,7 @@ def _check(frame, table: Table) -> None:
         hit = F.coalesce(broken, F.lit(False))
         aggregates += [F.sum(F.when(hit, 1).otherwise(0)).alias(f"n{index}"),
                        F.min(F.when(hit, month)).alias(f"m{index}")]
-    counts = frame.agg(*aggregates, F.count(F.lit(1)).alias("rows")).first()
+    counts = frame.agg(*aggregates).first()
     problems = [f"delivery {counts[f'm{i}']} table '{table.name}': {what} in {counts[f'n{i}']:,} row(s)"
                 for i, (what, _) in enumerate(rules) if counts[f"n{i}"]]
     if problems:
@@ -169,13 +172,14 @@ def _check(frame, table: Table) -> None:
 
 
 def land_deliveries_on_spark(
-    warehouse: SparkWarehouse, source: Path, months: list[str], *, schema: str = RAW_SCHEMA
+    warehouse: SparkWarehouse, source: Path | str, months: list[str], *, schema: str = RAW_SCHEMA
 ) -> dict[str, dict[str, int]]:
     """Replace the given months (partition keys ``YYYY-MM-01``) of every raw table
     (``<schema>.<table>``) on the Spark warehouse from their deliveries; returns rows per
-    table per month (``YYYY-MM``). Every
-    table is checked against the contract before any is written; a subscriptions table with no
-    row for a month is refused as DuckDB's loader refuses an empty month."""
+    table per month (``YYYY-MM``). ``source`` is a local folder or, on a cluster, a URL every
+    executor reaches (``s3a://bucket/source``). Every table is checked against the contract
+    before any is written; a month with no subscription row is refused, as DuckDB's loader
+    refuses an empty month."""
     if not months:
         return {name: {} for name in RAW_TABLES}
     ordered = sorted(set(months))
@@ -186,7 +190,7 @@ def land_deliveries_on_spark(
     start, end = first, _month_after(first, len(ordered))
     frames = {}
     for name, table in RAW_TABLES.items():
-        frame = _read_table(warehouse, Path(source), table, ordered)
+        frame = _read_table(warehouse, source, table, ordered)
         _check(frame, table)
         frames[name] = frame.select(*table.column_names, DELIVERY_MONTH.name)
     snapshot_months = {row[0] for row in frames["subscriptions"].select(
