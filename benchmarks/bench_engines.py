@@ -213,32 +213,31 @@ class TreeSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _tree(self) -> list[int]:
-        parents = {}
+    def _tree(self) -> dict[int, float]:
+        """CPU seconds of each process in the tree now, from one scan of /proc."""
+        stats = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 stat = _stat(int(entry))
                 if stat is not None:
-                    parents[int(entry)] = stat[0]
-        tree, frontier = {self.root}, [self.root]
+                    stats[int(entry)] = stat
         children: dict[int, list[int]] = {}
-        for pid, parent in parents.items():
+        for pid, (parent, _) in stats.items():
             children.setdefault(parent, []).append(pid)
+        tree, frontier = {self.root}, [self.root]
         while frontier:
             for child in children.get(frontier.pop(), []):
                 if child not in tree:
                     tree.add(child)
                     frontier.append(child)
-        return [pid for pid in tree if pid in parents]
+        return {pid: stats[pid][1] for pid in tree if pid in stats}
 
     def sample(self) -> None:
-        pids = self._tree()
-        rss = sum(_rss(pid) for pid in pids)
+        cpu = self._tree()
+        rss = sum(_rss(pid) for pid in cpu)
         with self._lock:
-            for pid in pids:
-                stat = _stat(pid)
-                if stat is not None:
-                    self.cpu_seen[pid] = max(self.cpu_seen.get(pid, 0.0), stat[1])
+            for pid, seconds in cpu.items():
+                self.cpu_seen[pid] = max(self.cpu_seen.get(pid, 0.0), seconds)
             self.peak = max(self.peak, rss)
 
     def _run(self) -> None:

@@ -255,7 +255,7 @@ class SparkWarehouse(dg.ConfigurableResource):
 
         table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
         spark = self.session()
-        return spark.createDataFrame(table, schema=_spark_schema(table.schema))
+        return spark.createDataFrame(table, schema=spark_schema_of_arrow(table.schema))
 
     def write_table(self, relation: str, data: Any) -> int:
         """Replace ``relation`` whole with ``data``; returns its row count.
@@ -393,7 +393,7 @@ def _table_order(schema, partition_column: str):
     return StructType(fields + [f for f in schema.fields if f.name == partition_column])
 
 
-def _spark_schema(arrow_schema):
+def spark_schema_of_arrow(arrow_schema):
     """Spark types for an Arrow schema, with time-zone-less timestamps as TIMESTAMP_NTZ."""
     import pyarrow as pa
     from pyspark.sql import types as T
@@ -422,5 +422,6 @@ __all__ = [
     "SparkWriteError",
     "first_line",
     "require_pyspark",
+    "spark_schema_of_arrow",
     "split_relation",
 ]

@@ -18,6 +18,7 @@ from churn_assets.monitoring.drift import (
     MISSING_LEVEL,
     NUMERIC,
     DriftError,
+    _check_columns,
     categorical_levels,
     finite_or_nan,
     numeric_codes,
@@ -80,16 +81,13 @@ def psi_on_spark(
 
     if reference.empty:
         raise DriftError("The reference sample is empty: the champion's training months hold no rows")
-    missing = [c for c in [*numeric, *categorical] if c not in reference.columns]
-    if missing:
-        raise DriftError(f"reference lacks the feature column(s) {', '.join(missing)}")
+    _check_columns(reference, [*numeric, *categorical], "reference")
     current = warehouse.sql(current_sql, params)
-    absent = [c for c in [*numeric, *categorical] if c not in current.columns]
-    if absent:
-        raise DriftError(f"current rows lack the feature column(s) {', '.join(absent)}")
+    _check_columns(current, [*numeric, *categorical], "current")
     types = {field.name: field.dataType.simpleString() for field in current.schema}
 
-    edges = {name: numeric_edges(finite_or_nan(reference[name]), bins) for name in numeric}
+    reference_values = {name: finite_or_nan(reference[name]) for name in numeric}
+    edges = {name: numeric_edges(reference_values[name], bins) for name in numeric}
     pairs = [F.struct(F.lit(name).alias("feature"), _bin_expression(name, NUMERIC, types[name], edges[name]).alias("bin"))
              for name in numeric]
     pairs += [F.struct(F.lit(name).alias("feature"), _bin_expression(name, CATEGORICAL, types[name], None).alias("bin"))
@@ -105,7 +103,7 @@ def psi_on_spark(
 
     results = []
     for name in numeric:
-        ref_codes = numeric_codes(finite_or_nan(reference[name]), edges[name])
+        ref_codes = numeric_codes(reference_values[name], edges[name])
         labels = numeric_labels(edges[name])
         ref_share = np.bincount(ref_codes, minlength=len(labels)) / ref_codes.size
         cur_share = np.array([counts[name].get(str(code), 0) for code in range(len(labels))]) / rows

@@ -80,12 +80,12 @@ def _footer_schema(path: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from churn_assets.core.spark_warehouse import _spark_schema
+    from churn_assets.core.spark_warehouse import spark_schema_of_arrow
 
     schema = pq.read_schema(path)
     if any(pa.types.is_null(field.type) for field in schema):
         return None
-    return _spark_schema(schema)
+    return spark_schema_of_arrow(schema)
 
 
 def _typed(source_type, name: str, target: str):

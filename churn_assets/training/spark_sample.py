@@ -88,7 +88,6 @@ def pull_training_sample(
         for value, fraction in fractions.items():
             threshold = F.when(F.col(label).cast("string") == F.lit(value), F.lit(fraction * HASH_RANGE)).otherwise(threshold)
         kept = table.where(bucket < threshold)
-    # The table's own column order (Spark lists a partition column last; the training set has none).
     arrow = kept.orderBy(*key_columns).toArrow()
     with duckdb.connect() as con:
         relation_frame = con.from_arrow(arrow)
