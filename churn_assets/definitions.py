@@ -24,8 +24,9 @@ from churn_assets.training.definitions import defs as training_defs  # noqa: E40
 
 def layers(project: Project, policies: Policies) -> list[dg.Definitions]:
     """Each layer's Definitions, lowest first; the source and SQL layers depend on the project."""
-    return [core_defs, source_definitions.definitions_for(project, policies.source),
-            sql_definitions.definitions_for(project, policies.source), training_defs, evaluation_defs,
+    engine = policies.engine.name
+    return [core_defs, source_definitions.definitions_for(project, policies.source, engine),
+            sql_definitions.definitions_for(project, policies.source, engine), training_defs, evaluation_defs,
             scoring_defs, monitoring_defs, automation_defs]
 
 

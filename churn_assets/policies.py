@@ -5,6 +5,7 @@ beside the code it governs and exposed as one Dagster resource (``<section>_poli
 section        governs                                             defined in
 =============  ==================================================  =========================
 project        the project's name and first monthly partition      core/project.py
+engine         duckdb or spark, and the Spark session's settings   core/engine.py
 source         a dataset project's export file and its months      source/export.py
 training       column roles, split, candidates and their params    training/train.py
 tuning         the tuned boosters' budget and trial selection      training/tuning.py
@@ -17,7 +18,7 @@ retraining     decay level, when a new model is due                monitoring/re
 =============  ==================================================  =========================
 
 A YAML file with any of these sections (``drift: {psi_error: 0.4}``) replaces the defaults
-it names; unknown sections or keys and values of the wrong type are refused with the key
+it names (``engine: spark`` is short for ``engine: {name: spark}``); unknown sections or keys and values of the wrong type are refused with the key
 named. A dataset project's ``churn.yaml`` is such a file (``churn init`` writes every
 section); ``$CHURN_POLICIES`` names another one to use instead. The code location and the CLI
 read the same file, so assets, checks, sensors and the summary agree.
@@ -31,6 +32,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from churn_assets.core.engine import EnginePolicy, engine_section
 from churn_assets.core.project import Project, ProjectSection, active_project
 from churn_assets.evaluation.metrics import EvaluationPolicy
 from churn_assets.monitoring.drift import DriftPolicy
@@ -55,6 +57,7 @@ class Policies(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     project: ProjectSection = Field(default_factory=ProjectSection)
+    engine: EnginePolicy = Field(default_factory=EnginePolicy)
     source: SourcePolicy = Field(default_factory=SourcePolicy)
     training: TrainingPolicy = Field(default_factory=TrainingPolicy)
     tuning: TuningPolicy = Field(default_factory=TuningPolicy)
@@ -71,6 +74,7 @@ class Policies(BaseModel):
 
     def check(self) -> Policies:
         """Cross-field rules each policy enforces when it is used, run once up front."""
+        self.engine.check()
         self.source.check()
         self.training.validate_names()
         self.tuning.settings(self.training.split.seed)
@@ -88,6 +92,8 @@ class Policies(BaseModel):
         if not isinstance(values, dict):
             raise PolicyError(f"{source}: expected a mapping of policy sections, got {type(values).__name__}")
         values = _dates_as_text(values)
+        if "engine" in values:
+            values = {**values, "engine": engine_section(values["engine"])}
         # Dagster resources accept keys they do not know; a misspelt one would silently
         # leave its default in force.
         unknown = _unknown_key(cls, values)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.monitoring import drift as drift_module
 from churn_assets.monitoring.drift import (
     CATEGORICAL,
@@ -457,6 +458,7 @@ def test_assets_score_measure_drift_and_realised_performance(monitored_warehouse
 
     warehouse, artifacts, version = monitored_warehouse
     resources = {"warehouse": warehouse, "artifacts": artifacts, "scoring_policy": ScoringPolicy(),
+                 "engine_policy": EnginePolicy(),
                  "drift_policy": DriftPolicy(sample_rows=100), "retraining_policy": RetrainingPolicy()}
 
     for month in ("2024-04-01", "2024-05-01", "2024-06-01"):

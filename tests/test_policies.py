@@ -169,7 +169,8 @@ def test_a_risk_band_reaches_the_predictions(tmp_path, monitored_warehouse):
 
     def bands(policies: Policies) -> dict[str, int]:
         result = materialize([predictions], partition_key="2024-06-01", resources={
-            "warehouse": warehouse, "artifacts": artifacts, "scoring_policy": policies.scoring})
+            "warehouse": warehouse, "artifacts": artifacts, "scoring_policy": policies.scoring,
+            "engine_policy": policies.engine})
         with warehouse.read() as con:
             counted = dict(con.execute("SELECT risk_band, count(*) FROM ml.predictions GROUP BY 1").fetchall())
         [event] = result.asset_materializations_for_node("ml__predictions")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.core.warehouse import Warehouse
 from churn_assets.core.paths import source_dir
 from churn_assets.source.deliveries import ContractError, available_months, write_delivery
@@ -20,7 +21,7 @@ def _materialize(warehouse: Warehouse, *months: str, raise_on_error: bool = True
         }
     return materialize(
         [raw_deliveries],
-        resources={"warehouse": warehouse},
+        resources={"warehouse": warehouse, "engine_policy": EnginePolicy()},
         partition_key=months[0] if len(months) == 1 else None,
         tags=tags,
         raise_on_error=raise_on_error,

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from churn_assets.core.engine import EnginePolicy
+
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
 
@@ -93,7 +95,7 @@ def duckdb_build(tmp_path_factory, sql_project):
             load_months_into_warehouse(con, home / "source", months)
         run = materialize(
             [*sql_project.assets],
-            resources={"warehouse": warehouse},
+            resources={"warehouse": warehouse, "engine_policy": EnginePolicy()},
             tags={"dagster/asset_partition_range_start": months[0],
                   "dagster/asset_partition_range_end": months[-1]},
         )

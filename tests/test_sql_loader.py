@@ -17,6 +17,7 @@ import dagster as dg
 import duckdb
 import pytest
 
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.core.warehouse import Warehouse
 from conftest import materialize
 from churn_assets.sql_models import (
@@ -143,7 +144,7 @@ def test_dependencies_come_from_real_tables_only(tmp_path):
     assert order.index("features.wide") > order.index("staging.customers")
     assert order.index("features.wide") > order.index("staging.Mixed")
     # The asset graph carries the same edges.
-    defs = dg.Definitions(assets=project.assets, resources={"warehouse": Warehouse()})
+    defs = dg.Definitions(assets=project.assets, resources={"warehouse": Warehouse(), "engine_policy": EnginePolicy()})
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey(["staging", "customers"]) in graph.get(wide.key).parent_keys
 
@@ -157,7 +158,7 @@ def test_unknown_raw_table_becomes_an_external_asset(tmp_path):
     specs = [a for a in project.assets if isinstance(a, dg.AssetSpec)]
     assert [s.key for s in specs] == [dg.AssetKey(["raw", "crm_notes"])]
     dg.Definitions(
-        assets=[*project.assets, *(dg.AssetSpec(k) for k in RAW_KEYS)], resources={"warehouse": Warehouse()}
+        assets=[*project.assets, *(dg.AssetSpec(k) for k in RAW_KEYS)], resources={"warehouse": Warehouse(), "engine_policy": EnginePolicy()}
     ).resolve_asset_graph()
 
 
@@ -377,7 +378,7 @@ INCREMENTAL_FILES = {
 
 def _materialize(project, warehouse, **kwargs) -> dg.ExecuteInProcessResult:
     return materialize(
-        project.assets + project.asset_checks, resources={"warehouse": warehouse}, **kwargs
+        project.assets + project.asset_checks, resources={"warehouse": warehouse, "engine_policy": EnginePolicy()}, **kwargs
     )
 
 

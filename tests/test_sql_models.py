@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.source.contract import (
     CANCEL_REASONS,
     CONTRACTS,
@@ -790,7 +791,7 @@ def test_materializes_through_the_sql_loader(tmp_path, monkeypatch):
     project = load_sql_project(SQL_DIR, RAW_ASSET_KEYS)
     point_in_time = build_point_in_time_check(project)
     definitions = [*project.assets, *project.asset_checks, point_in_time]
-    resources = {"warehouse": Warehouse(path=str(database))}
+    resources = {"warehouse": Warehouse(path=str(database)), "engine_policy": EnginePolicy()}
     # One run over both months: the loader's incremental asset backfills a partition range
     # in a single set-based step.
     run = materialize(

@@ -50,6 +50,10 @@ _TRANSIENT = re.compile(r"\.(tmp|old)-[0-9a-f]{32}$")
 # second SparkWarehouse on the same session (getOrCreate returns the running one) does not
 # list every folder again.
 _REGISTERED_CONF = "churn.warehouse.registered"
+# View models are kept as their Spark SQL, one file per view (<schema>.<name>.sql), since a
+# Spark view lives only in a session's catalog; each session recreates them. The folder's
+# name is no identifier, so it is never taken for a schema.
+_VIEWS = ".views"
 
 SPARK_MISSING = (
     "The Spark engine needs pyspark: `uv sync --extra spark` (and Java 17, e.g. Debian's "
@@ -114,10 +118,23 @@ class _FileSystem:
     def delete(self, path: str) -> None:
         self._fs.delete(self._path(path), True)
 
+    def write_text(self, path: str, text: str) -> None:
+        stream = self._fs.create(self._path(path), True)
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
 
-class SparkWarehouse(dg.ConfigurableResource):
-    """Tables as Parquet under ``location`` (default ``$CHURN_HOME/spark-warehouse``), queried
-    and written through one SparkSession built from these settings."""
+    def read_text(self, path: str) -> str:
+        stream = self._fs.open(self._path(path))
+        try:
+            return str(self._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8"))
+        finally:
+            stream.close()
+
+
+class SparkSettings(dg.Config):
+    """churn.yaml ``engine.spark``: the SparkSession the Spark warehouse is queried and written with."""
 
     master: str = Field(
         default="local[2]",
@@ -125,17 +142,19 @@ class SparkWarehouse(dg.ConfigurableResource):
     )
     location: str | None = Field(
         default=None,
-        description="Warehouse folder or URI (file:, hdfs://, s3a://); defaults to "
+        description="Warehouse folder or URI (file:, s3a://, gs://, abfss://); default "
         "$CHURN_HOME/spark-warehouse. On a cluster it must be storage every executor reaches.",
     )
-    shuffle_partitions: int = Field(
-        default=4, description="spark.sql.shuffle.partitions: a few per core of the cluster."
-    )
+    shuffle_partitions: int = Field(default=4, description="spark.sql.shuffle.partitions: a few per core of the cluster.")
     driver_memory: str = Field(default="1g", description="spark.driver.memory.")
     log_level: str = Field(default="ERROR", description="Spark's log level (WARN is chatty).")
-    conf: dict[str, str] = Field(
-        default_factory=dict, description="Further Spark settings, e.g. executor memory."
-    )
+    conf: dict[str, str] = Field(default_factory=dict, description="Further Spark settings, e.g. executor memory.")
+
+
+class SparkWarehouse(SparkSettings):
+    """Tables as Parquet under ``location`` (default ``$CHURN_HOME/spark-warehouse``), queried
+    and written through one SparkSession built from these settings (churn.yaml ``engine.spark``;
+    ``EnginePolicy.spark_warehouse()`` makes one)."""
 
     @property
     def root(self) -> str:
@@ -207,15 +226,45 @@ class SparkWarehouse(dg.ConfigurableResource):
             for table in files.children(f"{self.root}/{schema}"):
                 if _IDENTIFIER.match(table) and not _TRANSIENT.search(table):
                     self._register(spark, f"{schema}.{table}")
+        # A view may read another: each is made once what it reads exists. One that reads a
+        # table gone since is left out; querying it then says the name is unknown.
+        pending = {name.removesuffix(".sql"): files.read_text(self._view_path(name.removesuffix(".sql")))
+                   for name in files.children(f"{self.root}/{_VIEWS}", directories=False) if name.endswith(".sql")}
+        while pending:
+            made = []
+            for relation, sql in pending.items():
+                try:
+                    self._create_view(spark, relation, sql)
+                except Exception:  # what it reads is not made yet (or no longer exists)
+                    continue
+                made.append(relation)
+            if not made:
+                break
+            for relation in made:
+                del pending[relation]
+
+    def _view_path(self, relation: str) -> str:
+        split_relation(relation)
+        return f"{self.root}/{_VIEWS}/{relation}.sql"
+
+    def _ensure_schema(self, spark: SparkSession, schema_name: str) -> None:
+        # The schema's folder is the one its tables live in, not Spark's <name>.db default.
+        location = f"{self.root}/{schema_name}".replace("\\", "\\\\").replace("'", "\\'")
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{schema_name}` LOCATION '{location}'")
+
+    def _create_view(self, spark: SparkSession, relation: str, sql: str) -> None:
+        self._ensure_schema(spark, split_relation(relation)[0])
+        spark.sql(f"DROP TABLE IF EXISTS {_quoted(relation)}")
+        spark.sql(f"CREATE OR REPLACE VIEW {_quoted(relation)} AS\n{sql}")
+
+    def is_view(self, relation: str) -> bool:
+        return self._files(self.session()).exists(self._view_path(relation))
 
     def _register(self, spark: SparkSession, relation: str, schema=None) -> None:
         """(Re)make the catalog entry of ``relation`` over its folder. ``schema`` is given when
         the folder may hold no data file yet (a table of zero rows)."""
         name = _quoted(relation)
-        schema_name = split_relation(relation)[0]
-        # The schema's folder is the one its tables live in, not Spark's <name>.db default.
-        location = f"{self.root}/{schema_name}".replace("\\", "\\\\").replace("'", "\\'")
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{schema_name}` LOCATION '{location}'")
+        self._ensure_schema(spark, split_relation(relation)[0])
         # An external table: dropping the entry never touches the files.
         spark.sql(f"DROP TABLE IF EXISTS {name}")
         options = {"schema": schema} if schema is not None else {}
@@ -239,7 +288,49 @@ class SparkWarehouse(dg.ConfigurableResource):
         """``(name, Spark SQL type)`` of each column, as stored (partition column last)."""
         return [(f.name, f.dataType.simpleString()) for f in self.session().table(_quoted(relation)).schema]
 
+    def partition_columns(self, relation: str) -> list[str]:
+        """The columns the table's folders are partitioned by (``month=2024-01-01/``), outermost first."""
+        files = self._files(self.session())
+        path, found = self.table_path(relation), []
+        while True:
+            folders = [name for name in files.children(path) if "=" in name and not name.startswith(("_", "."))]
+            if not folders:
+                return found
+            found.append(folders[0].split("=", 1)[0])
+            path = f"{path}/{folders[0]}"
+
+    def has_data_files(self, relation: str) -> bool:
+        """Whether the table's folder holds at least one Parquet file (a table of zero rows may not)."""
+        files = self._files(self.session())
+        path = self.table_path(relation)
+        for _ in range(len(self.partition_columns(relation))):
+            folders = [name for name in files.children(path) if "=" in name]
+            if not folders:
+                return False
+            path = f"{path}/{folders[0]}"
+        return any(name.endswith(".parquet") for name in files.children(path, directories=False))
+
     # --- writing ---------------------------------------------------------------------
+
+    def write_view(self, relation: str, sql: str) -> None:
+        """Make ``relation`` a view of the Spark SQL ``sql``, kept for every later session.
+
+        Spark analyses the query first: one it refuses changes nothing. A table of the same
+        name (the model was a table before) is removed once the view stands.
+        """
+        spark = self.session()
+        files = self._files(spark)
+        self._create_view(spark, relation, sql)
+        files.write_text(self._view_path(relation), sql)
+        if files.exists(self.table_path(relation)):
+            files.delete(self.table_path(relation))
+
+    def _drop_view(self, spark: SparkSession, relation: str) -> None:
+        """A table is replacing the view ``relation`` (the model was a view before)."""
+        files = self._files(spark)
+        if files.exists(self._view_path(relation)):
+            spark.sql(f"DROP VIEW IF EXISTS {_quoted(relation)}")
+            files.delete(self._view_path(relation))
 
     def dataframe(self, data: Any) -> DataFrame:
         """A Spark DataFrame from a Spark DataFrame, a pyarrow Table or a pandas DataFrame.
@@ -276,6 +367,7 @@ class SparkWarehouse(dg.ConfigurableResource):
             raise SparkWriteError(f"{relation}: the write failed, the table is unchanged: {first_line(error)}") from error
         with self._swapping(files, final, retired):
             files.rename(staged, final)
+        self._drop_view(spark, relation)
         self._register(spark, relation, schema=frame.schema)
         return spark.table(_quoted(relation)).count()
 
@@ -346,6 +438,7 @@ class SparkWarehouse(dg.ConfigurableResource):
         emptied = [folder for folder, names in before.items() if after.get(folder) == names]
         for folder in emptied:
             files.delete(f"{final}/{folder}")
+        self._drop_view(spark, relation)
         self._register(spark, relation, schema=_table_order(frame.schema, column))
         rows = self.sql(
             f"SELECT date_format({_backticked(column)}, 'yyyy-MM') AS month, count(*) AS n "

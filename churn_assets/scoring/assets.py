@@ -21,6 +21,7 @@ from churn_assets.core.keys import (
     SERVING_SNAPSHOT_KEY,
     TRAINING_SET_KEY,
 )
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.core.metadata import (
     add_partition_metadata,
     described_schema,
@@ -64,7 +65,7 @@ def _predictions_asset():
     )
     def predictions(
         context: dg.AssetExecutionContext, scoring_policy: ScoringPolicy, warehouse: Warehouse,
-        artifacts: ArtifactStore
+        artifacts: ArtifactStore, engine_policy: EnginePolicy
     ) -> dg.MaterializeResult:
         from churn_assets.scoring.batch import write_predictions
         from churn_assets.training.registry import load_champion
@@ -72,8 +73,15 @@ def _predictions_asset():
         bands = scoring_policy.bands()
         model = load_champion(artifacts.root_path, warehouse)
         months = list(context.partition_keys)
-        with warehouse.write() as con:
-            stats = write_predictions(con, model, months, batch_rows=scoring_policy.batch_rows, bands=bands)
+        if engine_policy.on_spark:
+            from churn_assets.scoring.spark_scoring import predictions_on_spark
+
+            stats = predictions_on_spark(warehouse, engine_policy, artifacts.root_path, model.version, months,
+                                         bands=bands, batch_rows=scoring_policy.batch_rows)
+        else:
+            with warehouse.write() as con:
+                stats = write_predictions(con, model, months, batch_rows=scoring_policy.batch_rows, bands=bands)
+        with warehouse.read() as con:
             total = con.execute(f"SELECT count(*) FROM {PREDICTIONS_TABLE}").fetchone()[0]
         # Each month's own figures, so "plots by partition" draw the series.
         by_month = {month: stats.months[month[:7]] for month in months}

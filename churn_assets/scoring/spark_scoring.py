@@ -10,7 +10,8 @@ as on the driver. Each Python worker loads a version once and keeps it.
 
 The rows get the same columns, probabilities (the model's ``predict_proba`` on the batch, the
 frame path of ``batch.py``), risk bands and checks as DuckDB's ``write_predictions``; Spark does
-the distributing. Nothing here is imported by a laptop run.
+the distributing. The predictions asset calls ``predictions_on_spark`` when ``engine: spark``;
+nothing here is imported by a laptop run.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ from churn_assets.scoring.batch import (
     FEATURES_TABLE,
     ID_COLUMN,
     MONTH_COLUMN,
+    PREDICTION_COLUMNS,
     PREDICTIONS_TABLE,
+    MonthStats,
     RiskBands,
+    ScoringStats,
     ScoringError,
     validated_probabilities,
     model_input_columns,
@@ -157,3 +161,42 @@ def write_predictions_on_spark(
     finally:
         shared.unpersist()
     return {**written, "model_version": str(version)}
+
+
+def predictions_on_spark(warehouse, engine, artifacts_root: Path, version: str, months: list[str], *,
+                         bands: RiskBands, batch_rows: int) -> ScoringStats:
+    """The predictions asset on ``engine: spark``: the champion ``version`` scores ``months`` on
+    the Spark warehouse, then ``ml.predictions`` becomes (stays) a DuckDB view over its Parquet
+    files in ``warehouse``, from which the month figures of the metadata are read."""
+    import time
+
+    from churn_assets.core.engine import mirror_spark_tables
+    from churn_assets.training.registry import models_root, registered_manifest_sha
+
+    with warehouse.read() as con:
+        expected = registered_manifest_sha(con, version)
+    spark_warehouse = engine.spark_warehouse()
+    started = time.perf_counter()
+    write_predictions_on_spark(spark_warehouse, models_root(artifacts_root) / version, version, months,
+                               manifest_sha256=expected, bands=bands, batch_rows=batch_rows)
+    stats = ScoringStats(seconds=time.perf_counter() - started, path="spark (mapInArrow)")
+    start, end = month_window(months)
+    with warehouse.write() as con:
+        mirror_spark_tables(con, spark_warehouse, [PREDICTIONS_TABLE], {PREDICTIONS_TABLE: list(PREDICTION_COLUMNS)})
+        figures = con.execute(
+            f"SELECT strftime({MONTH_COLUMN}, '%Y-%m'), risk_band, count(*), sum(churn_probability) "
+            f"FROM {PREDICTIONS_TABLE} WHERE {MONTH_COLUMN} >= ? AND {MONTH_COLUMN} < ? GROUP BY ALL",
+            [start, end],
+        ).fetchall()
+    totals: dict[str, list[float]] = {month[:7]: [0, 0.0, 0] for month in months}
+    for month, band, rows, probability_sum in figures:
+        stats.band_counts[band] = stats.band_counts.get(band, 0) + rows
+        month_totals = totals.setdefault(month, [0, 0.0, 0])
+        month_totals[0] += rows
+        month_totals[1] += probability_sum
+        month_totals[2] += rows if band == "high" else 0
+    for month, (rows, probability_sum, high) in totals.items():
+        stats.months[month] = MonthStats(rows=rows, mean_probability=probability_sum / rows if rows else None,
+                                         high_risk_share=high / rows if rows else None)
+    stats.rows = sum(month.rows for month in stats.months.values())
+    return stats

@@ -148,6 +148,9 @@ CANCELLATIONS = Table(
     ),
 )
 
+# The schema the raw tables live in, on either engine.
+RAW_SCHEMA = "raw"
+
 RAW_TABLES: dict[str, Table] = {
     t.name: t for t in (CUSTOMERS, SUBSCRIPTIONS, EVENTS, CANCELLATIONS)
 }

@@ -30,13 +30,14 @@ def raw_time_columns(project: Project, source: SourcePolicy) -> dict[str, str]:
     return {f"raw.{name}": table.time_column for name, table in RAW_TABLES.items()}
 
 
-def definitions_for(project: Project, source: SourcePolicy) -> dg.Definitions:
+def definitions_for(project: Project, source: SourcePolicy, engine: str = "duckdb") -> dg.Definitions:
     if source.from_export:
         if project.root is None:
             raise ValueError("source.file needs a dataset project folder (`churn init`)")
         from churn_assets.source.export import export_asset
 
-        return dg.Definitions(assets=layer_assets([export_asset(source, project.root)], owner=OWNER, layer="source"))
-    from churn_assets.source.raw_assets import raw_deliveries
+        return dg.Definitions(assets=layer_assets([export_asset(source, project.root, engine)], owner=OWNER,
+                                                  layer="source"))
+    from churn_assets.source.raw_assets import raw_deliveries_asset
 
-    return dg.Definitions(assets=layer_assets([raw_deliveries], owner=OWNER, layer="source"))
+    return dg.Definitions(assets=layer_assets([raw_deliveries_asset(engine)], owner=OWNER, layer="source"))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from pydantic import Field
 
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.core.metadata import table_metadata
 from churn_assets.core.warehouse import WAREHOUSE_POOL, Warehouse
 
@@ -195,7 +196,15 @@ def load_export(warehouse_con, project_root: Path, policy: SourcePolicy) -> dict
     return {"rows": data.num_rows, "rows_by_month": {str(m)[:7]: n for m, n in months}}
 
 
-def export_asset(policy: SourcePolicy, project_root: Path) -> dg.AssetsDefinition:
+def copy_export_to_spark(con, engine: EnginePolicy, policy: SourcePolicy) -> None:
+    """The export as loaded into DuckDB, written whole to the Spark warehouse too, where the
+    project's SQL models read it when ``engine: spark``. The export is one file on this
+    machine, so it passes through it anyway; DuckDB keeps its own (identical) table."""
+    table = f"raw.{policy.table_name}"
+    engine.spark_warehouse().write_table(table, con.execute(f"SELECT * FROM raw.{quoted(policy.table_name)}").arrow())
+
+
+def export_asset(policy: SourcePolicy, project_root: Path, engine: str = "duckdb") -> dg.AssetsDefinition:
     """``raw/<table>``: the project's export, reloaded whole on every materialization."""
     key = dg.AssetKey(["raw", policy.table_name])
     path = policy.path(project_root)
@@ -203,7 +212,7 @@ def export_asset(policy: SourcePolicy, project_root: Path) -> dg.AssetsDefinitio
     @dg.asset(
         key=key,
         group_name="raw",
-        kinds={"duckdb", "parquet" if path.suffix.lower() == ".parquet" else "csv"},
+        kinds={engine, "parquet" if path.suffix.lower() == ".parquet" else "csv"},
         pool=WAREHOUSE_POOL,
         description=(
             f"{policy.table}: the project's export ({policy.file}) exactly as delivered, plus "
@@ -214,12 +223,15 @@ def export_asset(policy: SourcePolicy, project_root: Path) -> dg.AssetsDefinitio
         metadata={"source_file": dg.MetadataValue.path(str(path))},
     )
     # `context` unannotated: this module postpones annotations, and Dagster reads them as strings.
-    def export(context, warehouse: Warehouse) -> dg.MaterializeResult:
+    def export(context, warehouse: Warehouse, engine_policy: EnginePolicy) -> dg.MaterializeResult:
         from churn_assets.core.partitions import register_months
 
         try:
             with warehouse.write() as con:
                 loaded = load_export(con, project_root, policy)
+                if engine_policy.on_spark:
+                    # Inside the DuckDB transaction: a failed Spark write leaves both as they were.
+                    copy_export_to_spark(con, engine_policy, policy)
         except ExportError as error:
             raise dg.Failure(str(error)) from None
         # A new export's months become partitions, whoever materialized it (the UI, a run).

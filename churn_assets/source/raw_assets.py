@@ -10,13 +10,13 @@ from pathlib import Path
 
 import dagster as dg
 
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.core.metadata import partition_row_counts, table_metadata
 from churn_assets.core.partitions import monthly_partitions
 from churn_assets.core.warehouse import WAREHOUSE_POOL, Warehouse
 from churn_assets.core.paths import source_dir
-from churn_assets.source.contract import DELIVERY_MONTH, RAW_TABLES, Table
+from churn_assets.source.contract import DELIVERY_MONTH, RAW_SCHEMA, RAW_TABLES, Table
 
-RAW_SCHEMA = "raw"
 RAW_ASSET_KEYS = [dg.AssetKey([RAW_SCHEMA, name]) for name in RAW_TABLES]
 
 
@@ -77,54 +77,83 @@ def load_months_into_warehouse(con, source: Path, months: list[str]) -> dict[str
     return loaded
 
 
-@dg.multi_asset(
-    name="raw_deliveries",
-    specs=[
-        dg.AssetSpec(
-            key=dg.AssetKey([RAW_SCHEMA, name]),
-            description=table.description,
-            group_name=RAW_SCHEMA,
-            kinds={"duckdb", "parquet"},
-            metadata={
-                **table_metadata(column_schema=table_schema(table), table_name=f"{RAW_SCHEMA}.{name}"),
-                "partition_column": "delivery_month",
-                "key_columns": ", ".join(table.key),
-            },
-            skippable=False,
-        )
-        for name, table in RAW_TABLES.items()
-    ],
-    partitions_def=monthly_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    pool=WAREHOUSE_POOL,
-    code_version="raw-v1",
-    description=(
-        "Loads each month's delivery from $CHURN_HOME/source/YYYY-MM/ into the raw tables, "
-        "validated against the raw contract, all four tables in one transaction."
-    ),
-)
-def raw_deliveries(context: dg.AssetExecutionContext, warehouse: Warehouse):
-    months = list(context.partition_keys)
-    source = source_dir()
+def _row_counts(con) -> dict[str, int]:
+    return {name: con.execute(f"SELECT count(*) FROM {RAW_SCHEMA}.{name}").fetchone()[0] for name in RAW_TABLES}
+
+
+def land_on_spark(warehouse: Warehouse, engine: EnginePolicy, source: Path, months: list[str]):
+    """The months landed on the Spark warehouse, then the raw tables as DuckDB views over them;
+    rows loaded per table per month, and each table's rows."""
+    from churn_assets.core.engine import mirror_spark_tables
+    from churn_assets.source.spark_landing import land_deliveries_on_spark
+
+    spark_warehouse = engine.spark_warehouse()
+    loaded = land_deliveries_on_spark(spark_warehouse, source, months, schema=RAW_SCHEMA)
+    relations = [f"{RAW_SCHEMA}.{name}" for name in RAW_TABLES]
+    order = {f"{RAW_SCHEMA}.{name}": [*table.column_names, DELIVERY_MONTH.name] for name, table in RAW_TABLES.items()}
     with warehouse.write() as con:
-        loaded = load_months_into_warehouse(con, source, months)
-        totals = {
-            name: con.execute(f"SELECT count(*) FROM {RAW_SCHEMA}.{name}").fetchone()[0]
-            for name in RAW_TABLES
-        }
-    for name, table in RAW_TABLES.items():
-        rows_by_month = loaded[name]
-        partition_row_counts(context, rows_by_month, dg.AssetKey([RAW_SCHEMA, name]))
-        yield dg.MaterializeResult(
-            asset_key=dg.AssetKey([RAW_SCHEMA, name]),
-            metadata={
-                **table_metadata(
-                    row_count=totals[name], column_schema=table_schema(table)
-                ),
-                "rows_loaded": dg.MetadataValue.int(sum(rows_by_month.values())),
-                "months_loaded": dg.MetadataValue.text(
-                    ", ".join(m[:7] for m in rows_by_month) or "-"
-                ),
-                "source": dg.MetadataValue.path(str(source)),
-            },
-        )
+        mirror_spark_tables(con, spark_warehouse, relations, order)
+        return loaded, _row_counts(con)
+
+
+def raw_deliveries_asset(engine: str = "duckdb") -> dg.AssetsDefinition:
+    """The raw layer's multi-asset; ``engine`` (duckdb or spark) is the kind it shows, the
+    engine_policy resource decides where it lands when it runs."""
+
+    @dg.multi_asset(
+        name="raw_deliveries",
+        specs=[
+            dg.AssetSpec(
+                key=dg.AssetKey([RAW_SCHEMA, name]),
+                description=table.description,
+                group_name=RAW_SCHEMA,
+                kinds={engine, "parquet"},
+                metadata={
+                    **table_metadata(column_schema=table_schema(table), table_name=f"{RAW_SCHEMA}.{name}"),
+                    "partition_column": "delivery_month",
+                    "key_columns": ", ".join(table.key),
+                },
+                skippable=False,
+            )
+            for name, table in RAW_TABLES.items()
+        ],
+        partitions_def=monthly_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=WAREHOUSE_POOL,
+        code_version="raw-v1",
+        description=(
+            "Loads each month's delivery from $CHURN_HOME/source/YYYY-MM/ into the raw tables, "
+            "validated against the raw contract, all four tables in one transaction "
+                "(on Spark: all four checked before any is written, each month replaced whole)."
+        ),
+    )
+    def raw_deliveries(context: dg.AssetExecutionContext, warehouse: Warehouse, engine_policy: EnginePolicy):
+        months = list(context.partition_keys)
+        source = source_dir()
+        if engine_policy.on_spark:
+            loaded, totals = land_on_spark(warehouse, engine_policy, source, months)
+        else:
+            with warehouse.write() as con:
+                loaded = load_months_into_warehouse(con, source, months)
+                totals = _row_counts(con)
+        for name, table in RAW_TABLES.items():
+            rows_by_month = loaded[name]
+            partition_row_counts(context, rows_by_month, dg.AssetKey([RAW_SCHEMA, name]))
+            yield dg.MaterializeResult(
+                asset_key=dg.AssetKey([RAW_SCHEMA, name]),
+                metadata={
+                    **table_metadata(
+                        row_count=totals[name], column_schema=table_schema(table)
+                    ),
+                    "rows_loaded": dg.MetadataValue.int(sum(rows_by_month.values())),
+                    "months_loaded": dg.MetadataValue.text(
+                        ", ".join(m[:7] for m in rows_by_month) or "-"
+                    ),
+                    "source": dg.MetadataValue.path(str(source)),
+                },
+            )
+
+    return raw_deliveries
+
+
+raw_deliveries = raw_deliveries_asset()

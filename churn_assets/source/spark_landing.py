@@ -18,9 +18,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from churn_assets.source.contract import DELIVERY_MONTH, RAW_TABLES, Table
+from churn_assets.source.contract import DELIVERY_MONTH, RAW_SCHEMA, RAW_TABLES, Table
 from churn_assets.source.deliveries import ContractError, delivery_dir
-from churn_assets.source.raw_assets import RAW_SCHEMA
 
 if TYPE_CHECKING:
     from churn_assets.core.spark_warehouse import SparkWarehouse

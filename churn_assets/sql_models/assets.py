@@ -163,21 +163,47 @@ def lineage_markdown(lineage: dg.TableColumnLineage) -> str:
     return markdown_table(["column", "computed from"], rows)
 
 
-def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlModel) -> dg.MaterializeResult:
+def _build_on_spark(engine, model: SqlModel, start: date | None, end: date | None) -> tuple[Any, dict[str, Any]]:
+    """Build ``model`` on the Spark warehouse; the warehouse and what was written."""
+    from churn_assets.core.spark_warehouse import first_line
+    from churn_assets.sql_models.spark_models import run_model
+
+    spark_warehouse = engine.spark_warehouse()
+    try:
+        return spark_warehouse, run_model(spark_warehouse, model, start, end)
+    except Exception as error:  # a refused translation, Spark's analysis, a failed job or write
+        raise SqlModelError(
+            description=f"{model.path}: Spark failed to build {model.relation}: {first_line(error)}",
+            metadata={"path": dg.MetadataValue.path(str(model.path)), "error": first_line(error), "engine": "spark"},
+            allow_retries=False,
+        ) from error
+
+
+def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlModel,
+                      engine=None) -> dg.MaterializeResult:
+    """Build ``model`` in DuckDB, or on Spark when ``engine`` (the EnginePolicy) says so; on
+    Spark the DuckDB warehouse gets a view over the new table's Parquet files, so the lineage,
+    the metadata and every DuckDB reader see it."""
     import duckdb
 
+    from churn_assets.core.engine import mirror_spark_tables
     from churn_assets.sql_models.lineage import column_lineage, upstream_columns
 
     relation = quote_relation(model.key)
     start = end = None
     if model.config.is_incremental:
         start, end = _window(context)
+    on_spark = engine is not None and engine.on_spark
+    written: dict[str, Any] = {}
+    if on_spark:
+        spark_warehouse, written = _build_on_spark(engine, model, start, end)
     try:
         with warehouse.write() as con:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(model.schema)}")
-            written: dict[str, Any] = {}
             if model.config.materialized == "view":
                 con.execute(f"CREATE OR REPLACE VIEW {relation} AS\n{model.sql}")
+            elif on_spark:
+                mirror_spark_tables(con, spark_warehouse, [model.relation], {model.relation: written["columns"]})
             elif model.config.materialized == "table":
                 con.execute(f"CREATE OR REPLACE TABLE {relation} AS\n{model.sql}")
             else:
@@ -217,38 +243,43 @@ def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlMo
         # Open-source Dagster does not draw dagster/column_lineage (a Dagster+ view): the same
         # lineage as a table anyone can read.
         metadata["column_lineage_table"] = dg.MetadataValue.md(lineage_markdown(lineage))
-    if written:
-        metadata["rows_deleted"] = dg.MetadataValue.int(int(written["rows_deleted"]))
+    if on_spark:
+        metadata["engine"] = "spark"
+    if "window" in written:
+        if "rows_deleted" in written:
+            metadata["rows_deleted"] = dg.MetadataValue.int(int(written["rows_deleted"]))
+        else:
+            metadata["months_emptied"] = ", ".join(written["months_emptied"]) or "-"
         metadata["window"] = written["window"]
         partition_row_counts(context, written["rows_by_month"])
     return dg.MaterializeResult(metadata=metadata)
 
 
-def build_model_asset(model: SqlModel) -> dg.AssetsDefinition:
+def build_model_asset(model: SqlModel, engine: str = "duckdb") -> dg.AssetsDefinition:
     incremental = model.config.is_incremental
     with warnings.catch_warnings():
         # The single-run backfill policy is what the design asks for; its "beta" notice
         # would otherwise print once per model every time the code location loads.
         warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
-        return _model_asset(model, incremental)
+        return _model_asset(model, incremental, engine)
 
 
-def _model_asset(model: SqlModel, incremental: bool) -> dg.AssetsDefinition:
+def _model_asset(model: SqlModel, incremental: bool, engine: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=model.key,
         deps=list(model.deps),
         description=model.description or f"SQL model {model.relation} ({model.path.name}).",
         group_name=model.schema,
-        kinds={"duckdb", "sql"},
+        kinds={engine, "sql"},
         pool=WAREHOUSE_POOL,
         code_version=model.code_version,
         metadata=definition_metadata(model),
         partitions_def=monthly_partitions if incremental else None,
         backfill_policy=dg.BackfillPolicy.single_run() if incremental else None,
-        required_resource_keys={"warehouse"},
+        required_resource_keys={"warehouse", "engine_policy"},
     )
     def _sql_model(context):
-        return materialize_model(context, context.resources.warehouse, model)
+        return materialize_model(context, context.resources.warehouse, model, context.resources.engine_policy)
 
     return _sql_model
 

@@ -1,9 +1,9 @@
-"""YAML tests and singular tests as Dagster asset checks.
+"""YAML tests and singular tests as check plans: the query returning a test's failing rows
+(it passes when that returns none), and the verdict Dagster gets from them.
 
-Each check is a query returning the failing rows; it passes when that query returns none.
-Checks live in their own AssetChecksDefinitions (one per model, one per singular test),
-so `churn check` can run them against the current warehouse without re-materializing
-anything; they read through a short-lived read-only connection.
+``check_assets.py`` makes the plans asset checks (one AssetChecksDefinition per model, one per
+singular test), so `churn check` can run them against the current warehouse without
+re-materializing anything; on DuckDB they read through a short-lived read-only connection.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from churn_assets.core.metadata import markdown_cell, markdown_table
-from churn_assets.core.warehouse import WAREHOUSE_POOL
 from churn_assets.sql_models.loader import DataTest, SingularTest, SqlModel
 
 if TYPE_CHECKING:
@@ -225,62 +224,3 @@ def evaluate_check(con: duckdb.DuckDBPyConnection, plan: CheckPlan) -> dg.AssetC
     except duckdb.Error as error:
         return query_failed_result(plan, f"The check query failed ({plan.source}): {error}", str(error))
     return check_result(plan, failing, columns, rows)
-
-
-def evaluate_checks(warehouse, plans: Sequence[CheckPlan]) -> list[dg.AssetCheckResult]:
-    from churn_assets.core.warehouse import WarehouseMissingError
-
-    try:
-        with warehouse.read() as con:
-            return [evaluate_check(con, plan) for plan in plans]
-    except WarehouseMissingError as error:
-        return [
-            dg.AssetCheckResult(
-                asset_key=plan.asset_key,
-                check_name=plan.name,
-                passed=False,
-                severity=plan.dagster_severity,
-                description=str(error),
-            )
-            for plan in plans
-        ]
-
-
-def _check_definition_name(label: str) -> str:
-    return "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in label)
-
-
-def build_checks_definition(name: str, plans: Sequence[CheckPlan], description: str) -> dg.AssetChecksDefinition:
-    """One multi-asset check evaluating whichever of ``plans`` are selected."""
-    plans_by_key = {plan.check_key: plan for plan in plans}
-
-    @dg.multi_asset_check(
-        name=_check_definition_name(name),
-        specs=[plan.spec() for plan in plans],
-        description=description,
-        can_subset=True,
-        required_resource_keys={"warehouse"},
-        # A read-only DuckDB connection cannot open while another process writes, so checks
-        # queue with the writers instead of timing out behind them.
-        pool=WAREHOUSE_POOL,
-    )
-    def _sql_checks(context):
-        selected = [plans_by_key[key] for key in plans_by_key if key in context.selected_asset_check_keys]
-        yield from evaluate_checks(context.resources.warehouse, selected)
-
-    return _sql_checks
-
-
-def build_model_checks(model: SqlModel) -> dg.AssetChecksDefinition | None:
-    plans = model_check_plans(model)
-    if not plans:
-        return None
-    return build_checks_definition(
-        f"{model.schema}__{model.name}__tests", plans, f"YAML tests of {model.relation}"
-    )
-
-
-def build_singular_checks(test: SingularTest) -> dg.AssetChecksDefinition:
-    return build_checks_definition(
-        f"{test.schema}__test__{test.name}", singular_check_plans(test), f"Singular test {test.path}"
-    )

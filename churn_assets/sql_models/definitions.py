@@ -15,12 +15,12 @@ from churn_assets.sql_models.project import SqlProject, load_sql_project
 OWNER = "team:analytics-engineering"
 
 
-def sql_project_for(project: Project, source: SourcePolicy) -> SqlProject:
-    return load_sql_project(project.sql_dir, raw_asset_keys(project, source))
+def sql_project_for(project: Project, source: SourcePolicy, engine: str = "duckdb") -> SqlProject:
+    return load_sql_project(project.sql_dir, raw_asset_keys(project, source), engine=engine)
 
 
-def definitions_for(project: Project, source: SourcePolicy) -> dg.Definitions:
-    sql_project = sql_project_for(project, source)
+def definitions_for(project: Project, source: SourcePolicy, engine: str = "duckdb") -> dg.Definitions:
+    sql_project = sql_project_for(project, source, engine)
     return dg.Definitions(
         assets=layer_assets(sql_project.assets, owner=OWNER, layer="sql"),
         asset_checks=[*sql_project.asset_checks,

@@ -46,7 +46,8 @@ class SqlProject:
 
 
 def load_sql_project(
-    sql_dir: Path | str, external_assets: Sequence[dg.AssetKey] = (), *, use_cache: bool = True
+    sql_dir: Path | str, external_assets: Sequence[dg.AssetKey] = (), *, use_cache: bool = True,
+    engine: str = "duckdb",
 ) -> SqlProject:
     """Parse ``sql_dir`` and build its assets and checks.
 
@@ -56,14 +57,15 @@ def load_sql_project(
 
     With ``use_cache`` the parse result is reused from ``$CHURN_HOME/.cache/sql_manifest.json``
     while no .sql/.yml file has changed, so sqlglot is not even imported (see manifest.py).
+    ``engine`` (duckdb or spark) is the one the model assets build on (``core/engine.py``).
     """
     from churn_assets.sql_models.assets import build_external_asset, build_model_asset
-    from churn_assets.sql_models.checks import build_model_checks, build_singular_checks
+    from churn_assets.sql_models.check_assets import build_model_checks, build_singular_checks
     from churn_assets.sql_models.manifest import default_manifest_path, parse_sql_project_cached
 
     manifest = default_manifest_path() if use_cache else None
     parsed = parse_sql_project_cached(Path(sql_dir), external_assets, manifest)
-    assets: list[dg.AssetsDefinition | dg.AssetSpec] = [build_model_asset(m) for m in parsed.models]
+    assets: list[dg.AssetsDefinition | dg.AssetSpec] = [build_model_asset(m, engine) for m in parsed.models]
     assets += [build_external_asset(key) for key in parsed.external_keys]
     checks = [c for c in (build_model_checks(m) for m in parsed.models) if c is not None]
     checks += [build_singular_checks(t) for t in parsed.singular_tests]

@@ -4,6 +4,7 @@ The same ``sql/`` files the DuckDB assets run, translated by sqlglot (``transpil
 a construct Spark cannot reproduce is refused with the model and the construct named, before
 anything runs) and executed through ``SparkWarehouse``:
 
+- view models become Spark views, their SQL kept beside the tables so every session has them;
 - table models replace the table whole (``write_table``);
 - incremental models replace the months of their window (``write_months``: dynamic partition
   overwrite, every row checked to lie in the window as part of the write);
@@ -14,8 +15,8 @@ YAML tests and singular tests run as the same failing-rows queries the DuckDB ch
 (``checks.failing_rows_sql``), translated the same way, and give the same verdict, failing-row
 count and sample.
 
-Nothing here is wired into the asset graph yet: ``engine: duckdb`` is the only engine the
-assets use, and laptop runs import none of this.
+The SQL assets call these when ``engine: spark`` (``core/engine.py``); with the default
+``engine: duckdb`` nothing here is imported.
 """
 
 from __future__ import annotations
@@ -60,26 +61,25 @@ def _query(warehouse: SparkWarehouse, sql: str, params: dict[str, Any], what: st
 def run_model(
     warehouse: SparkWarehouse, model: SqlModel, start: date | None = None, end: date | None = None
 ) -> dict[str, Any]:
-    """Build ``model`` on Spark: the whole table, or for an incremental model the months
-    [start, end). Returns what was written (row count, or rows per month of the window)."""
+    """Build ``model`` on Spark: a view (kept for every later session), the whole table, or for
+    an incremental model the months [start, end). Returns the model's columns in its own order
+    and what was written (row count, or rows per month of the window)."""
     what = f"model {model.relation} ({model.path})"
     kind = model.config.materialized
-    if kind == "view":
-        # A Spark view lives in one session's catalog; until views are kept with the tables,
-        # building one would vanish with the session. Said, not half-done.
-        raise SparkModelError(
-            f"{what}: view models are not built on Spark yet; set `materialized: table` "
-            "in its YAML to run it there"
-        )
     if model.config.is_incremental and (start is None or end is None):
         raise SparkModelError(f"{what}: an incremental model needs its window (start, end)")
     sql = model_spark_sql(warehouse, model)
     window = {WINDOW_PARAMETERS[0]: start, WINDOW_PARAMETERS[1]: end}
     # Only the parameters the model uses: the others are not in its text.
     frame = _query(warehouse, sql, {name: window[name] for name in model.parameters}, what)
-    if kind == "table":
-        return {"row_count": warehouse.write_table(model.relation, frame)}
-    return warehouse.write_months(model.relation, frame, model.config.partition_by, start, end)
+    built: dict[str, Any] = {"columns": list(frame.columns)}
+    if kind == "view":
+        warehouse.write_view(model.relation, sql)
+    elif kind == "table":
+        built["row_count"] = warehouse.write_table(model.relation, frame)
+    else:
+        built.update(warehouse.write_months(model.relation, frame, model.config.partition_by, start, end))
+    return built
 
 
 def evaluate_check(warehouse: SparkWarehouse, plan: CheckPlan) -> dg.AssetCheckResult:

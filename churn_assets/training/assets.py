@@ -25,6 +25,7 @@ from typing import Any
 import dagster as dg
 
 from churn_assets.core.keys import CHAMPION_KEY, MODEL_VERSIONS_KEY, TRAINING_SET_KEY
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.core.metadata import markdown_table, table_metadata, table_schema
 from churn_assets.core.warehouse import WAREHOUSE_POOL, ArtifactStore, Warehouse
 from churn_assets.training.candidates import candidate_assets
@@ -72,14 +73,23 @@ def _candidate_asset(asset_name: str, entries: list) -> dg.AssetsDefinition:
         description=f"Candidate model(s) trained on features.training_set:\n{lines}",
     )
     def train(context: dg.AssetExecutionContext, warehouse: Warehouse, artifacts: ArtifactStore,
-              training_policy: TrainingPolicy, tuning_policy: TuningPolicy) -> dg.MaterializeResult:
-        with warehouse.read() as con:
-            frame, types = read_training_set(con)
+              training_policy: TrainingPolicy, tuning_policy: TuningPolicy,
+              engine_policy: EnginePolicy) -> dg.MaterializeResult:
+        metadata: dict[str, Any] = {}
+        if engine_policy.on_spark:
+            from churn_assets.training.spark_sample import training_sample_for
+
+            sample = training_sample_for(engine_policy, training_policy.roles, training_policy.split.seed)
+            frame, types = sample.frame, sample.column_types
+            metadata["training_set_rows"] = dg.MetadataValue.int(sample.total_rows)
+            metadata["sample_fractions"] = dg.MetadataValue.json(sample.fractions)
+        else:
+            with warehouse.read() as con:
+                frame, types = read_training_set(con)
         outcome = train_candidates(entries, frame, types, training_policy,
                                    tuning_policy.settings(training_policy.split.seed), artifacts.root_path,
                                    persist_study=tuning_policy.persist_study)
         write_pointer(artifacts.root_path, asset_name, [t.record for t in outcome.trained])
-        metadata: dict[str, Any] = {}
         for item in outcome.trained:
             metadata.update(_candidate_metadata(item.record))
             metadata.update(item.model.candidate.metadata(item.model))

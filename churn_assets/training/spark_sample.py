@@ -23,13 +23,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from churn_assets.core.engine import DEFAULT_MIN_CLASS_ROWS, DEFAULT_SAMPLE_ROWS
+
 if TYPE_CHECKING:
     import pandas as pd
 
     from churn_assets.core.spark_warehouse import SparkWarehouse
 
-DEFAULT_MAX_ROWS = 2_000_000
-DEFAULT_MIN_CLASS_ROWS = 50_000
 HASH_RANGE = 2**31
 
 
@@ -66,7 +66,7 @@ def pull_training_sample(
     label: str,
     *,
     relation: str = "features.training_set",
-    max_rows: int = DEFAULT_MAX_ROWS,
+    max_rows: int = DEFAULT_SAMPLE_ROWS,
     min_class_rows: int = DEFAULT_MIN_CLASS_ROWS,
     seed: int = 0,
 ) -> TrainingSample:
@@ -94,3 +94,13 @@ def pull_training_sample(
         column_types = dict(zip(relation_frame.columns, (str(t) for t in relation_frame.types)))
         frame = relation_frame.df()
     return TrainingSample(frame=frame, column_types=column_types, total_rows=sum(counts.values()), fractions=fractions)
+
+
+def training_sample_for(engine, roles, seed: int) -> TrainingSample:
+    """The training set of the Spark warehouse under ``engine``'s (EnginePolicy) size rule,
+    keyed and stratified by the training policy's ``roles`` and sampled with ``seed``."""
+    key_columns = [*roles.id_columns, *([roles.time_column] if roles.time_column else [])]
+    return pull_training_sample(
+        engine.spark_warehouse(), key_columns, roles.label_column,
+        max_rows=engine.training_sample_rows, min_class_rows=engine.training_sample_min_class_rows, seed=seed,
+    )
