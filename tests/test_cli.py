@@ -34,8 +34,8 @@ def test_sql_csv_and_json(warehouse, capsys):
 
 
 def test_sql_is_read_only(warehouse, capsys):
-    assert main(["sql", "drop table raw.t"]) == 1
-    assert "read-only" in capsys.readouterr().err.lower()
+    assert main(["sql", "drop table raw.t"]) == 2
+    assert "read-only: a drop statement is not run" in capsys.readouterr().err.lower()
     with warehouse.read() as con:
         assert con.execute("select count(*) from raw.t").fetchone()[0] == 3
 
@@ -96,11 +96,44 @@ def test_sql_cannot_touch_files_extensions_or_its_own_configuration(warehouse, t
         "set enable_external_access = true",
     ]
     for query in hostile:
-        assert main(["sql", query]) == 1, query
+        # 2: refused before it runs (not a reading statement); 1: DuckDB's sandbox refused it.
+        assert main(["sql", query]) in (1, 2), query
         err = capsys.readouterr().err
         assert "Traceback" not in err and err.strip(), query
     assert warehouse.db_path.read_bytes() == before
     assert not (tmp_path / "dump").exists() and not (tmp_path / "other.duckdb").exists()
+
+
+def test_sql_reads_the_spark_tables_behind_views_and_writes_nothing_there(warehouse, churn_home, tmp_path,
+                                                                          monkeypatch, capsys):
+    """On engine: spark the DuckDB views read the Spark warehouse's Parquet files: the sandbox
+    keeps that folder readable, and nothing else; a COPY into it is refused before it runs."""
+    import pandas as pd
+
+    spark_tables = tmp_path / "spark-tables"
+    (spark_tables / "features" / "f" / "snapshot_month=2024-01-01").mkdir(parents=True)
+    pd.DataFrame({"n": [1, 2]}).to_parquet(spark_tables / "features" / "f" / "snapshot_month=2024-01-01" / "p.parquet")
+    with warehouse.write() as con:
+        con.execute("CREATE SCHEMA features")
+        con.execute(f"CREATE VIEW features.f AS SELECT * FROM read_parquet('{spark_tables}/features/f/*/*.parquet', "
+                    "hive_partitioning = true)")
+    policies = churn_home / "policies.yaml"
+    monkeypatch.setenv("CHURN_POLICIES", str(policies))
+    query = "select sum(n) as total, min(snapshot_month) as m from features.f"
+
+    policies.write_text("engine: duckdb\n")  # no folder opened: the view cannot read its files
+    assert main(["sql", query]) == 1
+    assert "Permission Error" in capsys.readouterr().err
+    policies.write_text(f"engine:\n  name: spark\n  spark: {{location: '{spark_tables}'}}\n")
+    assert main(["sql", query, "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"total": 3, "m": "2024-01-01"}]
+
+    before = sorted(p.name for p in spark_tables.rglob("*"))
+    assert main(["sql", f"copy (select 1 as n) to '{spark_tables}/features/f/evil.parquet'"]) == 2
+    assert "COPY statement is not run" in capsys.readouterr().err
+    assert main(["sql", "select * from read_csv('/etc/passwd')"]) == 1
+    assert "Permission Error" in capsys.readouterr().err
+    assert sorted(p.name for p in spark_tables.rglob("*")) == before
 
 
 def test_sql_runs_exactly_one_statement(warehouse, capsys):

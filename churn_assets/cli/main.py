@@ -235,8 +235,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
             _say(str(error))
             return 1
         return 0
+    from churn_assets.policies import load_policies
+
     try:
-        with Warehouse(read_wait_s=args.wait).read(sandboxed=True) as con:
+        folders = load_policies().engine.folders_behind_views()
+        with Warehouse(read_wait_s=args.wait).read(sandboxed=True, readable_folders=folders) as con:
             print_relation(con, args.query, args.format, max_rows=args.max_rows)
     except (WarehouseBusyError, WarehouseMissingError) as error:
         _say(str(error))

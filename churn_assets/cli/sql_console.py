@@ -44,14 +44,22 @@ class QueryError(ValueError):
     """A query `churn sql` does not run (empty, or several statements)."""
 
 
+# Statements that only read. The sandbox already stops writes outside its readable folders;
+# inside them (the Spark warehouse on engine: spark) DuckDB's COPY ... TO would still write.
+READING_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
+
+
 def single_statement(con: duckdb.DuckDBPyConnection, query: str) -> str:
-    """``query`` when it is exactly one statement; QueryError otherwise (only the last result of
-    several would be shown, and the others would run unseen)."""
+    """``query`` when it is exactly one statement that reads; QueryError otherwise (only the
+    last result of several would be shown, and the others would run unseen)."""
     statements = con.extract_statements(query) if query.strip() else []
     if not statements:
         raise QueryError("No SQL given: pass one statement, e.g. churn sql \"select * from ml.model_versions\"")
     if len(statements) > 1:
         raise QueryError(f"{len(statements)} statements given; churn sql runs one per call")
+    kind = statements[0].type.name
+    if kind not in READING_STATEMENTS:
+        raise QueryError(f"churn sql is read-only: a {kind} statement is not run ({', '.join(READING_STATEMENTS)} are)")
     return query
 
 

@@ -77,6 +77,15 @@ class EnginePolicy(dg.ConfigurableResource):
         """The Spark warehouse of these settings (its session starts on first use)."""
         return SparkWarehouse(**self.spark.model_dump())
 
+    def folders_behind_views(self) -> tuple[str, ...]:
+        """The local folders the DuckDB views over the Spark tables read (``churn sql``'s
+        sandbox keeps them readable); none on engine duckdb or with the warehouse on object
+        storage (the sandbox loads no extension, so no httpfs)."""
+        if not self.on_spark:
+            return ()
+        root = self.spark_warehouse().root
+        return (duckdb_readable(root),) if root.startswith("file:") else ()
+
 
 def engine_section(value: Any) -> Any:
     """``engine: spark`` is short for ``engine: {name: spark}``."""

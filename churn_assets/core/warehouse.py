@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -205,12 +205,15 @@ class Warehouse(dg.ConfigurableResource):
             con.execute("COMMIT")
 
     @contextmanager
-    def read(self, sandboxed: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    def read(self, sandboxed: bool = False, readable_folders: Sequence[str] = ()) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection; waits up to ``read_wait_s`` while a writer holds the file.
 
         ``sandboxed`` (for queries a user types): a read-only connection still runs ``COPY ... TO``,
         ``EXPORT DATABASE``, ``ATTACH`` and extension installs, so external access and extension
         loading are switched off and the configuration is locked, before the query can change it.
+        ``readable_folders`` stay reachable inside the sandbox (the Spark warehouse, whose
+        Parquet files the ``engine: spark`` views read). DuckDB lets ``COPY ... TO`` write
+        there too, so the caller must refuse statements that write (``sql_console``).
         """
         import duckdb
 
@@ -224,8 +227,8 @@ class Warehouse(dg.ConfigurableResource):
             try:
                 # The sandbox's keys go first: DuckDB refuses a temp_directory given before
                 # enable_external_access = false in the same config (checked on DuckDB 2.0).
-                con = duckdb.connect(str(self.db_path), read_only=True,
-                                     config={**(SANDBOX_SETTINGS if sandboxed else {}), **self._settings()})
+                con = duckdb.connect(str(self.db_path), read_only=True, config={
+                    **(_sandbox_settings(readable_folders) if sandboxed else {}), **self._settings()})
                 break
             except (duckdb.IOException, duckdb.ConnectionException) as error:
                 if not _is_lock_conflict(error):
@@ -238,6 +241,14 @@ class Warehouse(dg.ConfigurableResource):
                     ) from error
                 time.sleep(0.2)
         try:
+            if sandboxed and readable_folders:
+                # DuckDB 2.0 refuses allowed_directories in the connect config once
+                # enable_external_access is off there (whatever the order), but takes them as
+                # SET statements in this order.
+                folders = ", ".join("'" + folder.rstrip("/").replace("'", "''") + "/'" for folder in readable_folders)
+                con.execute(f"SET allowed_directories = [{folders}]")
+                con.execute("SET enable_external_access = false")
+                con.execute("SET lock_configuration = true")
             yield con
         finally:
             con.close()
@@ -249,6 +260,14 @@ SANDBOX_SETTINGS = {
     "autoload_known_extensions": False,
     "lock_configuration": True,
 }
+
+
+def _sandbox_settings(readable_folders: Sequence[str]) -> dict:
+    """The sandbox's connect config; with readable folders, the settings that must follow
+    ``allowed_directories`` are left to the SET statements run after connecting."""
+    if not readable_folders:
+        return SANDBOX_SETTINGS
+    return {k: v for k, v in SANDBOX_SETTINGS.items() if k not in ("enable_external_access", "lock_configuration")}
 
 
 def column_definitions(columns: dict[str, tuple[str, str]]) -> str:
