@@ -209,3 +209,20 @@ def test_the_forest_predicts_the_same_bits_every_time_with_parallel_training(pre
     runs = [first.predict_raw(split.test) for _ in range(3)] + [second.predict_raw(split.test)]
     assert all(np.array_equal(runs[0], run) for run in runs[1:])
     assert first.calibration == second.calibration
+
+
+def test_calibration_is_not_chosen_from_a_single_churner():
+    """A validation split with one row of a class cannot be cross-validated (a fold would fit
+    a calibrator on one class): the scores stay uncalibrated and the record says why."""
+    from churn_assets.training.model import choose_calibration
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.01, 0.99, 40)
+    labels = np.zeros(40, dtype=np.int8)
+    labels[7] = 1
+    chosen = choose_calibration(raw, labels, seed=0)
+    assert chosen["method"] == "none" and chosen["cv_logloss"] == {}
+    assert "1 row(s) of a class" in chosen["skipped"]
+    assert np.array_equal(apply_calibration(chosen, raw), raw)
+    labels[8] = 1  # two churners: two folds, each with one
+    assert choose_calibration(raw, labels, seed=0)["cv_logloss"].keys() == {"none", "sigmoid", "isotonic"}

@@ -162,7 +162,12 @@ def choose_calibration(raw: np.ndarray, labels: np.ndarray, seed: int, folds: in
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels)
-    folds = max(2, min(folds, int(labels.sum()), int(len(labels) - labels.sum())))
+    scarcer_class = min(int(labels.sum()), int(len(labels) - labels.sum()))
+    if scarcer_class < 2:
+        # One row of a class cannot sit on both sides of a fold: a fitted calibrator would
+        # see one class only. Nothing to choose between, so the scores stay as they are.
+        return {"method": "none", "cv_logloss": {}, "skipped": f"the validation split has {scarcer_class} row(s) of a class"}
+    folds = max(2, min(folds, scarcer_class))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     scores: dict[str, float] = {}
     for method in ("none", "sigmoid", "isotonic"):
