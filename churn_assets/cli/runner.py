@@ -57,14 +57,18 @@ def get_instance() -> dg.DagsterInstance:
 
 
 def failure_message(error) -> str:
-    """The user's error in a step failure: the innermost cause's message (Dagster wraps it in
-    "Error occurred while executing op ..."), with Dagster's Failure description when there is one."""
+    """The user's error in a step failure: the first error in the cause chain that is not one
+    of Dagster's wrappers ("Error occurred while executing op ..."), with Dagster's Failure
+    description when there is one. Not the innermost: our errors name the table or model and
+    keep the library's own error (a page of Spark text, say) as their cause."""
     if error is None:
         return "failed"
-    while getattr(error, "cause", None) is not None:
-        error = error.cause
-    if error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt"):
+    chain = [error]
+    while getattr(chain[-1], "cause", None) is not None:
+        chain.append(chain[-1].cause)
+    if any(e.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt") for e in chain):
         return "interrupted (SIGINT/SIGTERM); the finished steps are saved, `churn run` continues"
+    error = next((e for e in chain if not (e.cls_name or "").startswith("Dagster")), chain[-1])
     text = (error.message or "").strip()
     # "dagster._core.definitions.events.Failure: text" -> "text"; "ValueError: text" stays.
     prefix, _, rest = text.partition(": ")

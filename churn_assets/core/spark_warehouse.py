@@ -24,7 +24,10 @@ and imported only inside functions: the code location's import stays cheap.
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +47,10 @@ if TYPE_CHECKING:
 # A relation is <schema>.<table> with plain identifiers, as the SQL loader enforces for models;
 # the name goes into DDL, so anything else is refused rather than quoted.
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LOG4J2_CONFIG = Path(__file__).with_name("spark_log4j2.properties")
+# A table's Spark schema, kept in its folder (Spark's readers skip names starting with "_";
+# DuckDB's views read *.parquet only).
+_SCHEMA_FILE = "_churn_schema.json"
 # Folders the warehouse writes next to a table while it replaces it; never tables themselves.
 _TRANSIENT = re.compile(r"\.(tmp|old)-[0-9a-f]{32}$")
 # The session's runtime conf remembers which location its catalog was registered from, so a
@@ -195,8 +202,19 @@ class SparkWarehouse(SparkSettings):
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
         )
+        if "spark.driver.extraJavaOptions" not in self.conf:
+            # Read when the driver's JVM starts (a running session keeps its own).
+            builder = builder.config("spark.driver.extraJavaOptions",
+                                     f"-Dlog4j2.configurationFile={_LOG4J2_CONFIG.as_uri()} "
+                                     f"-Dchurn.spark.log_level={self.log_level}")
         for key, value in self.conf.items():
             builder = builder.config(key, value)
+        if self.master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+            # Local executors are this machine's Python processes: run them on this very
+            # interpreter, so they import the project as the driver does (PySpark's default,
+            # `python3` on the PATH, may be another Python without it). On a cluster the
+            # executors' Python is the deployment's (PYSPARK_PYTHON, docs/scale-out.md).
+            os.environ["PYSPARK_PYTHON"] = sys.executable
         try:
             spark = builder.getOrCreate()
         except Exception as error:  # no Java, or a JVM that cannot start
@@ -261,14 +279,24 @@ class SparkWarehouse(SparkSettings):
         return self._files(self.session()).exists(self._view_path(relation))
 
     def _register(self, spark: SparkSession, relation: str, schema=None) -> None:
-        """(Re)make the catalog entry of ``relation`` over its folder. ``schema`` is given when
-        the folder may hold no data file yet (a table of zero rows)."""
+        """(Re)make the catalog entry of ``relation`` over its folder. A write gives the
+        ``schema`` and it is kept beside the files, since a table of zero rows has no data file
+        to read it from in a later session; a folder with neither is no table (left out)."""
+        from pyspark.sql.types import StructType
+
+        files, path = self._files(spark), self.table_path(relation)
+        if schema is not None:
+            files.write_text(f"{path}/{_SCHEMA_FILE}", schema.json())
+        elif not _holds_parquet(files, path):
+            if not files.exists(f"{path}/{_SCHEMA_FILE}"):
+                return
+            schema = StructType.fromJson(json.loads(files.read_text(f"{path}/{_SCHEMA_FILE}")))
         name = _quoted(relation)
         self._ensure_schema(spark, split_relation(relation)[0])
         # An external table: dropping the entry never touches the files.
         spark.sql(f"DROP TABLE IF EXISTS {name}")
         options = {"schema": schema} if schema is not None else {}
-        spark.catalog.createTable(name, path=self.table_path(relation), source="parquet", **options)
+        spark.catalog.createTable(name, path=path, source="parquet", **options)
 
     # --- reading ---------------------------------------------------------------------
 
@@ -301,14 +329,7 @@ class SparkWarehouse(SparkSettings):
 
     def has_data_files(self, relation: str) -> bool:
         """Whether the table's folder holds at least one Parquet file (a table of zero rows may not)."""
-        files = self._files(self.session())
-        path = self.table_path(relation)
-        for _ in range(len(self.partition_columns(relation))):
-            folders = [name for name in files.children(path) if "=" in name]
-            if not folders:
-                return False
-            path = f"{path}/{folders[0]}"
-        return any(name.endswith(".parquet") for name in files.children(path, directories=False))
+        return _holds_parquet(self._files(self.session()), self.table_path(relation))
 
     # --- writing ---------------------------------------------------------------------
 
@@ -424,9 +445,12 @@ class SparkWarehouse(SparkSettings):
             F.coalesce(value.cast("string"), F.lit("NULL")),
         )
         guarded = frame.withColumn(column, F.when(outside, F.raise_error(message)).otherwise(value))
+        existed = files.exists(final)
         try:
             guarded.write.mode("overwrite").option("partitionOverwriteMode", "dynamic").partitionBy(column).parquet(final)
         except Exception as error:
+            if not existed and files.exists(final):
+                files.delete(final)  # the folder Spark made for a first write that failed
             raise SparkWriteError(
                 f"{relation}: the write failed, months [{start}, {end}) are unchanged: {first_line(error)}"
             ) from error
@@ -470,6 +494,14 @@ class SparkWarehouse(SparkSettings):
         return folders
 
 
+def _holds_parquet(files: _FileSystem, path: str) -> bool:
+    """Whether the folder ``path`` or one of its partition folders holds a Parquet file."""
+    if any(name.endswith(".parquet") for name in files.children(path, directories=False)):
+        return True
+    return any(_holds_parquet(files, f"{path}/{name}") for name in files.children(path)
+               if "=" in name and not name.startswith(("_", ".")))
+
+
 def _matching_column(columns: list[str], name: str) -> str | None:
     return next((c for c in columns if c.lower() == name.lower()), None)
 
@@ -503,9 +535,21 @@ def spark_schema_of_arrow(arrow_schema):
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an error's message (Spark's run to pages), or its type when it has none."""
+    """The line of an error's message that says what went wrong (Spark's run to pages): for an
+    error raised in a Python worker, its exception line ("ModuleNotFoundError: ..."), else the
+    first line; the error's type when it has no message."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    _, marker, python_part = text.partition("Traceback (most recent call last):")
+    if marker:
+        # The worker's traceback ends at its exception line (column 0; frames are indented),
+        # before the JVM's stack ("\tat ...", "Driver stacktrace:").
+        worker = re.split(r"\n(?:\tat |Driver stacktrace:|JVM stacktrace:)", python_part, maxsplit=1)[0]
+        lines = [line for line in worker.splitlines() if line.strip() and not line[0].isspace()]
+        if lines:
+            return lines[-1].strip()
+    return text.splitlines()[0]
 
 
 __all__ = [

@@ -155,9 +155,11 @@ def write_predictions_on_spark(
     try:
         written = warehouse.write_months(PREDICTIONS_TABLE, predictions, MONTH_COLUMN, start, end)
     except Exception as error:
-        cause = error.__cause__ or error
         # A ScoringError raised in a task reaches the driver inside Spark's error text.
-        raise ScoringError(f"scoring [{start}, {end}) on Spark failed, no month changed: {first_line(cause)}") from error
+        reason = first_line(error.__cause__ or error)
+        if reason.startswith("ModuleNotFoundError"):
+            reason += " (the executors' Python must have the project and its dependencies: PYSPARK_PYTHON, docs/scale-out.md)"
+        raise ScoringError(f"scoring [{start}, {end}) on Spark failed, no month changed: {reason}") from error
     finally:
         shared.unpersist()
     return {**written, "model_version": str(version)}
