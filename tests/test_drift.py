@@ -328,3 +328,31 @@ def test_a_feature_constant_in_the_reference_pages_whatever_its_importance():
     assert result.summary["paging_psi_feature"] == "flag"
     assert result.summary["paging_psi"] == pytest.approx(result.summary["max_psi"])
     assert drift_verdict({**result.summary, "reference_precedes": True}, DriftThresholds())[1] == "ERROR"
+
+
+def test_month_shares_counted_elsewhere_replace_the_sample_in_the_psi():
+    """engine: spark counts each feature's bins over the whole month (FeaturePsi); the PSI,
+    its chance level and the weighted excess then use those shares and the month's rows, while
+    the sample still feeds the Evidently tests."""
+    from churn_assets.monitoring.drift import CATEGORICAL, psi_bins
+    from churn_assets.monitoring.spark_drift import FeaturePsi
+
+    frames = history()
+    reference, month = frames[MONTHS[12]], frames[SHIFT_MONTH]
+    sample = month.sample(n=120, random_state=0)
+    settings = DriftSettings()
+    bins = psi_bins(settings, len(reference), len(month))
+    shares = {}
+    for name, kind in [*((n, NUMERIC) for n in NUMERIC_FEATURES), *((n, CATEGORICAL) for n in CATEGORICAL_FEATURES)]:
+        ref_share, cur_share, labels = binned_shares(reference[name], month[name], kind, bins=bins)
+        shares[name] = FeaturePsi(name, kind, psi_from_shares(ref_share, cur_share, settings.psi_epsilon), labels,
+                                  ref_share.tolist(), cur_share.tolist(), len(month))
+    whole = compute_drift(reference, month, NUMERIC_FEATURES, CATEGORICAL_FEATURES, importance=IMPORTANCE)
+    counted = compute_drift(reference, sample, NUMERIC_FEATURES, CATEGORICAL_FEATURES, importance=IMPORTANCE,
+                            month_shares=shares)
+    sampled = compute_drift(reference, sample, NUMERIC_FEATURES, CATEGORICAL_FEATURES, importance=IMPORTANCE)
+    columns = ["feature", "psi", "psi_critical", "weighted_psi", "paging_psi", "moved"]
+    pd.testing.assert_frame_equal(counted.features[columns], whole.features[columns])
+    assert not np.allclose(sampled.features["psi"], whole.features["psi"])  # the sample alone differs
+    # The Evidently scores are the sample's.
+    assert counted.features["drift_score"].tolist() == sampled.features["drift_score"].tolist()

@@ -20,6 +20,7 @@ from typing import Any
 
 import dagster as dg
 
+from churn_assets.core.engine import EnginePolicy
 from churn_assets.core.keys import (
     CHAMPION_KEY,
     CUSTOMER_FEATURES_KEY,
@@ -79,6 +80,8 @@ def drift_month_metadata(summary: dict[str, Any], artifacts_root) -> dict[str, d
         "max_psi_feature": dg.MetadataValue.text(str(summary["max_psi_feature"] or "-")),
         "drifted_features": dg.MetadataValue.int(int(summary["drifted_features"])),
         "reference_months": dg.MetadataValue.text(str(summary.get("reference_months") or "-")),
+        # Rows of the month the PSI counted (all of them on Spark; the seeded sample on DuckDB).
+        "psi_rows": dg.MetadataValue.int(int(summary["psi_rows"])),
         "moved_features": dg.MetadataValue.text(str(summary.get("moved_features") or "-")),
         "top_features_by_psi": dg.MetadataValue.md(markdown_table(
             ["feature", "kind", "psi", "psi_critical", "importance", "paging_psi", "weighted_psi", "drifted"],
@@ -104,8 +107,13 @@ def drift_for_months(
     months: list[str],
     policy: DriftPolicy,
     log=None,
+    engine: EnginePolicy | None = None,
 ) -> list[dict[str, Any]]:
     """Compute and store drift for ``months`` against the champion; returns the summaries.
+
+    On ``engine: spark`` each feature's PSI bins are counted by Spark over the whole month
+    (``spark_drift.psi_on_spark``: only the counts reach the driver); the seeded sample of the
+    month still feeds the Evidently tests, prediction drift and the report.
 
     Each month's reference is a sample of the champion's training months before it
     (``reference_months_for``); months sharing a reference share its sample and scores.
@@ -175,14 +183,18 @@ def drift_for_months(
             )
         if current.empty:
             raise DriftError(f"features.customer_features has no rows for {month[:7]}: materialize it first")
+        month_shares, psi_rows = None, len(current)
+        if engine is not None and engine.on_spark:
+            month_shares, psi_rows = _month_shares_on_spark(engine, reference, month, numeric, categorical, settings)
         current_predictions = current["churn_probability"] if current["churn_probability"].notna().all() else None
         if current_predictions is None and log:
             log.warning(f"{month[:7]} is not (fully) scored yet: prediction drift left out")
         result = compute_drift(
             reference, current, numeric, categorical,
             reference_predictions=reference_predictions, current_predictions=current_predictions,
-            settings=settings, thresholds=thresholds, importance=importance,
+            settings=settings, thresholds=thresholds, importance=importance, month_shares=month_shares,
         )
+        result.summary["psi_rows"] = psi_rows
         result.summary["reference_months"] = ", ".join(f"{m:%Y-%m}" for m in chosen)
         result.summary["reference_precedes"] = max(chosen) < first_of_month(month)
         report_path = None
@@ -207,6 +219,22 @@ def drift_for_months(
     ]
 
 
+def _month_shares_on_spark(engine: EnginePolicy, reference, month: str, numeric: list[str],
+                           categorical: list[str], settings) -> tuple[dict[str, Any], int]:
+    """Each feature's bins over the whole of ``month``, counted by Spark where it lies, and the
+    month's rows (counted first: the bins depend on them, as on the sample's size on DuckDB)."""
+    from churn_assets.monitoring.drift import FEATURES_TABLE, psi_bins
+    from churn_assets.monitoring.spark_drift import psi_on_spark
+
+    spark_warehouse = engine.spark_warehouse()
+    month_sql = f"FROM {FEATURES_TABLE} WHERE snapshot_month = CAST(:month AS DATE)"
+    rows = int(spark_warehouse.sql(f"SELECT count(*) AS n {month_sql}", {"month": month}).collect()[0]["n"])
+    counted = psi_on_spark(spark_warehouse, reference, f"SELECT * {month_sql}", numeric, categorical,
+                           params={"month": month}, bins=psi_bins(settings, len(reference), rows),
+                           epsilon=settings.psi_epsilon)
+    return {feature.name: feature for feature in counted}, rows
+
+
 def _drift_asset():
     @dg.asset(
         key=DRIFT_KEY,
@@ -226,10 +254,11 @@ def _drift_asset():
     )
     def drift(
         context: dg.AssetExecutionContext, drift_policy: DriftPolicy, warehouse: Warehouse,
-        artifacts: ArtifactStore
+        artifacts: ArtifactStore, engine_policy: EnginePolicy,
     ) -> dg.MaterializeResult:
         started = time.perf_counter()
-        summaries = drift_for_months(warehouse, artifacts, list(context.partition_keys), drift_policy, context.log)
+        summaries = drift_for_months(warehouse, artifacts, list(context.partition_keys), drift_policy, context.log,
+                                     engine=engine_policy)
         with warehouse.read() as con:
             total = con.execute(f"SELECT count(*) FROM {DRIFT_TABLE}").fetchone()[0]
         add_partition_metadata(context, {s["month"]: drift_month_metadata(s, artifacts.root_path) for s in summaries})
@@ -242,6 +271,8 @@ def _drift_asset():
             ], summaries)),
             "model_version": dg.MetadataValue.text(latest["model_version"]),
             "reference_rows": dg.MetadataValue.int(latest["reference_rows"]),
+            "psi_counted_on": dg.MetadataValue.text(
+                "spark (every row of the month)" if engine_policy.on_spark else "duckdb (the month's seeded sample)"),
             "seconds": dg.MetadataValue.float(round(time.perf_counter() - started, 2)),
         })
 

@@ -274,6 +274,13 @@ def psi_from_shares(reference_share: np.ndarray, current_share: np.ndarray, epsi
     return float(np.sum((cur - ref) * np.log(cur / ref)))
 
 
+def psi_bins(settings: DriftSettings, reference_rows: int, current_rows: int) -> int:
+    """Quantile bins of a numeric feature's PSI: at least 5 rows of the smaller side per bin.
+    With fewer, bins sit empty by chance, the epsilon floor turns each into a large PSI term,
+    and neither the PSI levels nor the chi-square chance level mean anything."""
+    return max(2, min(settings.psi_bins, min(reference_rows, current_rows) // 5))
+
+
 def psi_expected(bins: int, reference_rows: int, current_rows: int) -> float:
     """PSI's expected value when nothing changed: (bins - 1) x (1/n_ref + 1/n_cur).
 
@@ -395,13 +402,19 @@ def compute_drift(
     settings: DriftSettings | None = None,
     thresholds: DriftThresholds | None = None,
     importance: Mapping[str, float] | None = None,
+    month_shares: Mapping[str, Any] | None = None,
 ) -> DriftResult:
     """Per-feature Evidently drift and PSI, plus prediction drift when both sides have
     predictions. ``features`` has one row per feature (feature, kind, drift_score, drifted,
     psi, stattest, threshold, psi_critical, importance, weighted_psi, moved); ``summary``
     the month-level figures. ``importance``: each feature's share of the champion's mean
     |SHAP| (``feature_importance``); without it nothing is weighted and every feature may page.
-    ``thresholds`` decide which features ``moved`` and which may page."""
+    ``thresholds`` decide which features ``moved`` and which may page.
+
+    ``month_shares``: each feature's bins counted over the whole month where it lies
+    (``spark_drift.psi_on_spark``'s ``FeaturePsi``, binned with ``psi_bins``); the PSI, its
+    chance level and the weighted excess then use them and the month's row count, and
+    ``current`` (a sample of the month) feeds the Evidently tests and prediction drift only."""
     import numpy as np
     import pandas as pd
 
@@ -416,10 +429,7 @@ def compute_drift(
     _check_columns(reference, [*numeric, *categorical], "reference")
     _check_columns(current, [*numeric, *categorical], "current")
 
-    # At least 5 rows of the smaller side per quantile bin: with fewer, bins sit empty by
-    # chance, the epsilon floor turns each into a large PSI term, and neither the PSI levels
-    # nor the chi-square chance level mean anything.
-    bins = max(2, min(settings.psi_bins, min(len(reference), len(current)) // 5))
+    bins = psi_bins(settings, len(reference), len(current))
     rows = []
     for kind, columns, method in (
         (NUMERIC, numeric, settings.numeric_method),
@@ -427,14 +437,20 @@ def compute_drift(
     ):
         for name in columns:
             test = evidently_column_drift(reference[name], current[name], kind, method, settings.threshold)
-            ref_share, cur_share, _ = binned_shares(reference[name], current[name], kind, bins=bins)
+            if month_shares is None:
+                ref_share, cur_share, _ = binned_shares(reference[name], current[name], kind, bins=bins)
+                current_rows = len(current)
+            else:
+                counted = month_shares[name]
+                ref_share, cur_share = np.asarray(counted.reference_share), np.asarray(counted.current_share)
+                current_rows = counted.current_rows
             psi = psi_from_shares(ref_share, cur_share, settings.psi_epsilon)
             used = int(((ref_share > 0) | (cur_share > 0)).sum())
-            critical = psi_chance_level(used, len(reference), len(current), settings.psi_alpha)
+            critical = psi_chance_level(used, len(reference), current_rows, settings.psi_alpha)
             share = None if importance is None else float(importance.get(name, 0.0))
             # Weighted by what the psi exceeds its no-change expectation: at small samples the
             # expected noise alone would otherwise add up over many features.
-            excess = max(0.0, psi - psi_expected(used, len(reference), len(current)))
+            excess = max(0.0, psi - psi_expected(used, len(reference), current_rows))
             # Distance thresholds are reached by noise alone in small samples (a normed
             # Wasserstein distance of 0.1 is chance at ~100 rows): a test that fires counts
             # as drift only when the difference is beyond chance too.
