@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import datetime as dt
+import importlib.util
+import math
+import os
+import shutil
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -154,3 +160,62 @@ def months_instance() -> dg.DagsterInstance:
 def materialize(assets, **kwargs) -> dg.ExecuteInProcessResult:
     """``dg.materialize`` on an ephemeral instance that knows the test months as partitions."""
     return dg.materialize(assets, instance=kwargs.pop("instance", None) or months_instance(), **kwargs)
+
+
+# --- the Spark engine's tests (test_spark_engine.py, test_engine_parity.py) ----------------
+
+
+def spark_missing() -> str | None:
+    """Why the Spark tests cannot run here, or None."""
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed: `uv sync --extra spark`"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "Java is not installed: `apt-get install openjdk-17-jre-headless`"
+    return None
+
+
+# CI sets it (.ci/run installs Java and pyspark): a missing Spark fails those tests, not skips them.
+SPARK_REQUIRED = bool(os.environ.get("CHURN_REQUIRE_SPARK"))
+
+
+def _normalised(value):
+    """A cell as a comparable Python value: NaN and None are both NULL, dates are dates."""
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.to_pydatetime()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _same(a, b, tolerance: float) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, float) or isinstance(b, float):
+        return abs(float(a) - float(b)) <= tolerance
+    if isinstance(a, dt.datetime) and not isinstance(b, dt.datetime):
+        a = a.date() if a.time() == dt.time() else a
+    if isinstance(b, dt.datetime) and not isinstance(a, dt.datetime):
+        b = b.date() if b.time() == dt.time() else b
+    return a == b
+
+
+def assert_same_rows(relation: str, left: pd.DataFrame, right: pd.DataFrame, key: list[str],
+                     tolerance: float = 1e-9) -> int:
+    """``left`` and ``right`` hold the same rows (matched by ``key``, never NULL): every
+    column, floats within ``tolerance``, NULL (None or NaN) equal to NULL only, a date equal
+    to its midnight timestamp. Returns the row count."""
+    assert set(left.columns) == set(right.columns), (relation, set(left.columns) ^ set(right.columns))
+    assert len(left) == len(right), (relation, len(left), len(right))
+    left = left.sort_values(key, kind="stable").reset_index(drop=True)
+    right = right[list(left.columns)].sort_values(key, kind="stable").reset_index(drop=True)
+    for column in left.columns:
+        a_values = [_normalised(v) for v in left[column].tolist()]
+        b_values = [_normalised(v) for v in right[column].tolist()]
+        differing = [i for i, (a, b) in enumerate(zip(a_values, b_values)) if not _same(a, b, tolerance)]
+        assert not differing, (
+            f"{relation}.{column}: {len(differing)} rows differ, e.g. row {differing[0]}: "
+            f"{a_values[differing[0]]!r} vs {b_values[differing[0]]!r}"
+        )
+    return len(left)

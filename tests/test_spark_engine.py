@@ -14,35 +14,23 @@ Run them alone with ``uv run pytest -m spark``.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
-import math
-import os
 import shutil
 import time
 from pathlib import Path
 
 import pytest
+from conftest import SPARK_REQUIRED, assert_same_rows, spark_missing
 
 from churn_assets.core.engine import EnginePolicy
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 
-
-def _spark_missing() -> str | None:
-    if importlib.util.find_spec("pyspark") is None:
-        return "pyspark is not installed: `uv sync --extra spark`"
-    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        return "Java is not installed: `apt-get install openjdk-17-jre-headless`"
-    return None
-
-
-MISSING = _spark_missing()
-REQUIRED = bool(os.environ.get("CHURN_REQUIRE_SPARK"))
+MISSING = spark_missing()
 
 pytestmark = [
     pytest.mark.spark,
-    pytest.mark.skipif(MISSING is not None and not REQUIRED, reason=MISSING or ""),
+    pytest.mark.skipif(MISSING is not None and not SPARK_REQUIRED, reason=MISSING or ""),
 ]
 
 CUSTOMERS, MONTHS, SEED = 300, 6, 11
@@ -137,32 +125,6 @@ SPARK_TYPE_OF_DUCKDB = {"VARCHAR": "string", "INTEGER": "int", "BIGINT": "bigint
                         "BOOLEAN": "boolean", "DATE": "date", "TIMESTAMP": "timestamp_ntz"}
 
 
-def _normalised(value):
-    """A cell as a comparable Python value: NaN and None are both NULL, dates are dates."""
-    import numpy as np
-    import pandas as pd
-
-    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _same(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, float) or isinstance(b, float):
-        return abs(float(a) - float(b)) <= FLOAT_TOLERANCE
-    if isinstance(a, dt.datetime) and not isinstance(b, dt.datetime):
-        a = a.date() if a.time() == dt.time() else a
-    if isinstance(b, dt.datetime) and not isinstance(a, dt.datetime):
-        b = b.date() if b.time() == dt.time() else b
-    return a == b
-
-
 def assert_same_table(duckdb_warehouse, spark_warehouse, relation: str, key: list[str]) -> int:
     with duckdb_warehouse.read() as con:
         duck_types = {name: kind for name, kind, *_ in con.execute(f"DESCRIBE {relation}").fetchall()}
@@ -172,21 +134,10 @@ def assert_same_table(duckdb_warehouse, spark_warehouse, relation: str, key: lis
     wrong_types = {c: (t, spark_types[c]) for c, t in duck_types.items() if SPARK_TYPE_OF_DUCKDB.get(t) != spark_types[c]}
     assert not wrong_types, (relation, wrong_types)
 
+    # The keys sort alike on both sides (Spark's dates arrive as datetime.date, DuckDB's as
+    # datetime64).
     spark = spark_warehouse.read(f"SELECT * FROM {relation}")
-    assert len(spark) == len(duck), (relation, len(spark), len(duck))
-    duck = duck.sort_values(key, kind="stable").reset_index(drop=True)
-    # The keys are never NULL and sort alike on both sides (Spark's dates arrive as
-    # datetime.date, DuckDB's as datetime64).
-    spark = spark[list(duck.columns)].sort_values(key, kind="stable").reset_index(drop=True)
-    for column in duck.columns:
-        left = [_normalised(v) for v in duck[column].tolist()]
-        right = [_normalised(v) for v in spark[column].tolist()]
-        differing = [i for i, (a, b) in enumerate(zip(left, right)) if not _same(a, b)]
-        assert not differing, (
-            f"{relation}.{column}: {len(differing)} rows differ, e.g. row {differing[0]}: "
-            f"DuckDB {left[differing[0]]!r}, Spark {right[differing[0]]!r}"
-        )
-    return len(duck)
+    return assert_same_rows(relation, duck, spark, key, FLOAT_TOLERANCE)
 
 
 TABLE_KEYS = {
@@ -472,6 +423,34 @@ def test_a_failed_month_write_leaves_the_old_month(spark_warehouse):
     result = spark_warehouse.write_months("scratch.months", empty, "month", feb, mar)
     assert result["months_emptied"] == ["2024-02-01"]
     assert spark_warehouse.read("SELECT id FROM scratch.months")["id"].tolist() == ["a"]
+
+
+def test_a_table_of_zero_rows_outlives_its_session_and_a_failed_first_write_leaves_nothing(spark_warehouse):
+    """Spark writes no file for an empty partitioned write: the schema kept beside the files
+    registers the table in a later session. A first write that fails leaves no folder, which a
+    later session could not read a schema from (a run would fail at its session's start)."""
+    import pyarrow as pa
+
+    from churn_assets.core.spark_warehouse import _REGISTERED_CONF, SparkWriteError
+
+    jan, mar = dt.date(2024, 1, 1), dt.date(2024, 3, 1)
+    schema = pa.schema([("id", pa.string()), ("month", pa.date32()), ("value", pa.float64())])
+    result = spark_warehouse.write_months("scratch.no_rows", schema.empty_table(), "month", jan, mar)
+    assert result["rows_by_month"] == {} and not spark_warehouse.has_data_files("scratch.no_rows")
+    rows = pa.table({"id": ["a"], "month": [dt.date(2023, 12, 1)], "value": [1.0]}, schema=schema)
+    with pytest.raises(SparkWriteError, match="outside the window"):
+        spark_warehouse.write_months("scratch.never_written", rows, "month", jan, mar)
+    folder = Path(spark_warehouse.table_path("scratch.never_written").removeprefix("file://"))
+    assert not folder.exists()
+
+    # A later session: an empty catalog registered from the folders again.
+    spark = spark_warehouse.session()
+    spark.sql("DROP TABLE IF EXISTS scratch.no_rows")
+    spark.conf.set(_REGISTERED_CONF, "")
+    spark_warehouse.session()
+    assert spark_warehouse.columns("scratch.no_rows") == [("id", "string"), ("value", "double"), ("month", "date")]
+    assert spark_warehouse.read("SELECT count(*) AS n FROM scratch.no_rows")["n"][0] == 0
+    assert not spark_warehouse.table_exists("scratch.never_written")
 
 
 def test_a_failed_table_write_leaves_the_old_table(spark_warehouse):
