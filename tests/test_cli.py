@@ -129,8 +129,17 @@ def test_sql_reads_the_spark_tables_behind_views_and_writes_nothing_there(wareho
     assert json.loads(capsys.readouterr().out) == [{"total": 3, "m": "2024-01-01"}]
 
     before = sorted(p.name for p in spark_tables.rglob("*"))
-    assert main(["sql", f"copy (select 1 as n) to '{spark_tables}/features/f/evil.parquet'"]) == 2
-    assert "COPY statement is not run" in capsys.readouterr().err
+    target = f"{spark_tables}/features/f/snapshot_month=2024-01-01/evil.parquet"
+    (spark_tables / "evil.sql").write_text("select 1;")
+    for query, refused in [
+        (f"copy (select 1 as n) to '{target}'", "a COPY statement"),
+        # EXPLAIN ANALYZE runs what it explains.
+        (f"explain analyze copy (select 1 as n) to '{target}'", "an EXPLAIN of a COPY statement"),
+        (f"pragma import_database('{spark_tables}')", "PRAGMA import_database"),
+    ]:
+        assert main(["sql", query]) == 2, query
+        assert f"read-only: {refused} is not run" in capsys.readouterr().err
+    (spark_tables / "evil.sql").unlink()
     assert main(["sql", "select * from read_csv('/etc/passwd')"]) == 1
     assert "Permission Error" in capsys.readouterr().err
     assert sorted(p.name for p in spark_tables.rglob("*")) == before

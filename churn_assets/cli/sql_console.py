@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -45,8 +46,18 @@ class QueryError(ValueError):
 
 
 # Statements that only read. The sandbox already stops writes outside its readable folders;
-# inside them (the Spark warehouse on engine: spark) DuckDB's COPY ... TO would still write.
+# inside them (the Spark warehouse on engine: spark, and DuckDB's own temp_directory) DuckDB's
+# COPY ... TO would still write, so anything that is not a read is refused before it runs.
 READING_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
+# PRAGMAs that only describe; others run SQL files (import_database) or change settings.
+READING_PRAGMAS = frozenset({
+    "show_tables", "show_tables_expanded", "show_databases", "database_list", "database_size",
+    "table_info", "show", "storage_info", "metadata_info", "functions", "collations", "version",
+    "platform", "user_agent",
+})
+_EXPLAIN_PREFIX = re.compile(r"^\s*explain\s+(?:analy[sz]e\s+|\([^)]*\)\s*)?", re.IGNORECASE)
+_PRAGMA_NAME = re.compile(r"^\s*pragma\s+([A-Za-z_][A-Za-z0-9_]*)", re.IGNORECASE)
+_PIVOT = re.compile(r"\b(?:un)?pivot\b", re.IGNORECASE)
 
 
 def single_statement(con: duckdb.DuckDBPyConnection, query: str) -> str:
@@ -57,10 +68,35 @@ def single_statement(con: duckdb.DuckDBPyConnection, query: str) -> str:
         raise QueryError("No SQL given: pass one statement, e.g. churn sql \"select * from ml.model_versions\"")
     if len(statements) > 1:
         raise QueryError(f"{len(statements)} statements given; churn sql runs one per call")
-    kind = statements[0].type.name
-    if kind not in READING_STATEMENTS:
-        raise QueryError(f"churn sql is read-only: a {kind} statement is not run ({', '.join(READING_STATEMENTS)} are)")
+    refused = _not_a_read(con, statements[0])
+    if refused:
+        raise QueryError(f"churn sql is read-only: {refused} is not run "
+                         "(it runs SELECT, CALL, the PRAGMAs that describe, and EXPLAIN of those)")
     return query
+
+
+def _not_a_read(con: duckdb.DuckDBPyConnection, statement) -> str | None:
+    """What makes ``statement`` more than a read ("a COPY statement"), or None."""
+    kind, text = statement.type.name, statement.query
+    if kind == "MULTI" and _PIVOT.search(text):  # DuckDB runs a PIVOT as several statements
+        return None
+    if kind not in READING_STATEMENTS:
+        return f"a {kind} statement"
+    if kind == "PRAGMA":
+        name = _PRAGMA_NAME.match(text)
+        return None if name and name[1].lower() in READING_PRAGMAS else f"PRAGMA {name[1] if name else text.strip()}"
+    if kind == "EXPLAIN":
+        # EXPLAIN ANALYZE runs the statement it explains: that one must read too.
+        inner = _EXPLAIN_PREFIX.sub("", text, count=1)
+        try:
+            explained = con.extract_statements(inner)
+        except Exception:  # duckdb.ParserError: nothing we can vouch for
+            return "an EXPLAIN of a statement that does not parse alone"
+        if len(explained) != 1:
+            return "an EXPLAIN of several statements"
+        refused = _not_a_read(con, explained[0])
+        return f"an EXPLAIN of {refused}" if refused else None
+    return None
 
 
 def _cell(value) -> str:
