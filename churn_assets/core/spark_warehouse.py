@@ -209,16 +209,21 @@ class SparkWarehouse(SparkSettings):
                                      f"-Dchurn.spark.log_level={self.log_level}")
         for key, value in self.conf.items():
             builder = builder.config(key, value)
-        if self.master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
-            # Local executors are this machine's Python processes: run them on this very
-            # interpreter, so they import the project as the driver does (PySpark's default,
-            # `python3` on the PATH, may be another Python without it). On a cluster the
-            # executors' Python is the deployment's (PYSPARK_PYTHON, docs/scale-out.md).
+        # Local executors are this machine's Python processes: run them on this very
+        # interpreter, so they import the project as the driver does (PySpark's default,
+        # `python3` on the PATH, may be another Python without it). The SparkContext reads it
+        # once, when it starts; on a cluster the executors' Python is the deployment's
+        # (PYSPARK_PYTHON, docs/scale-out.md).
+        own_python = self.master.startswith("local") and not os.environ.get("PYSPARK_PYTHON")
+        if own_python:
             os.environ["PYSPARK_PYTHON"] = sys.executable
         try:
             spark = builder.getOrCreate()
         except Exception as error:  # no Java, or a JVM that cannot start
             raise SparkUnavailableError(f"Spark did not start ({error}); {SPARK_MISSING}") from error
+        finally:
+            if own_python:
+                os.environ.pop("PYSPARK_PYTHON", None)
         spark.sparkContext.setLogLevel(self.log_level)
         if spark.conf.get(_REGISTERED_CONF, "") != self.root:
             self._register_all(spark)
