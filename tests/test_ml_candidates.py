@@ -226,3 +226,27 @@ def test_calibration_is_not_chosen_from_a_single_churner():
     assert np.array_equal(apply_calibration(chosen, raw), raw)
     labels[8] = 1  # two churners: two folds, each with one
     assert choose_calibration(raw, labels, seed=0)["cv_logloss"].keys() == {"none", "sigmoid", "isotonic"}
+
+
+def test_a_model_trained_on_an_enriched_sample_gives_the_populations_odds():
+    """Keeping every churner but a tenth of the others multiplies the odds of churn by 10:
+    the sample's model is mapped back (odds x 0.1), saved with it, and keeps its ranking."""
+    from churn_assets.training.model import SAMPLE_ODDS_FACTOR, correct_for_sampling
+    from churn_assets.training.spark_sample import TrainingSample
+
+    sample = TrainingSample(frame=None, column_types={}, total_rows=0, fractions={"0": 0.1, "1": 1.0})
+    assert sample.odds_factor == pytest.approx(0.1)
+    assert TrainingSample(None, {}, 0, {"0": 0.5, "1": 0.5}).odds_factor is None
+    raw = np.array([0.05, 0.5, 0.9])
+    corrected = apply_calibration({"method": "none", SAMPLE_ODDS_FACTOR: sample.odds_factor}, raw)
+    odds = raw / (1 - raw) * 0.1
+    assert np.allclose(corrected, odds / (1 + odds)) and np.all(np.diff(corrected) > 0)
+
+    frame = synthetic_training_frame(600, seed=3)
+    roles = infer_roles(duckdb_types_of_frame(frame))
+    split = split_training_set(frame, roles)
+    model = train_logistic_regression(split, build_feature_spec(split.train, roles))
+    before = np.asarray(model.predict_proba(split.test))
+    after = np.asarray(correct_for_sampling(model, 0.1).predict_proba(split.test))
+    assert after.mean() < before.mean() and np.array_equal(np.argsort(after, kind="stable"), np.argsort(before, kind="stable"))
+    assert model.calibration[SAMPLE_ODDS_FACTOR] == 0.1

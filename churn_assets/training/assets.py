@@ -76,6 +76,7 @@ def _candidate_asset(asset_name: str, entries: list) -> dg.AssetsDefinition:
               training_policy: TrainingPolicy, tuning_policy: TuningPolicy,
               engine_policy: EnginePolicy) -> dg.MaterializeResult:
         metadata: dict[str, Any] = {}
+        odds_factor = None
         if engine_policy.on_spark:
             from churn_assets.training.spark_sample import training_sample_for
 
@@ -83,12 +84,15 @@ def _candidate_asset(asset_name: str, entries: list) -> dg.AssetsDefinition:
             frame, types = sample.frame, sample.column_types
             metadata["training_set_rows"] = dg.MetadataValue.int(sample.total_rows)
             metadata["sample_fractions"] = dg.MetadataValue.json(sample.fractions)
+            odds_factor = sample.odds_factor
+            if odds_factor is not None:
+                metadata["sample_odds_factor"] = dg.MetadataValue.float(odds_factor)
         else:
             with warehouse.read() as con:
                 frame, types = read_training_set(con)
         outcome = train_candidates(entries, frame, types, training_policy,
                                    tuning_policy.settings(training_policy.split.seed), artifacts.root_path,
-                                   persist_study=tuning_policy.persist_study)
+                                   persist_study=tuning_policy.persist_study, sample_odds_factor=odds_factor)
         write_pointer(artifacts.root_path, asset_name, [t.record for t in outcome.trained])
         for item in outcome.trained:
             metadata.update(_candidate_metadata(item.record))

@@ -142,13 +142,33 @@ def apply_calibration(calibration: dict, raw: np.ndarray) -> np.ndarray:
 
     method = calibration["method"]
     if method == "none":
-        return np.asarray(raw, dtype="float64")
-    if method == "sigmoid":
+        calibrated = np.asarray(raw, dtype="float64")
+    elif method == "sigmoid":
         z = calibration["slope"] * logit(raw) + calibration["intercept"]
-        return 1.0 / (1.0 + np.exp(-z))
-    if method == "isotonic":
-        return np.interp(raw, calibration["x"], calibration["y"])
-    raise ValueError(f"Unknown calibration method {method!r}")
+        calibrated = 1.0 / (1.0 + np.exp(-z))
+    elif method == "isotonic":
+        calibrated = np.interp(raw, calibration["x"], calibration["y"])
+    else:
+        raise ValueError(f"Unknown calibration method {method!r}")
+    factor = calibration.get(SAMPLE_ODDS_FACTOR)
+    if factor is None:
+        return calibrated
+    # Trained on a sample that kept the classes at different fractions: its odds of churn
+    # are the population's times (positive fraction / negative fraction); undo that.
+    return calibrated * factor / (calibrated * factor + 1.0 - calibrated)
+
+
+SAMPLE_ODDS_FACTOR = "sample_odds_factor"
+
+
+def correct_for_sampling(model: ChurnModel, odds_factor: float | None) -> ChurnModel:
+    """``model`` trained on a class-stratified sample (training/spark_sample.py) whose kept
+    fractions differ by class: its probabilities are mapped back to the population's odds
+    (``TrainingSample.odds_factor``). The factor is part of the calibration, so every scoring
+    path (batch, Spark, serving) and the saved model apply it. Rank order, hence AUC, is kept."""
+    if odds_factor is not None:
+        model.calibration = {**model.calibration, SAMPLE_ODDS_FACTOR: float(odds_factor)}
+    return model
 
 
 def choose_calibration(raw: np.ndarray, labels: np.ndarray, seed: int, folds: int = 5) -> dict:

@@ -48,6 +48,17 @@ class TrainingSample:
     def whole(self) -> bool:
         return all(fraction >= 1.0 for fraction in self.fractions.values())
 
+    @property
+    def odds_factor(self) -> float | None:
+        """What turns the sample's odds of churn into the training set's: the negatives' kept
+        fraction over the positives' (< 1 when the class floor enriched the churners); None
+        when both classes kept the same fraction, so the sample's odds are the set's."""
+        positive = [f for label, f in self.fractions.items() if label.lower() in ("1", "true")]
+        negative = [f for label, f in self.fractions.items() if label.lower() in ("0", "false")]
+        if len(positive) != 1 or len(negative) != 1 or positive[0] == negative[0]:
+            return None
+        return negative[0] / positive[0]
+
 
 def class_fractions(counts: dict[str, int], max_rows: int, min_class_rows: int) -> dict[str, float]:
     """Each label's kept fraction under the size rule (see the module docstring)."""

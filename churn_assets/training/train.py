@@ -167,9 +167,12 @@ def stacking_members(artifacts_root: Path, data_version: str) -> list[ChurnModel
 
 def train_candidates(entries: list[Candidate], frame: pd.DataFrame, column_types: dict[str, str],
                      policy: TrainingPolicy, tuning: TuningSettings, artifacts_root: Path,
-                     persist_study: bool = True) -> TrainingOutcome:
-    """Fit, save and describe the enabled ``entries`` (one asset's candidates)."""
+                     persist_study: bool = True, sample_odds_factor: float | None = None) -> TrainingOutcome:
+    """Fit, save and describe the enabled ``entries`` (one asset's candidates).
+    ``sample_odds_factor``: ``frame`` is a class-stratified sample (engine: spark); each model's
+    probabilities are mapped back to the training set's odds (``model.correct_for_sampling``)."""
     from churn_assets.training.candidates.base import CandidateSkipped, FitContext
+    from churn_assets.training.model import correct_for_sampling
 
     spec, data_split, data_version = prepare(frame, column_types, policy.roles.settings(), policy.split.settings())
     context = FitContext(
@@ -189,6 +192,7 @@ def train_candidates(entries: list[Candidate], frame: pd.DataFrame, column_types
         except CandidateSkipped as reason:
             outcome.skipped[entry.algorithm] = str(reason)
             continue
+        model = correct_for_sampling(model, sample_odds_factor)
         record = save_candidate(model, data_split, artifacts_root, data_version, entry.role)
         outcome.trained.append(Trained(record, model))
     return outcome
