@@ -102,11 +102,14 @@ def test_the_demo_gives_the_same_tables_champion_and_predictions_on_both_engines
         assert spark["kinds"][relation] == "VIEW", relation  # over Spark's Parquet files
         schema, table = relation.split(".")
         assert any((tmp_path / "spark" / "spark-warehouse" / schema / table).rglob("*.parquet")), relation
+    for relation in COMPARED:  # the same types too (assert_same_rows compares values)
+        assert duck["frames"][relation].dtypes.to_dict() == spark["frames"][relation].dtypes.to_dict(), relation
     rows = {relation: assert_same_rows(relation, duck["frames"][relation], spark["frames"][relation], key,
                                        tolerance=TOLERANCE.get(relation, 1e-9))
             for relation, (_, key) in COMPARED.items()}
     assert 0 < rows["features.training_set"] < rows["features.labels"] <= rows["features.customer_features"]
     assert rows["ml.predictions"] == rows["features.customer_features"]
+    assert rows["monitoring.drift"] > 0
 
     assert_same_rows("ml.model_versions", duck["registry"], spark["registry"], ["version"])
     champions = duck["registry"].loc[duck["registry"]["is_champion"], "version"].tolist()
@@ -114,8 +117,13 @@ def test_the_demo_gives_the_same_tables_champion_and_predictions_on_both_engines
     assert set(duck["frames"]["ml.predictions"]["model_version"]) == set(champions)
     assert spark["psi_counted_on"].startswith("spark") and duck["psi_counted_on"].startswith("duckdb")
 
-    # A second run on Spark: every month rewritten, the same rows.
+    # A second run on Spark: every month rewritten (new files), the same rows.
+    features = tmp_path / "spark" / "spark-warehouse" / "features" / "customer_features"
+    files_before = {path.relative_to(features) for path in features.rglob("*.parquet")}
     _churn(tmp_path / "spark", "run")
+    files_after = {path.relative_to(features) for path in features.rglob("*.parquet")}
+    assert files_after and files_after.isdisjoint(files_before)
+    assert {path.parent for path in files_after} == {path.parent for path in files_before}
     again = _tables(tmp_path / "spark")
     for relation, (_, key) in COMPARED.items():
         assert_same_rows(relation, spark["frames"][relation], again["frames"][relation], key)
