@@ -453,6 +453,47 @@ def test_a_table_of_zero_rows_outlives_its_session_and_a_failed_first_write_leav
     assert not spark_warehouse.table_exists("scratch.never_written")
 
 
+def test_a_model_on_spark_reads_a_table_churn_ingest_loaded_into_duckdb(spark_warehouse, tmp_path, monkeypatch):
+    """`churn ingest --table raw.NAME` loads DuckDB; a model reading it on engine: spark gets
+    it copied to Spark first, at every build, so a re-ingest reaches the next build. (The model
+    is a view: its second build replaces the Spark view, which Spark's DROP TABLE refused.)"""
+    import dagster as dg
+    from conftest import materialize
+
+    from churn_assets.core.spark_warehouse import SparkSettings
+    from churn_assets.core.warehouse import Warehouse
+    from churn_assets.sql_models import load_sql_project
+
+    monkeypatch.setenv("CHURN_HOME", str(tmp_path / "home"))
+    (tmp_path / "sql" / "staging").mkdir(parents=True)
+    (tmp_path / "sql" / "staging" / "plan_names.sql").write_text(
+        "select plan_id, upper(name) as name from raw.plans")
+    warehouse = Warehouse(path=str(tmp_path / "warehouse.duckdb"))
+    with warehouse.write() as con:
+        con.execute("CREATE SCHEMA raw")
+        con.execute("CREATE TABLE raw.plans AS SELECT * FROM (VALUES (1, 'basic'), (2, 'pro')) t(plan_id, name)")
+    project = load_sql_project(tmp_path / "sql", (), use_cache=False, engine="spark")
+    assert project.external_asset_keys == (dg.AssetKey(["raw", "plans"]),)
+    resources = {"warehouse": warehouse,
+                 "engine_policy": EnginePolicy(name="spark", spark=SparkSettings(location=str(tmp_path / "spark")))}
+
+    def build() -> tuple[list, dict]:
+        result = materialize(project.assets, resources=resources)
+        assert result.success
+        [event] = result.asset_materializations_for_node("staging__plan_names")
+        with warehouse.read() as con:
+            kind = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'plan_names'").fetchone()[0]
+            rows = con.execute("SELECT plan_id, name FROM staging.plan_names ORDER BY plan_id").fetchall()
+        assert kind == "VIEW"  # built by Spark
+        return rows, event.metadata
+
+    rows, metadata = build()
+    assert rows == [(1, "BASIC"), (2, "PRO")] and metadata["copied_to_spark"].value == "raw.plans"
+    with warehouse.write() as con:  # a re-ingest
+        con.execute("INSERT INTO raw.plans VALUES (3, 'max')")
+    assert build()[0] == [(1, "BASIC"), (2, "PRO"), (3, "MAX")]
+
+
 def test_a_failed_table_write_leaves_the_old_table(spark_warehouse):
     import pandas as pd
 

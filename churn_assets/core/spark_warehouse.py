@@ -277,7 +277,10 @@ class SparkWarehouse(SparkSettings):
 
     def _create_view(self, spark: SparkSession, relation: str, sql: str) -> None:
         self._ensure_schema(spark, split_relation(relation)[0])
-        spark.sql(f"DROP TABLE IF EXISTS {_quoted(relation)}")
+        # A table of that name (the model was a table before) gives way; a view is replaced
+        # below (Spark's DROP TABLE refuses a view).
+        if spark.catalog.tableExists(relation) and spark.catalog.getTable(relation).tableType != "VIEW":
+            spark.sql(f"DROP TABLE {_quoted(relation)}")
         spark.sql(f"CREATE OR REPLACE VIEW {_quoted(relation)} AS\n{sql}")
 
     def is_view(self, relation: str) -> bool:

@@ -283,7 +283,7 @@ def table_exists(con: duckdb.DuckDBPyConnection, relation: str) -> bool:
             "SELECT count(*) FROM information_schema.tables "
             "WHERE lower(table_schema) = lower(?) AND lower(table_name) = lower(?)",
             [schema, name],
-        ).fetchone()[0]
+        ).fetchall()[0][0]  # fetchall completes the result: DuckDB 2.0 refuses con.sql() after a pending one
     )
 
 

@@ -163,14 +163,33 @@ def lineage_markdown(lineage: dg.TableColumnLineage) -> str:
     return markdown_table(["column", "computed from"], rows)
 
 
-def _build_on_spark(engine, model: SqlModel, start: date | None, end: date | None) -> tuple[Any, dict[str, Any]]:
+def _copy_ingested_to_spark(warehouse, spark_warehouse, ingested: tuple[dg.AssetKey, ...]) -> list[str]:
+    """The tables `churn ingest` loaded into DuckDB that a model reads, copied whole to the Spark
+    warehouse before the model runs there: DuckDB holds them (reference tables, small by
+    nature), so every build sees the latest ingest. Returns the relations copied."""
+    from churn_assets.core.warehouse import table_exists
+
+    tables = {}
+    with warehouse.read() as con:  # read first, then write Spark: the connection stays short
+        for key in ingested:
+            relation = ".".join(key.path)
+            if table_exists(con, relation):  # else Spark's analysis names the missing table
+                tables[relation] = con.sql(f"SELECT * FROM {quote_relation(key)}").to_arrow_table()
+    for relation, table in tables.items():
+        spark_warehouse.write_table(relation, table)
+    return list(tables)
+
+
+def _build_on_spark(engine, warehouse, model: SqlModel, start: date | None, end: date | None,
+                    ingested: tuple[dg.AssetKey, ...] = ()) -> tuple[Any, dict[str, Any]]:
     """Build ``model`` on the Spark warehouse; the warehouse and what was written."""
     from churn_assets.core.spark_warehouse import first_line
     from churn_assets.sql_models.spark_models import run_model
 
     spark_warehouse = engine.spark_warehouse()
     try:
-        return spark_warehouse, run_model(spark_warehouse, model, start, end)
+        copied = _copy_ingested_to_spark(warehouse, spark_warehouse, ingested)
+        return spark_warehouse, {**run_model(spark_warehouse, model, start, end), "copied_to_spark": copied}
     except Exception as error:  # a refused translation, Spark's analysis, a failed job or write
         raise SqlModelError(
             description=f"{model.path}: Spark failed to build {model.relation}: {first_line(error)}",
@@ -180,10 +199,11 @@ def _build_on_spark(engine, model: SqlModel, start: date | None, end: date | Non
 
 
 def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlModel,
-                      engine=None) -> dg.MaterializeResult:
+                      engine=None, ingested: tuple[dg.AssetKey, ...] = ()) -> dg.MaterializeResult:
     """Build ``model`` in DuckDB, or on Spark when ``engine`` (the EnginePolicy) says so; on
     Spark the DuckDB warehouse gets a view over the new table's Parquet files, so the lineage,
-    the metadata and every DuckDB reader see it."""
+    the metadata and every DuckDB reader see it, and the ``ingested`` tables it reads (DuckDB's)
+    are copied to Spark first."""
     import duckdb
 
     from churn_assets.core.engine import mirror_spark_tables
@@ -196,7 +216,7 @@ def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlMo
     on_spark = engine is not None and engine.on_spark
     written: dict[str, Any] = {}
     if on_spark:
-        spark_warehouse, written = _build_on_spark(engine, model, start, end)
+        spark_warehouse, written = _build_on_spark(engine, warehouse, model, start, end, ingested)
     try:
         with warehouse.write() as con:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_identifier(model.schema)}")
@@ -245,6 +265,8 @@ def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlMo
         metadata["column_lineage_table"] = dg.MetadataValue.md(lineage_markdown(lineage))
     if on_spark:
         metadata["engine"] = "spark"
+        if written["copied_to_spark"]:
+            metadata["copied_to_spark"] = ", ".join(written["copied_to_spark"])
     if "window" in written:
         if "rows_deleted" in written:
             metadata["rows_deleted"] = dg.MetadataValue.int(int(written["rows_deleted"]))
@@ -255,16 +277,20 @@ def materialize_model(context: dg.AssetExecutionContext, warehouse, model: SqlMo
     return dg.MaterializeResult(metadata=metadata)
 
 
-def build_model_asset(model: SqlModel, engine: str = "duckdb") -> dg.AssetsDefinition:
+def build_model_asset(model: SqlModel, engine: str = "duckdb",
+                      ingested: tuple[dg.AssetKey, ...] = ()) -> dg.AssetsDefinition:
+    """The model's asset; ``ingested``: the `churn ingest` tables among its inputs (copied to
+    Spark before it builds there)."""
     incremental = model.config.is_incremental
     with warnings.catch_warnings():
         # The single-run backfill policy is what the design asks for; its "beta" notice
         # would otherwise print once per model every time the code location loads.
         warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
-        return _model_asset(model, incremental, engine)
+        return _model_asset(model, incremental, engine, tuple(k for k in model.deps if k in ingested))
 
 
-def _model_asset(model: SqlModel, incremental: bool, engine: str) -> dg.AssetsDefinition:
+def _model_asset(model: SqlModel, incremental: bool, engine: str,
+                 ingested: tuple[dg.AssetKey, ...]) -> dg.AssetsDefinition:
     @dg.asset(
         key=model.key,
         deps=list(model.deps),
@@ -279,7 +305,8 @@ def _model_asset(model: SqlModel, incremental: bool, engine: str) -> dg.AssetsDe
         required_resource_keys={"warehouse", "engine_policy"},
     )
     def _sql_model(context):
-        return materialize_model(context, context.resources.warehouse, model, context.resources.engine_policy)
+        return materialize_model(context, context.resources.warehouse, model, context.resources.engine_policy,
+                                 ingested)
 
     return _sql_model
 

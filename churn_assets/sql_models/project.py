@@ -65,7 +65,8 @@ def load_sql_project(
 
     manifest = default_manifest_path() if use_cache else None
     parsed = parse_sql_project_cached(Path(sql_dir), external_assets, manifest)
-    assets: list[dg.AssetsDefinition | dg.AssetSpec] = [build_model_asset(m, engine) for m in parsed.models]
+    assets: list[dg.AssetsDefinition | dg.AssetSpec] = [
+        build_model_asset(m, engine, parsed.external_keys) for m in parsed.models]
     assets += [build_external_asset(key) for key in parsed.external_keys]
     checks = [c for c in (build_model_checks(m) for m in parsed.models) if c is not None]
     checks += [build_singular_checks(t) for t in parsed.singular_tests]
