@@ -69,3 +69,24 @@ def test_each_layer_exports_its_own_definitions():
     assert {"ml/baseline_models", "ml/tuned_xgboost", "ml/lightgbm", "ml/ensemble"} <= candidate_assets
     assert {f"{name}_policy" for name in ("training", "tuning", "promotion", "evaluation", "scoring", "serving",
                                           "drift", "retraining")} <= set(defs.resources)
+
+
+def test_the_kinds_say_which_steps_run_on_spark():
+    """engine: spark: the raw landing and the SQL models are Spark's; training (the sample's
+    pull), scoring and drift's PSI counts run partly there. Nothing says spark on duckdb."""
+    from churn_assets.definitions import build_defs
+    from churn_assets.policies import Policies
+
+    def kinds(engine: str) -> dict[str, set[str]]:
+        graph = build_defs(Policies.from_mapping({"engine": engine})).resolve_asset_graph()
+        return {key.to_user_string(): set(graph.get(key).kinds) for key in graph.get_all_asset_keys()}
+
+    on_duckdb, on_spark = kinds("duckdb"), kinds("spark")
+    assert not any("spark" in k for k in on_duckdb.values())
+    spark_steps = {name for name, k in on_spark.items() if "spark" in k}
+    assert {"raw/subscriptions", "features/customer_features", "ml/predictions", "ml/tuned_xgboost",
+            "monitoring/drift"} <= spark_steps
+    assert "ml/champion" not in spark_steps and "ml/evaluation_report" not in spark_steps
+    assert on_spark["ml/predictions"] == on_duckdb["ml/predictions"] | {"spark"}
+    defs = build_defs(Policies.from_mapping({"engine": "spark"}))
+    defs.validate_loadable(defs)
