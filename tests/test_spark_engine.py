@@ -240,7 +240,8 @@ def _rewriting_a_month_replaces_that_month_only(spark_build, sql_project, duckdb
 def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
     """A registered model scores every month on both engines: DuckDB's write_predictions and
     the Spark job (model files broadcast, verified and loaded on the executors) write the same
-    rows, probabilities and bands; a second Spark run of one month rewrites that month only."""
+    rows, probabilities and bands; a second Spark run of one month rewrites that month only.
+    A booster, a logistic regression and the stacked ensemble of the two."""
     from churn_assets.scoring.batch import RiskBands, write_predictions
     from churn_assets.scoring.spark_scoring import write_predictions_on_spark
     from churn_assets.training.candidates.logistic_regression import train_logistic_regression
@@ -306,6 +307,25 @@ def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
     exact = ["customer_id", "snapshot_month", "risk_band", "model_version"]
     assert again[exact].equals(spark[exact])
     assert float((again["churn_probability"] - spark["churn_probability"]).abs().max()) <= 1e-12
+
+    # The stacked ensemble of both: its members' folders travel in the payload, and each
+    # executor loads the members from them.
+    from churn_assets.training.candidates.ensemble import train_ensemble
+
+    members = [load_model(booster_saved.version, artifacts_root), loaded]
+    ensemble = train_ensemble(split, spec, members, members=["logistic_regression", "xgboost"])
+    ensemble_saved = save_model(ensemble, artifacts_root, split=split, metrics=evaluate(ensemble, split),
+                                training_data_version="parity-data", code_version="parity-code")
+    with warehouse.write() as con:
+        write_predictions(con, load_model(ensemble_saved.version, artifacts_root), keys, bands=bands)
+        duck = con.execute(f"SELECT {columns} FROM ml.predictions ORDER BY customer_id, snapshot_month").df()
+    write_predictions_on_spark(spark_build, ensemble_saved.path, ensemble_saved.version, keys,
+                               manifest_sha256=ensemble_saved.manifest_sha256, bands=bands)
+    spark = spark_build.read(f"SELECT {columns} FROM ml.predictions ORDER BY customer_id, snapshot_month")
+    assert len(spark) == len(duck) > 0 and (spark["model_version"] == ensemble_saved.version).all()
+    assert spark["customer_id"].tolist() == duck["customer_id"].tolist()
+    assert spark["risk_band"].tolist() == duck["risk_band"].tolist()
+    assert float((spark["churn_probability"] - duck["churn_probability"]).abs().max()) <= 1e-6
 
 
 def _a_tampered_model_is_refused_before_scoring(duckdb_build, spark_build, artifacts_root: Path):
