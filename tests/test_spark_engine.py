@@ -270,26 +270,24 @@ def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
                        training_data_version="parity-data", code_version="parity-code")
     bands = RiskBands(medium=0.2, high=0.5)
     keys = [str(m) for m in months]
-    columns = "customer_id, snapshot_month, churn_probability, risk_band, model_version"
-    with warehouse.write() as con:
-        write_predictions(con, load_model(booster_saved.version, artifacts_root), keys, bands=bands)
-        duck = con.execute(f"SELECT {columns} FROM ml.predictions ORDER BY customer_id, snapshot_month").df()
-    write_predictions_on_spark(spark_build, booster_saved.path, booster_saved.version, keys,
-                               manifest_sha256=booster_saved.manifest_sha256, bands=bands)
-    spark = spark_build.read(f"SELECT {columns} FROM ml.predictions ORDER BY customer_id, snapshot_month")
+    ordered = ("SELECT customer_id, snapshot_month, churn_probability, risk_band, model_version "
+               "FROM ml.predictions ORDER BY customer_id, snapshot_month")
+
+    def scored_on_both(saved_model, **options):
+        """ml.predictions as DuckDB's write_predictions and the Spark job write it for every month."""
+        with warehouse.write() as con:
+            write_predictions(con, load_model(saved_model.version, artifacts_root), keys, bands=bands, **options)
+            duck = con.execute(ordered).df()
+        written = write_predictions_on_spark(spark_build, saved_model.path, saved_model.version, keys,
+                                             manifest_sha256=saved_model.manifest_sha256, bands=bands, **options)
+        return duck, spark_build.read(ordered), written
+
+    duck, spark, _ = scored_on_both(booster_saved)
     assert len(spark) == len(duck) > 0 and (spark["model_version"] == booster_saved.version).all()
     assert spark["risk_band"].tolist() == duck["risk_band"].tolist()
     assert float((spark["churn_probability"] - duck["churn_probability"]).abs().max()) <= 1e-6
 
-    loaded = load_model(saved.version, artifacts_root)
-    with warehouse.write() as con:
-        write_predictions(con, loaded, keys, bands=bands, batch_rows=97)
-        duck = con.execute("SELECT customer_id, snapshot_month, churn_probability, risk_band, model_version "
-                           "FROM ml.predictions ORDER BY customer_id, snapshot_month").df()
-    written = write_predictions_on_spark(spark_build, saved.path, saved.version, keys,
-                                         manifest_sha256=saved.manifest_sha256, bands=bands, batch_rows=97)
-    spark = spark_build.read("SELECT customer_id, snapshot_month, churn_probability, risk_band, model_version "
-                             "FROM ml.predictions ORDER BY customer_id, snapshot_month")
+    duck, spark, written = scored_on_both(saved, batch_rows=97)
     assert len(spark) == len(duck) > 0 and sum(written["rows_by_month"].values()) == len(duck)
     assert spark["customer_id"].tolist() == duck["customer_id"].tolist()
     assert [m.isoformat() for m in spark["snapshot_month"]] == [str(m.date()) for m in duck["snapshot_month"]]
@@ -301,8 +299,7 @@ def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
     later = write_predictions_on_spark(spark_build, saved.path, saved.version, keys[-1:],
                                        manifest_sha256=saved.manifest_sha256, bands=bands)
     assert list(later["rows_by_month"]) == [keys[-1][:7]]
-    again = spark_build.read("SELECT customer_id, snapshot_month, churn_probability, risk_band, model_version "
-                             "FROM ml.predictions ORDER BY customer_id, snapshot_month")
+    again = spark_build.read(ordered)
     # The same rows; the rescored month's probabilities agree to rounding (another batch size).
     exact = ["customer_id", "snapshot_month", "risk_band", "model_version"]
     assert again[exact].equals(spark[exact])
@@ -312,16 +309,11 @@ def _predictions_are_the_same(duckdb_build, spark_build, artifacts_root: Path):
     # executor loads the members from them.
     from churn_assets.training.candidates.ensemble import train_ensemble
 
-    members = [load_model(booster_saved.version, artifacts_root), loaded]
+    members = [load_model(booster_saved.version, artifacts_root), load_model(saved.version, artifacts_root)]
     ensemble = train_ensemble(split, spec, members, members=["logistic_regression", "xgboost"])
     ensemble_saved = save_model(ensemble, artifacts_root, split=split, metrics=evaluate(ensemble, split),
                                 training_data_version="parity-data", code_version="parity-code")
-    with warehouse.write() as con:
-        write_predictions(con, load_model(ensemble_saved.version, artifacts_root), keys, bands=bands)
-        duck = con.execute(f"SELECT {columns} FROM ml.predictions ORDER BY customer_id, snapshot_month").df()
-    write_predictions_on_spark(spark_build, ensemble_saved.path, ensemble_saved.version, keys,
-                               manifest_sha256=ensemble_saved.manifest_sha256, bands=bands)
-    spark = spark_build.read(f"SELECT {columns} FROM ml.predictions ORDER BY customer_id, snapshot_month")
+    duck, spark, _ = scored_on_both(ensemble_saved)
     assert len(spark) == len(duck) > 0 and (spark["model_version"] == ensemble_saved.version).all()
     assert spark["customer_id"].tolist() == duck["customer_id"].tolist()
     assert spark["risk_band"].tolist() == duck["risk_band"].tolist()

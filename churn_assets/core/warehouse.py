@@ -225,10 +225,8 @@ class Warehouse(dg.ConfigurableResource):
         deadline = time.monotonic() + self.read_wait_s
         while True:
             try:
-                # The sandbox's keys go first: DuckDB refuses a temp_directory given before
-                # enable_external_access = false in the same config (checked on DuckDB 2.0).
-                con = duckdb.connect(str(self.db_path), read_only=True, config={
-                    **(_sandbox_settings(readable_folders) if sandboxed else {}), **self._settings()})
+                con = duckdb.connect(str(self.db_path), read_only=True,
+                                     config={**(NO_EXTENSIONS if sandboxed else {}), **self._settings()})
                 break
             except (duckdb.IOException, duckdb.ConnectionException) as error:
                 if not _is_lock_conflict(error):
@@ -241,12 +239,13 @@ class Warehouse(dg.ConfigurableResource):
                     ) from error
                 time.sleep(0.2)
         try:
-            if sandboxed and readable_folders:
-                # DuckDB 2.0 refuses allowed_directories in the connect config once
-                # enable_external_access is off there (whatever the order), but takes them as
-                # SET statements in this order.
-                folders = ", ".join("'" + folder.rstrip("/").replace("'", "''") + "/'" for folder in readable_folders)
-                con.execute(f"SET allowed_directories = [{folders}]")
+            if sandboxed:
+                # As SET statements, in this order, before any query: DuckDB 2.0 refuses
+                # allowed_directories in the connect config once external access is off there
+                # (whatever the order), and a temp_directory given before it.
+                if readable_folders:
+                    folders = ", ".join("'" + f.rstrip("/").replace("'", "''") + "/'" for f in readable_folders)
+                    con.execute(f"SET allowed_directories = [{folders}]")
                 con.execute("SET enable_external_access = false")
                 con.execute("SET lock_configuration = true")
             yield con
@@ -254,20 +253,9 @@ class Warehouse(dg.ConfigurableResource):
             con.close()
 
 
-SANDBOX_SETTINGS = {
-    "enable_external_access": False,
-    "autoinstall_known_extensions": False,
-    "autoload_known_extensions": False,
-    "lock_configuration": True,
-}
-
-
-def _sandbox_settings(readable_folders: Sequence[str]) -> dict:
-    """The sandbox's connect config; with readable folders, the settings that must follow
-    ``allowed_directories`` are left to the SET statements run after connecting."""
-    if not readable_folders:
-        return SANDBOX_SETTINGS
-    return {k: v for k, v in SANDBOX_SETTINGS.items() if k not in ("enable_external_access", "lock_configuration")}
+# The sandbox's connect config; external access and the configuration lock follow as SET
+# statements (``Warehouse.read``).
+NO_EXTENSIONS = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 
 def column_definitions(columns: dict[str, tuple[str, str]]) -> str:
