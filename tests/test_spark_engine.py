@@ -506,6 +506,31 @@ def test_a_model_on_spark_reads_a_table_churn_ingest_loaded_into_duckdb(spark_wa
     assert build()[0] == [(1, "BASIC"), (2, "PRO"), (3, "MAX")]
 
 
+def test_a_dataset_projects_export_lands_on_spark_too(spark_warehouse, tmp_path, monkeypatch):
+    """A `churn init` project on engine: spark: the export asset loads DuckDB and writes the
+    same rows to the Spark warehouse, where the project's SQL models read it."""
+    from conftest import materialize
+
+    from churn_assets.core.spark_warehouse import SparkSettings
+    from churn_assets.core.warehouse import Warehouse
+    from churn_assets.source.export import SourcePolicy, export_asset
+
+    monkeypatch.setenv("CHURN_HOME", str(tmp_path / "home"))
+    (tmp_path / "export.csv").write_text("account,period,plan,fee,left\nA1,2025-01,basic,9.5,no\n"
+                                         "A1,2025-02,basic,9.5,yes\nB2,2025-02,plus,19.0,no\n")
+    policy = SourcePolicy(file="export.csv", table="raw.accounts", time_column="period", time_format="%Y-%m")
+    engine = EnginePolicy(name="spark", spark=SparkSettings(location=str(tmp_path / "spark")))
+    warehouse = Warehouse(path=str(tmp_path / "warehouse.duckdb"))
+    result = materialize([export_asset(policy, tmp_path, "spark")],
+                         resources={"warehouse": warehouse, "engine_policy": engine})
+    assert result.success
+    with warehouse.read() as con:
+        duck = con.execute("SELECT * FROM raw.accounts").df()
+    on_spark = engine.spark_warehouse().read("SELECT * FROM raw.accounts")
+    assert len(duck) == 3
+    assert_same_rows("raw.accounts", duck, on_spark, ["account", "period"])
+
+
 def test_a_failed_table_write_leaves_the_old_table(spark_warehouse):
     import pandas as pd
 

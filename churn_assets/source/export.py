@@ -201,7 +201,7 @@ def copy_export_to_spark(con, engine: EnginePolicy, policy: SourcePolicy) -> Non
     project's SQL models read it when ``engine: spark``. The export is one file on this
     machine, so it passes through it anyway; DuckDB keeps its own (identical) table."""
     table = f"raw.{policy.table_name}"
-    engine.spark_warehouse().write_table(table, con.execute(f"SELECT * FROM raw.{quoted(policy.table_name)}").arrow())
+    engine.spark_warehouse().write_table(table, con.sql(f"SELECT * FROM raw.{quoted(policy.table_name)}").to_arrow_table())
 
 
 def export_asset(policy: SourcePolicy, project_root: Path, engine: str = "duckdb") -> dg.AssetsDefinition:
